@@ -1,0 +1,99 @@
+"""Tiny stand-ins for the real models: the real input and output shapes and file formats, small insides.
+
+They go through exactly the loading and serving code real weights go through, so the demo and the
+tests exercise the real path on a CPU in seconds. Their outputs mean nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kit.exporting import export_program, save_state_dict
+from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
+from model_code.loaders import build_vit
+from model_code.manifest import ModelEntry
+
+# A one-block ViT keeping H-Optimus's features (registers, SwiGLU, layer scale) with a head to 1536.
+DEMO_VIT = {"embed_dim": 48, "depth": 1, "num_heads": 3, "mlp_ratio": 2.0, "num_classes": 1536}
+# H0-mini's output is CLS + mean patch token, so its width must stay 768.
+DEMO_VIT_MEAN_POOLED = {"embed_dim": 768, "depth": 1, "num_heads": 12, "mlp_ratio": 0.5, "num_classes": 0}
+
+
+class TinyMOptimus(nn.Module):
+    """(tiles [N,3,224,224], log1p RNA [N,19374], probe groups [N]) -> (log1p counts [N,6002], embedding [N,1536])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tile = nn.Linear(3 * 8 * 8, 64)
+        self.rna = nn.Linear(N_INPUT_GENES, 64)
+        self.embed = nn.Linear(128, 1536)
+        self.predict = nn.Linear(128, N_OUTPUT_GENES)
+
+    def forward(
+        self, tiles: torch.Tensor, bulk_rna: torch.Tensor, probe_groups: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = F.avg_pool2d(tiles, 28).flatten(1)
+        hidden = torch.tanh(torch.cat([self.tile(pooled), self.rna(bulk_rna)], dim=1))
+        return F.softplus(self.predict(hidden)), self.embed(hidden)
+
+
+class TinyTissueSeg(nn.Module):
+    """tiles [N,3,512,512] in [0, 1] -> logits [N,1,512,512]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.body(tiles - 0.75)
+
+
+def demo_gene_ids(count: int, role: str) -> list[str]:
+    """Placeholder Ensembl-shaped IDs (ENSG99... does not exist in Ensembl)."""
+    offset = 0 if role == "input_genes" else 500_000
+    return [f"ENSG99{offset + i:09d}" for i in range(count)]
+
+
+def write_gene_csv(path: Path, genes: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("ensembl_gene_id\n" + "".join(f"{gene}\n" for gene in genes))
+
+
+def build_demo_model(name: str, model_dir: Path) -> ModelEntry:
+    """Write a tiny model `name` under model_dir (seeded: the same files every time) and describe it."""
+    torch.manual_seed(0)
+    spec = MODELS[name]
+    program = f"{name}/program.pt2"
+    if spec.family == "encoder":
+        assert spec.timm_config is not None
+        tiny = DEMO_VIT_MEAN_POOLED if spec.pooling == "cls+mean_patch" else DEMO_VIT
+        config = {**spec.timm_config, **tiny}
+        weights = f"{name}/weights.safetensors"
+        save_state_dict(build_vit(config), model_dir / weights, "float32")
+        return ModelEntry.for_model(
+            name,
+            format="timm-safetensors",
+            files={"weights": weights},
+            dtype="float32",
+            demo=True,
+            timm_config=config,
+        )
+    if spec.family == "m-optimus":
+        example = (
+            torch.rand(2, 3, 224, 224),
+            torch.rand(2, N_INPUT_GENES),
+            torch.zeros(2, dtype=torch.int64),
+        )
+        export_program(TinyMOptimus(), example, model_dir / program)
+        genes = {"input_genes": N_INPUT_GENES, "output_genes": N_OUTPUT_GENES}
+        files = {"program": program}
+        for role, count in genes.items():
+            files[role] = f"{name}/{role}.csv"
+            write_gene_csv(model_dir / files[role], demo_gene_ids(count, role))
+        return ModelEntry.for_model(name, format="torch-export", files=files, dtype="float32", demo=True)
+    export_program(TinyTissueSeg(), (torch.rand(2, 3, 512, 512),), model_dir / program)
+    return ModelEntry.for_model(name, format="torch-export", files={"program": program}, dtype="float32", demo=True)

@@ -1,0 +1,157 @@
+"""The SageMaker handler contract: model_fn, input_fn, predict_fn, output_fn.
+
+The only way the server reaches the models, and a user module AWS's PyTorch serving image can run
+unchanged. Errors: `ClientError` (4xx, names record and field), `ForwardError` (503, retryable).
+
+A JSON object in gives an object out; a JSON list or JSON lines give one entry per record, in order,
+where a bad record's entry is its error and the others are answered normally.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import torch
+
+from model_code.catalogue import (
+    EMBEDDING,
+    MODELS,
+    N_INPUT_GENES,
+    N_OUTPUT_GENES,
+    PREDICTION,
+    PREDICTION_WITH_EMBEDDING,
+)
+from model_code.errors import ClientError
+from model_code.loaders import load_program, load_vit
+from model_code.manifest import read_gene_csv, read_manifest
+from model_code.records import (
+    JSON,
+    JSONLINES,
+    JSONLINES_TYPES,
+    Layout,
+    Record,
+    decode_record,
+    media_type,
+    split_body,
+)
+from model_code.runners import RUNNERS, Runner
+
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records of one request (or of many, merged by the server) and, after predict_fn, their results."""
+
+    records: list[Record | ClientError]
+    layout: Layout
+    results: list[dict[str, Any] | ClientError] | None = None
+
+
+@dataclass
+class Models:
+    """Everything model_fn loaded: one runner per model the artifact holds."""
+
+    runners: dict[str, Runner]
+    model_dir: Path
+
+
+def model_fn(model_dir: str | Path) -> Models:
+    """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    device = torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    max_batch = int(os.environ.get("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
+    runners: dict[str, Runner] = {}
+    for entry in manifest.models:
+        files = {role: model_dir / path for role, path in entry.files.items()}
+        module: torch.nn.Module
+        if entry.format == "timm-safetensors":
+            module = load_vit(dict(entry.timm_config or {}), files["weights"])
+        else:
+            module = load_program(files["program"])
+        runner = RUNNERS[MODELS[entry.name].family](entry, module, device, max_batch)
+        if entry.name == "m-optimus":
+            runner.extra_metadata = {
+                "input_genes": read_gene_csv(files["input_genes"], N_INPUT_GENES),
+                "output_genes": read_gene_csv(files["output_genes"], N_OUTPUT_GENES),
+            }
+        runners[entry.name] = runner
+    return Models(runners, model_dir)
+
+
+def input_fn(input_data: bytes | str, content_type: str) -> Batch:
+    """Parse and decode a request; a single bad record (or a body that is not records) raises."""
+    raw, layout = split_body(input_data, content_type)
+    records = [decode_record(item, index) for index, item in enumerate(raw)]
+    batch = Batch(records, layout)
+    _raise_single(batch.records, layout)
+    return batch
+
+
+def predict_fn(data: Batch, model: Models) -> Batch:
+    """Run each model's records together as batched tensors; metadata records need no forward."""
+    results: list[dict[str, Any] | ClientError] = [
+        record if isinstance(record, ClientError) else {} for record in data.records
+    ]
+    groups: dict[str, list[tuple[int, Record]]] = {}
+    for i, record in enumerate(data.records):
+        if isinstance(record, ClientError):
+            continue
+        runner = model.runners.get(record.model)
+        if runner is None:
+            held = ", ".join(model.runners) or "none"
+            results[i] = ClientError(
+                f"model '{record.model}' is not hosted by this endpoint (it hosts: {held})",
+                field="model_name",
+                status=404,
+                record=record.index,
+            )
+        elif record.mode == "metadata":
+            results[i] = runner.metadata()
+        else:
+            groups.setdefault(record.model, []).append((i, record))
+    for name, members in groups.items():
+        outputs = model.runners[name]([record for _, record in members])
+        for (i, record), output in zip(members, outputs, strict=True):
+            results[i] = response(record, output)
+    _raise_single(results, data.layout)
+    return replace(data, results=results)
+
+
+def response(record: Record, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The vendor's response layout: output, the echoed tile fields, then embedding when asked for."""
+    first = EMBEDDING if record.mode == EMBEDDING else PREDICTION
+    body: dict[str, Any] = {"output": outputs[first], **record.echo}
+    if record.mode == PREDICTION_WITH_EMBEDDING:
+        body["embedding"] = outputs[EMBEDDING]
+    return body
+
+
+def output_fn(prediction: Batch, accept: str | None) -> tuple[bytes, str]:
+    """Serialise results as JSON (object or list, as the request was) or JSON lines; returns (body, type)."""
+    assert prediction.results is not None, "output_fn needs the Batch that predict_fn returned"
+    entries = [r.to_dict() if isinstance(r, ClientError) else r for r in prediction.results]
+    kind = media_type(accept)
+    if kind in ("", "*/*"):
+        kind = JSONLINES if prediction.layout == "lines" else JSON
+    if kind in JSONLINES_TYPES:
+        return b"".join(dumps(entry) + b"\n" for entry in entries), JSONLINES
+    if kind == JSON:
+        return dumps(entries[0] if prediction.layout == "object" else entries), JSON
+    raise ClientError(f"cannot answer in '{accept}'; accept {JSON} or {JSONLINES}", field="accept", status=406)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _raise_single(entries: list[Any], layout: Layout) -> None:
+    """A request of one JSON object answers its error as the whole response."""
+    if layout == "object" and isinstance(entries[0], ClientError):
+        raise entries[0]

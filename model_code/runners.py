@@ -1,0 +1,119 @@
+"""Batched forward passes: uint8 tiles in, per-tile numpy outputs out, one forward per chunk of tiles.
+
+Tiles travel to the device as uint8 (a quarter of float32's bytes) and are normalised there. On a GPU
+the forward runs under fp16 autocast (the vendor's advice); on a CPU it runs in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_code.catalogue import EMBEDDING, MODELS, PREDICTION
+from model_code.errors import ForwardError
+from model_code.manifest import ModelEntry
+from model_code.records import Record
+
+
+class Runner:
+    """One loaded model: stacks records into tensors, runs them in chunks of `max_batch` tiles."""
+
+    def __init__(self, entry: ModelEntry, module: torch.nn.Module, device: torch.device, max_batch: int):
+        self.entry = entry
+        self.spec = MODELS[entry.name]
+        self.device = device
+        self.max_batch = max_batch
+        self.module = module.to(device)  # loaders hand over modules already in eval mode
+        if entry.normalisation is None:
+            self.mean, self.std = torch.zeros(3), torch.ones(3)
+        else:
+            self.mean = torch.tensor(entry.normalisation.mean)
+            self.std = torch.tensor(entry.normalisation.std)
+        self.mean = (self.mean * 255).view(1, 3, 1, 1).to(device)
+        self.std = (self.std * 255).view(1, 3, 1, 1).to(device)
+        self.extra_metadata: dict[str, Any] = {}
+
+    def metadata(self) -> dict[str, Any]:
+        """What `mode: metadata` answers, as the vendor's endpoint checker reads it."""
+        return {
+            "model_name": self.entry.name,
+            "tile_size": self.entry.tile_size,
+            "resolution": self.entry.resolution,
+            "embedding_dim": self.spec.embedding_dim,
+            "modes": list(self.spec.modes),
+            "outputs": {name: {"shape": ["B", size]} for name, size in self.entry.outputs.items()},
+            "normalisation": self.entry.normalisation.model_dump() if self.entry.normalisation else None,
+            "dtype": self.entry.dtype,
+            "demo": self.entry.demo,
+            **self.extra_metadata,
+        }
+
+    def __call__(self, records: Sequence[Record]) -> list[dict[str, np.ndarray]]:
+        """Per-record outputs (name -> 1-D array), in the order given. Raises ForwardError."""
+        results: list[dict[str, np.ndarray]] = []
+        for start in range(0, len(records), self.max_batch):
+            chunk = records[start : start + self.max_batch]
+            try:
+                outputs = self._run_chunk(chunk)
+            except Exception as exc:
+                raise ForwardError(self.entry.name, exc) from exc
+            results.extend({name: array[i] for name, array in outputs.items()} for i in range(len(chunk)))
+        return results
+
+    @torch.inference_mode()
+    def _run_chunk(self, chunk: Sequence[Record]) -> dict[str, np.ndarray]:
+        pixels = torch.from_numpy(np.stack([r.pixels for r in chunk if r.pixels is not None]))  # N,H,W,3 uint8
+        tiles = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        tiles = (tiles - self.mean) / self.std
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+            outputs = self.forward(tiles, chunk)
+        return {name: value.float().cpu().numpy() for name, value in outputs.items()}
+
+    def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class EncoderRunner(Runner):
+    """H-Optimus family: a timm ViT; the CLS token, or CLS and mean patch token (H0-mini)."""
+
+    def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
+        if self.entry.pooling == "cls":
+            return {EMBEDDING: self.module(tiles)}
+        tokens = self.module.forward_features(tiles)  # type: ignore[operator]
+        prefix = int(self.module.num_prefix_tokens)  # type: ignore[arg-type]  # CLS + registers
+        return {EMBEDDING: torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)}
+
+
+class MOptimusRunner(Runner):
+    """M-Optimus: tile + log1p bulk RNA (zeros when absent) -> gene counts and embedding."""
+
+    def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
+        n_genes = len(self.extra_metadata["input_genes"])
+        rna = np.zeros((len(chunk), n_genes), dtype=np.float32)
+        for i, record in enumerate(chunk):
+            if record.bulk_rna is not None:
+                rna[i] = record.bulk_rna
+        bulk = torch.from_numpy(rna).to(self.device)
+        probe_groups = torch.zeros(len(chunk), dtype=torch.int64, device=self.device)
+        log_counts, embedding = self.module(tiles, bulk, probe_groups)
+        counts = torch.expm1(log_counts.float()).round()
+        counts = torch.where(torch.isfinite(counts), counts, torch.zeros_like(counts))
+        return {PREDICTION: counts, EMBEDDING: embedding}
+
+
+class TissueSegRunner(Runner):
+    """tissue-seg: logits -> {0, 1} mask (sigmoid > 0.5, i.e. logit > 0), flattened row-major."""
+
+    def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
+        logits = self.module(tiles)
+        return {PREDICTION: (logits.float() > 0).float().flatten(start_dim=1)}
+
+
+RUNNERS: dict[str, type[Runner]] = {
+    "encoder": EncoderRunner,
+    "m-optimus": MOptimusRunner,
+    "tissue-seg": TissueSegRunner,
+}

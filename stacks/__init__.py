@@ -1,0 +1,1 @@
+"""CDK constructs and stacks for the Optimus SageMaker endpoints."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: demo artifacts built once per session through the real packager, vendor payloads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kit.package import package
+from model_code.inference import Models, model_fn
+
+VENDOR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vendor-payloads"
+
+
+@pytest.fixture(scope="session")
+def vendor() -> Path:
+    assert VENDOR.is_dir(), f"the vendor payloads are expected beside the repository at {VENDOR}"
+    return VENDOR
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demo h1 + m-optimus + tissue-seg, as `kit package --demo` writes them."""
+    return package(["h1", "m-optimus", "tissue-seg"], tmp_path_factory.mktemp("artifact"), demo=True)
+
+
+@pytest.fixture(scope="session")
+def models(artifact: Path) -> Models:
+    return model_fn(artifact)
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def random_tile(size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
