@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-import torch
 
 from model_code.catalogue import (
     EMBEDDING,
@@ -27,8 +26,6 @@ from model_code.catalogue import (
     PREDICTION_WITH_EMBEDDING,
 )
 from model_code.errors import ClientError
-from model_code.loaders import load_program, load_vit
-from model_code.manifest import read_gene_csv, read_manifest
 from model_code.records import (
     JSON,
     JSONLINES,
@@ -39,7 +36,9 @@ from model_code.records import (
     media_type,
     split_body,
 )
-from model_code.runners import RUNNERS, Runner
+
+if TYPE_CHECKING:  # torch is imported by model_fn only, so decode workers running input_fn stay light
+    from model_code.runners import Runner
 
 DEFAULT_MAX_BATCH_SIZE = 32
 
@@ -63,6 +62,12 @@ class Models:
 
 def model_fn(model_dir: str | Path) -> Models:
     """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
+    import torch
+
+    from model_code.loaders import load_program, load_vit
+    from model_code.manifest import read_gene_csv, read_manifest
+    from model_code.runners import RUNNERS
+
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     device = torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -85,10 +90,13 @@ def model_fn(model_dir: str | Path) -> Models:
     return Models(runners, model_dir)
 
 
-def input_fn(input_data: bytes | str, content_type: str) -> Batch:
-    """Parse and decode a request; a single bad record (or a body that is not records) raises."""
+def input_fn(input_data: bytes | str, content_type: str, *, overrides: dict[str, str] | None = None) -> Batch:
+    """Parse and decode a request; a single bad record (or a body that is not records) raises.
+
+    `overrides` (the REST routes' model and mode) fill in or must agree with each record's fields.
+    """
     raw, layout = split_body(input_data, content_type)
-    records = [decode_record(item, index) for index, item in enumerate(raw)]
+    records = [decode_record(item, index, overrides) for index, item in enumerate(raw)]
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)
     return batch
@@ -120,6 +128,11 @@ def predict_fn(data: Batch, model: Models) -> Batch:
         outputs = model.runners[name]([record for _, record in members])
         for (i, record), output in zip(members, outputs, strict=True):
             results[i] = response(record, output)
+    return with_results(data, results)
+
+
+def with_results(data: Batch, results: list[dict[str, Any] | ClientError]) -> Batch:
+    """The request with its results (predict_fn's, or the server's batcher's); a lone bad record raises."""
     _raise_single(results, data.layout)
     return replace(data, results=results)
 

@@ -74,9 +74,19 @@ def _loads(text: bytes | str) -> Any:
         return json.loads(text)
 
 
+def check_content_type(content_type: str | None) -> str:
+    """The media type, or a 415 naming the ones accepted."""
+    kind = media_type(content_type)
+    if kind != JSON and kind not in JSONLINES_TYPES:
+        raise ClientError(
+            f"unsupported content type '{content_type}'; send {JSON} or {JSONLINES}", field="content_type", status=415
+        )
+    return kind
+
+
 def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], Layout]:
     """Split a body into raw records (or the ClientError of a line that is not JSON) and its layout."""
-    kind = media_type(content_type)
+    kind = check_content_type(content_type)
     if not body or not body.strip():
         raise ClientError("the request body is empty", field="body")
     if kind == JSON:
@@ -89,37 +99,37 @@ def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], 
                 raise ClientError("the list of records is empty", field="body")
             return parsed, "list"
         return [parsed], "object"
-    if kind in JSONLINES_TYPES:
-        lines = body.splitlines() if isinstance(body, bytes) else body.encode().splitlines()
-        raw: list[Any] = []
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                raw.append(_loads(line))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raw.append(ClientError(f"line is not valid JSON ({exc})", field="body", record=len(raw)))
-        return raw, "lines"
-    raise ClientError(
-        f"unsupported content type '{content_type}'; send {JSON} or {JSONLINES}",
-        field="content_type",
-        status=415,
-    )
+    lines = body.splitlines() if isinstance(body, bytes) else body.encode().splitlines()
+    raw: list[Any] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            raw.append(_loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raw.append(ClientError(f"line is not valid JSON ({exc})", field="body", record=len(raw)))
+    return raw, "lines"
 
 
-def decode_record(raw: Any, index: int) -> Record | ClientError:
+def decode_record(raw: Any, index: int, overrides: dict[str, str] | None = None) -> Record | ClientError:
     """Validate one raw record and decode its tile; errors are returned, located at `index`."""
     if isinstance(raw, ClientError):
         return raw
     try:
-        return _decode(raw, index)
+        return _decode(raw, index, overrides or {})
     except ClientError as exc:
         return exc.at(index)
 
 
-def _decode(raw: Any, index: int) -> Record:
+def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
     if not isinstance(raw, dict):
         raise ClientError(f"a record must be a JSON object, got {type(raw).__name__}", field="body")
+    for name, value in overrides.items():
+        sent = raw.get(name)
+        if sent is not None and sent != value and canonical_name(str(sent)) != canonical_name(value):
+            raise ClientError(f"'{sent}' contradicts '{value}' in the route", field=name)
+    if overrides:
+        raw = {**raw, **overrides}
     try:
         wire = WireRecord.model_validate(raw)
     except ValidationError as exc:

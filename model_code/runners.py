@@ -6,7 +6,8 @@ the forward runs under fp16 autocast (the vendor's advice); on a CPU it runs in 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,8 @@ class Runner:
         self.mean = (self.mean * 255).view(1, 3, 1, 1).to(device)
         self.std = (self.std * 255).view(1, 3, 1, 1).to(device)
         self.extra_metadata: dict[str, Any] = {}
+        # Called after every forward pass with (model, tiles, seconds): the server's metrics.
+        self.after_forward: Callable[[str, int, float], None] | None = None
 
     def metadata(self) -> dict[str, Any]:
         """What `mode: metadata` answers, as the vendor's endpoint checker reads it."""
@@ -56,10 +59,13 @@ class Runner:
         results: list[dict[str, np.ndarray]] = []
         for start in range(0, len(records), self.max_batch):
             chunk = records[start : start + self.max_batch]
+            began = time.perf_counter()
             try:
                 outputs = self._run_chunk(chunk)
             except Exception as exc:
                 raise ForwardError(self.entry.name, exc) from exc
+            if self.after_forward is not None:
+                self.after_forward(self.entry.name, len(chunk), time.perf_counter() - began)
             results.extend({name: array[i] for name, array in outputs.items()} for i in range(len(chunk)))
         return results
 

@@ -1,0 +1,106 @@
+"""Dynamic batching: tiles from concurrent requests are gathered per model and run as one forward pass.
+
+One collector task per model takes the first waiting tile, waits up to `max_wait_s` for more (up to
+`max_batch` tiles) and hands the batch to `predict` on a single forward thread, so forward passes never
+block the event loop or the decode workers. While one forward runs, the next batch gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_code.errors import ClientError, ForwardError
+from model_code.records import Record
+
+Result = dict[str, Any] | ClientError
+Predict = Callable[[list[Record]], list[Result]]
+
+
+@dataclass
+class _Pending:
+    record: Record
+    future: asyncio.Future[Result]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(
+        self,
+        predict: Predict,
+        max_batch: int,
+        max_wait_s: float,
+        on_wait: Callable[[str, float], None] | None = None,
+    ):
+        self._predict = predict
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._on_wait = on_wait
+        self._queues: dict[str, asyncio.Queue[_Pending]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._forward = ThreadPoolExecutor(1, thread_name_prefix="forward")
+
+    async def run(self, records: Sequence[Record | ClientError]) -> list[Result]:
+        """Results in the order given; ClientErrors pass through. Raises the ForwardError of a failed batch."""
+        outcomes = await asyncio.gather(
+            *(self._submit(r) for r in records if isinstance(r, Record)), return_exceptions=True
+        )
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        if failures:
+            raise failures[0]
+        answers = iter(outcomes)
+        return [record if isinstance(record, ClientError) else next(answers) for record in records]  # type: ignore[misc]
+
+    async def _submit(self, record: Record) -> Result:
+        queue = self._queues.get(record.model)
+        if queue is None:
+            queue = self._queues[record.model] = asyncio.Queue()
+            self._tasks.append(asyncio.create_task(self._collect(record.model, queue)))
+        pending = _Pending(record, asyncio.get_running_loop().create_future())
+        queue.put_nowait(pending)
+        return await pending.future
+
+    async def _collect(self, model: str, queue: asyncio.Queue[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = loop.time() + self._max_wait_s
+            while len(batch) < self._max_batch:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            batch = [p for p in batch if not p.future.done()]  # callers that went away
+            if not batch:
+                continue
+            started = time.perf_counter()
+            if self._on_wait is not None:
+                for pending in batch:
+                    self._on_wait(model, started - pending.enqueued)
+            try:
+                results = await loop.run_in_executor(self._forward, self._predict, [p.record for p in batch])
+            except Exception as exc:  # a failed forward fails this batch only
+                error = exc if isinstance(exc, ForwardError) else ForwardError(model, exc)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._forward.shutdown(wait=True)

@@ -1,0 +1,55 @@
+"""`python -m model_code.serve --model-dir DIR [--port P]`: the server, as the container's `serve` runs it.
+
+SIGTERM (and Ctrl-C) stop taking new connections, finish the requests in flight, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from model_code.server import create_app
+from model_code.settings import Settings, SettingsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model_code.serve", description=__doc__)
+    parser.add_argument("--model-dir", type=Path, help="the model artifact (default /opt/ml/model)")
+    parser.add_argument("--port", type=int, help="default SAGEMAKER_BIND_TO_PORT, else 8080")
+    parser.add_argument("--host", help="default 0.0.0.0 (SERVER_HOST)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.load(model_dir=args.model_dir, port=args.port)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        settings = Settings(**{**settings.__dict__, "host": args.host})
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        assert server is not None
+        server.should_exit = True
+
+    app = create_app(settings, on_fatal=stop)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
+        timeout_keep_alive=75,  # longer than SageMaker's 60 s so its connections are reused
+        access_log=False,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 1 if app.state.server.load_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

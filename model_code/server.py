@@ -1,0 +1,279 @@
+"""The HTTP server: SageMaker's /ping and /invocations, the on-premise REST API, /metrics, /docs.
+
+Requests are decoded by `input_fn` in a pool of worker processes, their tiles are batched across
+requests per model (model_code.batching) and run by `predict_fn` on one forward thread, and answered
+by `output_fn`. The handler module is the only way in to the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model_code import __version__, inference
+from model_code.batching import Batcher
+from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
+from model_code.errors import ClientError, ForwardError
+from model_code.inference import Batch, Models
+from model_code.metrics import Metrics
+from model_code.records import JSON, WireRecord, check_content_type
+from model_code.settings import Settings
+
+log = logging.getLogger("optimus.server")
+
+REST_MODES = {"embed": EMBEDDING, "predict": PREDICTION, "predict_with_embedding": PREDICTION_WITH_EMBEDDING}
+RECORD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": WireRecord.model_json_schema()},
+            "application/jsonlines": {"schema": {"type": "string", "description": "one record per line"}},
+        },
+    }
+}
+
+
+class Server:
+    """State of one serving process: models, decode pool, batcher, metrics."""
+
+    def __init__(self, settings: Settings, on_fatal: Callable[[], None]):
+        self.settings = settings
+        self.on_fatal = on_fatal
+        self.metrics = Metrics()
+        self.models: Models | None = None
+        self.load_error: str | None = None
+        self.decode_pool: ProcessPoolExecutor | None = None
+        self.batcher: Batcher | None = None
+
+    async def start(self) -> None:
+        """Start the decode workers and load the models, while /ping answers 503.
+
+        A failure to load calls `on_fatal` (serve.py stops the server and exits 1), so SageMaker sees the
+        container exit with the reason in its log rather than a server that never becomes healthy.
+        """
+        self.decode_pool = ProcessPoolExecutor(
+            self.settings.decode_workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_decode_worker_init,
+        )
+        try:
+            warm = [asyncio.wrap_future(self.decode_pool.submit(_noop)) for _ in range(self.settings.decode_workers)]
+            models = await asyncio.to_thread(inference.model_fn, self.settings.model_dir)
+            await asyncio.gather(*warm)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load the models from %s: %s", self.settings.model_dir, self.load_error)
+            self.on_fatal()
+            return
+        for runner in models.runners.values():
+            runner.after_forward = self._after_forward
+        self.batcher = Batcher(
+            self._predict,
+            self.settings.max_batch_size,
+            self.settings.max_batch_wait_ms / 1000,
+            on_wait=lambda model, seconds: self.metrics.queue_wait.labels(model).observe(seconds),
+        )
+        self.models = models  # from here on /ping is 200
+        log.info("serving %s from %s", ", ".join(models.runners), self.settings.model_dir)
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _predict(self, records: list[Any]) -> list[Any]:
+        assert self.models is not None
+        result = inference.predict_fn(Batch(records, "list"), self.models)
+        assert result.results is not None
+        return result.results
+
+    def _after_forward(self, model: str, tiles: int, seconds: float) -> None:
+        simulated = self.settings.simulated_forward_ms
+        if simulated is not None:  # benchmarks only: stand in for an accelerator's time
+            extra = (simulated[0] + simulated[1] * tiles) / 1000
+            time.sleep(extra)
+            seconds += extra
+        self.metrics.observe_forward(model, tiles, seconds)
+
+    async def invoke(self, request: Request, overrides: dict[str, str] | None = None) -> Response:
+        """An HTTP request: content type checked first, body read up to the limit, then answered."""
+        content_type = request.headers.get("content-type") or JSON
+        check_content_type(content_type)
+        body = await read_body(request, self.settings.max_body_bytes)
+        return await self.answer(body, content_type, request.headers.get("accept"), overrides)
+
+    async def answer(
+        self, body: bytes, content_type: str, accept: str | None, overrides: dict[str, str] | None
+    ) -> Response:
+        """Decode in the worker pool, batch, predict, serialise: one request, one response."""
+        if self.models is None or self.batcher is None or self.decode_pool is None:
+            return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
+        began = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        batch = await loop.run_in_executor(self.decode_pool, _decode, body, content_type, overrides)
+        self.metrics.decode.observe(time.perf_counter() - began)
+        results = await self.batcher.run(batch.records)
+        for entry in results:
+            if isinstance(entry, ClientError):
+                self.metrics.record_errors.labels(str(entry.status_code)).inc()
+        out, out_type = inference.output_fn(inference.with_results(batch, results), accept)
+        return Response(out, media_type=out_type)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to be over `limit` (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ClientError:
+    return ClientError(
+        f"body of {size} bytes or more is over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413
+    )
+
+
+def _decode(body: bytes, content_type: str, overrides: dict[str, str] | None) -> Batch:
+    return inference.input_fn(body, content_type, overrides=overrides)
+
+
+def _decode_worker_init() -> None:
+    """Decode workers leave SIGTERM and SIGINT to the server, which drains and then stops them."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _noop() -> None:
+    return None
+
+
+class RequestMetrics:
+    """ASGI middleware counting responses by route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = scope.get("route")
+            self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
+
+
+def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) -> FastAPI:
+    server = Server(settings, on_fatal)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(server.start())
+        try:
+            yield
+        finally:
+            await loading
+            await server.stop()
+
+    app = FastAPI(
+        title="Optimus SageMaker kit",
+        version=__version__,
+        description="Bioptimus histology models behind the vendor's wire protocol.",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    app.add_middleware(RequestMetrics, metrics=server.metrics)
+
+    @app.exception_handler(ClientError)
+    async def client_error(_: Request, exc: ClientError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(ForwardError)
+    async def forward_error(_: Request, exc: ForwardError) -> JSONResponse:
+        log.error("%s", exc)
+        return JSONResponse(exc.to_dict(), status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, status_code=500)
+
+    @app.get("/ping", tags=["sagemaker"])
+    async def ping() -> JSONResponse:
+        """200 once the models are loaded, 503 before."""
+        if server.models is None:
+            body = {"status": "failed" if server.load_error else "loading", "error": server.load_error}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "healthy", "models": list(server.models.runners)})
+
+    @app.post("/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
+    async def invocations(request: Request) -> Response:
+        """SageMaker's InvokeEndpoint: dispatch on each record's `model_name` and `mode`."""
+        return await server.invoke(request)
+
+    @app.post("/endpoints/{endpoint_name}/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
+    async def endpoint_invocations(endpoint_name: str, request: Request) -> Response:
+        """The path boto3's sagemaker-runtime client uses against a local endpoint URL."""
+        return await server.invoke(request)
+
+    for route, mode in REST_MODES.items():
+
+        async def rest(model: str, request: Request, mode: str = mode) -> Response:
+            return await server.invoke(request, {"model_name": model, "mode": mode})
+
+        app.post(
+            f"/api/{route}/{{model}}",
+            tags=["on-premise API"],
+            summary=f"{mode} of one tile, a list, or JSON lines",
+            openapi_extra=RECORD_BODY,
+        )(rest)
+
+    async def metadata(model: str) -> Response:
+        """What the model takes and gives: tile size, embedding_dim, output shapes, gene sets."""
+        return await server.answer(inference.dumps({"model_name": model, "mode": METADATA}), JSON, JSON, None)
+
+    for method in ("GET", "POST"):
+        app.add_api_route(
+            "/api/metadata/{model}",
+            metadata,
+            methods=[method],
+            tags=["on-premise API"],
+            operation_id=f"metadata_{method}",
+        )
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,86 @@
+"""What the image runs, run outside Docker (no Docker engine here): the `serve` entry, SIGTERM, pins."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kit.samples import wire_record
+from tests.serving import REPO, free_port, serve_command
+
+
+def test_container_serve_entry_answers_ping_and_invocations(artifact: Path) -> None:
+    """`serve` exactly as the image's CMD runs it, with the port from SAGEMAKER_BIND_TO_PORT."""
+    port = free_port()
+    env = {"SAGEMAKER_BIND_TO_PORT": str(port), "DECODE_WORKERS": "1"}
+    with serve_command([str(REPO / "container" / "serve"), "--model-dir", str(artifact)], env, port):
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/ping").json()["models"] == ["h1", "m-optimus", "tissue-seg"]
+        answer = httpx.post(f"{url}/invocations", json=wire_record("tissue-seg", "prediction"), timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["output"]) == 512 * 512
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(artifact: Path) -> None:
+    port = free_port()
+    env = {"SIMULATED_FORWARD_MS": "1500,0", "DECODE_WORKERS": "1", "MAX_BATCH_WAIT_MS": "0"}
+    command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(artifact)]
+    with serve_command([*command, "--port", str(port)], env, port) as process:
+        url = f"http://127.0.0.1:{port}"
+        answers: list[httpx.Response] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(f"{url}/invocations", json=wire_record("h1", "embedding"), timeout=60)
+            )
+        )
+        in_flight.start()
+        _wait_until_forwarding(url)
+        process.send_signal(signal.SIGTERM)
+        in_flight.join(timeout=60)
+        assert answers and answers[0].status_code == 200 and len(answers[0].json()["output"]) == 1536
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/ping")
+
+
+def _wait_until_forwarding(url: str) -> None:
+    """Until the request is inside its (simulated, 1.5 s) forward pass: its tile has left the queue."""
+    for _ in range(200):
+        metrics = httpx.get(f"{url}/metrics").text
+        if re.search(r'optimus_queue_wait_seconds_count\{model="h1"\} 1\.0', metrics):
+            return
+        threading.Event().wait(0.02)
+    raise AssertionError("the request never reached its forward pass")
+
+
+def test_model_dir_that_is_not_an_artifact_exits_non_zero(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(REPO / "container" / "serve"), "--model-dir", str(tmp_path), "--port", str(free_port())],
+        cwd=REPO,
+        env={"PATH": str(Path(sys.executable).parent), "DECODE_WORKERS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "manifest.json is missing" in done.stdout + done.stderr
+
+
+def test_container_pins_match_pyproject() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    image = [
+        line for line in (REPO / "container" / "requirements.txt").read_text().splitlines() if line and line[0] != "#"
+    ]
+    assert set(image) <= set(project), "container/requirements.txt pins differ from pyproject.toml"
+    torch_pins = {p.split("==")[0]: p.split("==")[1] for p in project if p.startswith(("torch==", "torchvision=="))}
+    dockerfile = (REPO / "container" / "Dockerfile").read_text()
+    assert f"TORCH_VERSION={torch_pins['torch']}" in dockerfile
+    assert f"TORCHVISION_VERSION={torch_pins['torchvision']}" in dockerfile
+    assert 'CMD ["serve"]' in dockerfile and "USER optimus" in dockerfile

@@ -1,0 +1,221 @@
+"""The server over real HTTP: boto3 against the SageMaker routes, the REST API, errors, batching, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import orjson
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError as BotoClientError
+
+from kit.samples import synthetic_counts, wire_record
+from model_code.settings import Settings
+from tests.conftest import png_bytes, random_tile
+from tests.serving import Running, free_port, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def running(artifact: Path) -> Iterator[Running]:
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=10, decode_workers=2)
+    with serve_in_thread(settings) as running:
+        yield running
+
+
+def runtime(url: str):
+    return boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+REAL_TIME = ["h1_embed_input.json", "m_embed_input.json", "m_predict_input.json", "tissue_seg_input.json"]
+
+
+@pytest.mark.parametrize("name", REAL_TIME)
+def test_vendor_real_time_payloads_through_boto3(running: Running, vendor: Path, name: str) -> None:
+    body = (vendor / "real-time" / name).read_bytes()
+    expected = json.loads((vendor / "real-time" / f"{name}.out").read_text())
+    answer = runtime(running.url).invoke_endpoint(EndpointName="local", ContentType="application/json", Body=body)
+    assert answer["ContentType"] == "application/json"
+    result = json.loads(answer["Body"].read())
+    assert len(result["output"]) == len(expected["output"])
+    assert set(expected) <= set(result)
+
+
+@pytest.mark.parametrize("name", ["h1_embed_inputs.jsonl", "m_embed_inputs.jsonl"])
+def test_vendor_batch_files_through_boto3_in_order(running: Running, vendor: Path, name: str) -> None:
+    body = (vendor / "batch" / name).read_bytes()
+    expected = [json.loads(line) for line in (vendor / "batch" / f"{name}.out").read_text().splitlines()]
+    answer = runtime(running.url).invoke_endpoint(
+        EndpointName="batch", ContentType="application/jsonlines", Accept="application/jsonlines", Body=body
+    )
+    lines = [json.loads(line) for line in answer["Body"].read().decode().splitlines()]
+    assert [line["patch_idx"] for line in lines] == [line["patch_idx"] for line in expected]
+    assert [len(line["output"]) for line in lines] == [len(line["output"]) for line in expected]
+    assert [list(line) for line in lines] == [list(line) for line in expected]
+
+
+def test_jsonlines_with_a_bad_record_answers_an_error_line_in_place(running: Running) -> None:
+    records = [orjson.dumps(wire_record("h1", "embedding", patch_idx=i)) for i in range(5)]
+    records[2] = b'{"model_name": "h1", "mode": "embedding", "image_data": "!!"}'
+    response = httpx.post(
+        f"{running.url}/invocations",
+        content=b"\n".join(records),
+        headers={"content-type": "application/jsonlines", "accept": "application/jsonlines"},
+    )
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line.get("patch_idx") for line in lines] == [0, 1, None, 3, 4]
+    assert lines[2]["field"] == "image_data" and lines[2]["record"] == 2
+
+
+def test_boto3_sees_client_errors_as_4xx(running: Running) -> None:
+    bad = orjson.dumps({**wire_record("h1", "embedding"), "image_data": "%%%"})
+    with pytest.raises(BotoClientError) as caught:
+        runtime(running.url).invoke_endpoint(EndpointName="local", ContentType="application/json", Body=bad)
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+
+
+def test_rest_routes(running: Running) -> None:
+    tile = wire_record("m-optimus", "embedding")
+    del tile["model_name"], tile["mode"]
+    base = running.url
+    embedding = httpx.post(f"{base}/api/embed/m-optimus", json=tile).json()
+    assert len(embedding["output"]) == 1536
+    predicted = httpx.post(f"{base}/api/predict/m-optimus", json={**tile, "bulk_rna": synthetic_counts()}).json()
+    assert len(predicted["output"]) == 6002
+    both = httpx.post(f"{base}/api/predict_with_embedding/m-optimus-stx", json=tile).json()
+    assert len(both["output"]) == 6002 and len(both["embedding"]) == 1536
+    h1 = httpx.post(f"{base}/api/embed/h1", json=[wire_record("h1", "embedding")] * 3).json()
+    assert [len(a["output"]) for a in h1] == [1536] * 3
+    assert httpx.get(f"{base}/api/metadata/h1").json()["embedding_dim"] == 1536
+    assert len(httpx.post(f"{base}/api/metadata/m-optimus").json()["output_genes"]) == 6002
+    contradiction = httpx.post(f"{base}/api/embed/h1", json=wire_record("tissue-seg", "prediction"))
+    assert contradiction.status_code == 400 and contradiction.json()["field"] == "model_name"
+    docs = httpx.get(f"{base}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = httpx.get(f"{base}/openapi.json").json()["paths"]
+    assert {"/invocations", "/api/embed/{model}", "/api/metadata/{model}", "/ping", "/metrics"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "field"),
+    [
+        (b'{"model_name": "h1", "mode": "embedding", "image_data": "@@"}', {}, 400, "image_data"),
+        (orjson.dumps({**wire_record("h1", "embedding"), "image_data": "aGVsbG8="}), {}, 400, "image_data"),
+        (orjson.dumps(wire_record("h1", "embedding", png_bytes(random_tile(200)))), {}, 400, "image_data"),
+        (orjson.dumps(wire_record("m-optimus", "prediction", bulk_rna=[1.0] * 7)), {}, 400, "bulk_rna"),
+        (orjson.dumps({**wire_record("h1", "embedding"), "model_name": "h7"}), {}, 400, "model_name"),
+        (orjson.dumps({**wire_record("h1", "embedding"), "mode": "dance"}), {}, 400, "mode"),
+        (orjson.dumps(wire_record("h0", "embedding")), {}, 404, "model_name"),
+        (b"{", {}, 400, "body"),
+        (b"", {}, 400, "body"),
+        (orjson.dumps(wire_record("h1", "embedding")), {"content-type": "text/csv"}, 415, "content_type"),
+        (orjson.dumps(wire_record("h1", "embedding")), {"accept": "image/png"}, 406, "accept"),
+    ],
+)
+def test_bad_requests_get_4xx_naming_the_field(
+    running: Running, body: bytes, headers: dict[str, str], status: int, field: str
+) -> None:
+    response = httpx.post(
+        f"{running.url}/invocations", content=body, headers={"content-type": "application/json", **headers}
+    )
+    assert response.status_code == status
+    assert response.json()["field"] == field and response.json()["error"]
+
+
+def test_body_over_the_limit_is_413_without_reading_it(running: Running) -> None:
+    port = int(running.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 7000000\r\n\r\n" + b"[" * 1000
+        )  # announces 7 MB, sends 1 kB: the answer must not wait for the rest
+        reply = sock.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413")
+    assert '"field":"body"' in reply
+
+
+def test_chunked_body_over_the_limit_is_413(running: Running) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield b" " * (1024 * 1024)
+
+    response = httpx.post(f"{running.url}/invocations", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def _histogram(metrics: str, name: str, model: str) -> dict[str, float]:
+    pattern = rf'{name}_bucket{{le="([^"]+)",model="{model}"}} (\S+)'
+    return {le: float(count) for le, count in re.findall(pattern, metrics)}
+
+
+def test_concurrent_single_tile_requests_are_batched(running: Running) -> None:
+    bodies = [
+        orjson.dumps(wire_record("h1", "embedding", png_bytes(random_tile(224, i)), patch_idx=i)) for i in range(64)
+    ]
+
+    async def fire() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{running.url}/invocations", content=b, headers={"content-type": "application/json"})
+                    for b in bodies
+                )
+            )
+
+    before = _histogram(httpx.get(f"{running.url}/metrics").text, "optimus_batch_size", "h1")
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 64
+    assert [r.json()["patch_idx"] for r in responses] == list(range(64))
+    after = _histogram(httpx.get(f"{running.url}/metrics").text, "optimus_batch_size", "h1")
+    tiles_in_batches_of_one = after["1.0"] - before.get("1.0", 0)
+    forwards = after["+Inf"] - before.get("+Inf", 0)
+    assert forwards < 64 and tiles_in_batches_of_one < forwards, "some forward passes must carry several tiles"
+    metrics = httpx.get(f"{running.url}/metrics").text
+    assert 'optimus_requests_total{route="/invocations",status="200"}' in metrics
+    assert "optimus_queue_wait_seconds_bucket" in metrics and "optimus_forward_seconds_bucket" in metrics
+
+
+def test_forward_failure_is_503_and_the_server_keeps_serving(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert running.server.models is not None
+    runner = running.server.models.runners["h1"]
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("CUDA out of memory (injected)")
+
+    body = orjson.dumps(wire_record("h1", "embedding"))
+    headers = {"content-type": "application/json"}
+    monkeypatch.setattr(runner, "forward", broken)
+    failed = httpx.post(f"{running.url}/invocations", content=body, headers=headers)
+    assert failed.status_code == 503 and failed.json()["retryable"] is True
+    assert "out of memory" in failed.json()["error"]
+    other_model = httpx.post(
+        f"{running.url}/invocations", content=orjson.dumps(wire_record("tissue-seg", "prediction")), headers=headers
+    )
+    assert other_model.status_code == 200
+    monkeypatch.undo()
+    recovered = httpx.post(f"{running.url}/invocations", content=body, headers=headers)
+    assert recovered.status_code == 200 and len(recovered.json()["output"]) == 1536
+
+
+def test_same_tile_over_http_matches_the_handler(running: Running, models) -> None:
+    from tests.test_handler import invoke_json
+
+    record = wire_record("h1", "embedding")
+    over_http = httpx.post(f"{running.url}/invocations", json=record).json()
+    np.testing.assert_array_equal(over_http["output"], invoke_json(models, record)["output"])
