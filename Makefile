@@ -27,5 +27,10 @@ lint: install
 demo: install
 	$(PY) -m kit demo
 
+# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU).
+bench: install
+	$(PY) -m bench.serving
+	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
+
 clean:
 	rm -rf $(VENV) build cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -18,7 +18,7 @@ from model_code.loaders import build_vit
 from model_code.manifest import ModelEntry
 
 # A one-block ViT keeping H-Optimus's features (registers, SwiGLU, layer scale) with a head to 1536.
-DEMO_VIT = {"embed_dim": 48, "depth": 1, "num_heads": 3, "mlp_ratio": 2.0, "num_classes": 1536}
+DEMO_VIT = {"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 1536}
 # H0-mini's output is CLS + mean patch token, so its width must stay 768.
 DEMO_VIT_MEAN_POOLED = {"embed_dim": 768, "depth": 1, "num_heads": 12, "mlp_ratio": 0.5, "num_classes": 0}
 

@@ -2,7 +2,9 @@
 
 One collector task per model takes the first waiting tile, waits up to `max_wait_s` for more (up to
 `max_batch` tiles) and hands the batch to `predict` on a single forward thread, so forward passes never
-block the event loop or the decode workers. While one forward runs, the next batch gathers.
+block the event loop or the decoding. While one forward runs, the next batch gathers. The wait ends
+early when `expecting_more()` says no request is still being decoded: then no tile can join soon, and
+waiting would only add latency (a lone request is not held back by MAX_BATCH_WAIT_MS).
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         on_wait: Callable[[str, float], None] | None = None,
+        expecting_more: Callable[[], bool] = lambda: True,
     ):
         self._predict = predict
+        self._expecting_more = expecting_more
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._on_wait = on_wait
@@ -74,7 +78,7 @@ class Batcher:
                     batch.append(queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or not self._expecting_more():
                     break
                 try:
                     batch.append(await asyncio.wait_for(queue.get(), remaining))

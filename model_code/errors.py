@@ -33,10 +33,6 @@ class ClientError(ValueError, _ToolkitError):
         where = f"record {self.record}, " if self.record is not None else ""
         return f"{where}field '{self.field}': {self.reason}"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Keyword arguments survive pickling (decode workers send errors back to the server)."""
-        return (_client_error, (self.reason, self.field, self.status_code, self.record))
-
     def at(self, record: int) -> ClientError:
         """The same error, located at a record index."""
         return ClientError(self.reason, field=self.field, status=self.status_code, record=record)
@@ -49,10 +45,6 @@ class ClientError(ValueError, _ToolkitError):
             "reason": self.reason,
             "record": self.record,
         }
-
-
-def _client_error(reason: str, field: str, status: int, record: int | None) -> ClientError:
-    return ClientError(reason, field=field, status=status, record=record)
 
 
 class ForwardError(RuntimeError, _ToolkitError):

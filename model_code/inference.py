@@ -37,7 +37,7 @@ from model_code.records import (
     split_body,
 )
 
-if TYPE_CHECKING:  # torch is imported by model_fn only, so decode workers running input_fn stay light
+if TYPE_CHECKING:  # torch is imported by model_fn only: parsing and serialising need none of it
     from model_code.runners import Runner
 
 DEFAULT_MAX_BATCH_SIZE = 32

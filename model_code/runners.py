@@ -33,8 +33,9 @@ class Runner:
         else:
             self.mean = torch.tensor(entry.normalisation.mean)
             self.std = torch.tensor(entry.normalisation.std)
-        self.mean = (self.mean * 255).view(1, 3, 1, 1).to(device)
-        self.std = (self.std * 255).view(1, 3, 1, 1).to(device)
+        # Applied to N,H,W,3 pixels in 0..255: the channel is the last, contiguous axis.
+        self.mean = (self.mean * 255).to(device)
+        self.std = (self.std * 255).to(device)
         self.extra_metadata: dict[str, Any] = {}
         # Called after every forward pass with (model, tiles, seconds): the server's metrics.
         self.after_forward: Callable[[str, int, float], None] | None = None
@@ -72,8 +73,8 @@ class Runner:
     @torch.inference_mode()
     def _run_chunk(self, chunk: Sequence[Record]) -> dict[str, np.ndarray]:
         pixels = torch.from_numpy(np.stack([r.pixels for r in chunk if r.pixels is not None]))  # N,H,W,3 uint8
-        tiles = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        tiles = (tiles - self.mean) / self.std
+        tiles = pixels.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+        tiles = tiles.permute(0, 3, 1, 2)  # N,3,H,W view in channels-last memory
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
             outputs = self.forward(tiles, chunk)
         return {name: value.float().cpu().numpy() for name, value in outputs.items()}

@@ -23,7 +23,7 @@ class Settings:
     max_batch_size: int = 32  # tiles per forward pass; 1 turns dynamic batching off
     max_batch_wait_ms: float = 5.0  # how long a forward waits for more tiles once it has one
     max_body_bytes: int = int(DEFAULT_BODY_MB * 1024 * 1024)
-    decode_workers: int = 2  # processes decoding requests (JSON, base64, PNG)
+    decode_workers: int = 2  # threads decoding requests (JSON, base64, PNG)
     graceful_timeout_s: float = 30.0
     simulated_forward_ms: tuple[float, float] | None = None  # benchmarks only
 
