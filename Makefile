@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install tools test lint demo bench synth clean
 
 install: $(STAMP)
 
@@ -31,6 +31,27 @@ demo: install
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
+
+# Node tools: the pinned AWS CDK CLI, for `node_modules/.bin/cdk deploy` (synthesis needs only Python).
+tools: node_modules/.bin/cdk
+
+node_modules/.bin/cdk: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# The CDK app, offline (placeholder account and region unless CDK_DEFAULT_ACCOUNT/REGION are set):
+# cdk-nag's AwsSolutions and HIPAA packs fail it on any unacknowledged finding; then cfn-lint.
+synth: install build/demo/H1/model.tar.gz build/demo/M/model.tar.gz
+	rm -rf cdk.out
+	$(PY) app.py
+	$(VENV)/bin/cfn-lint cdk.out/*.template.json
+	@echo "synthesized into cdk.out/: cdk-nag and cfn-lint clean"
+
+build/demo/H1/model.tar.gz: $(STAMP)
+	$(PY) -m kit package --demo --models h1,tissue-seg --out build/demo/H1
+
+build/demo/M/model.tar.gz: $(STAMP)
+	$(PY) -m kit package --demo --models m-optimus,tissue-seg --out build/demo/M
 
 clean:
 	rm -rf $(VENV) build cdk.out .pytest_cache .mypy_cache .ruff_cache

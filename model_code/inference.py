@@ -64,12 +64,19 @@ def model_fn(model_dir: str | Path) -> Models:
     """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
     import torch
 
+    from model_code.errors import ArtifactError
     from model_code.loaders import load_program, load_vit
     from model_code.manifest import read_gene_csv, read_manifest
     from model_code.runners import RUNNERS
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
+    expected = os.environ.get("OPTIMUS_MODELS")  # set by the CDK stack: the models this endpoint must host
+    held = [entry.name for entry in manifest.models]
+    if expected and sorted(expected.split(",")) != sorted(held):
+        raise ArtifactError(
+            f"this endpoint is configured for models {expected} but the artifact holds {','.join(held)}"
+        )
     device = torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
     max_batch = int(os.environ.get("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
     runners: dict[str, Runner] = {}

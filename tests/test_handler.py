@@ -297,3 +297,15 @@ def test_forward_failure_is_a_503_forward_error(models: Models, monkeypatch: pyt
     assert caught.value.status_code == 503 and "illegal memory access" in str(caught.value)
     monkeypatch.undo()
     assert len(invoke_json(models, wire_record("h1", "embedding"))["output"]) == 1536
+
+
+def test_artifact_must_hold_the_models_the_endpoint_is_configured_for(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_code.errors import ArtifactError
+
+    monkeypatch.setenv("OPTIMUS_MODELS", "m-optimus,h1,tissue-seg")
+    assert set(model_fn(artifact).runners) == {"h1", "m-optimus", "tissue-seg"}
+    monkeypatch.setenv("OPTIMUS_MODELS", "h1,tissue-seg")
+    with pytest.raises(ArtifactError, match="configured for models h1,tissue-seg but the artifact holds"):
+        model_fn(artifact)
