@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +21,7 @@ import numpy as np
 import orjson
 
 from bench.http_load import LoadResult, build_request, run_load
+from kit.local import LocalServer, serve_model
 from kit.package import package
 from kit.samples import wire_record
 from model_code.catalogue import H_OPTIMUS_NORMALISATION
@@ -51,34 +51,9 @@ def ceiling(tiles: int, workers: int) -> float:
         return done / (time.perf_counter() - began)
 
 
-class ServerProcess:
-    """`python -m model_code.serve` with extra environment, on a free port."""
-
-    def __init__(self, model_dir: Path, port: int, env: dict[str, str]):
-        self.port = port
-        command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(model_dir), "--port", str(port)]
-        self.process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-
-    def __enter__(self) -> ServerProcess:
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://{HOST}:{self.port}/ping", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise TimeoutError("server did not become healthy")
-
-    def __exit__(self, *_: object) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=60)
-
-    def load(self, concurrency: int, duration_s: float) -> LoadResult:
-        request = build_request(HOST, self.port, "/invocations", BODY)
-        return run_load(HOST, self.port, request, concurrency, duration_s=duration_s)
+def load(server: LocalServer, concurrency: int, duration_s: float) -> LoadResult:
+    request = build_request(HOST, server.port, "/invocations", BODY)
+    return run_load(HOST, server.port, request, concurrency, duration_s=duration_s)
 
 
 def _row(name: str, result: LoadResult) -> dict[str, float | int | str]:
@@ -96,23 +71,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=Path("build/bench/serving.json"))
     parser.add_argument("--duration", type=float, default=6.0, help="seconds measured per run")
-    parser.add_argument("--port", type=int, default=8190)
     args = parser.parse_args(argv)
     cores = os.cpu_count() or 1
     model_dir = package(["h1"], Path("build/bench/artifact"), demo=True)
 
     ceiling_tps = ceiling(400 * cores, cores)
     rows = []
-    with ServerProcess(model_dir, args.port, {}) as server:
+    with serve_model(model_dir) as server:
         for concurrency in (1, 8, 32):
-            rows.append(_row(f"(b) server c={concurrency}", server.load(concurrency, args.duration)))
+            rows.append(_row(f"(b) server c={concurrency}", load(server, concurrency, args.duration)))
     simulated = {"SIMULATED_FORWARD_MS": "20,1"}
     for name, extra in (
         ("(c) simulated GPU, batching", {}),
         ("(c) simulated GPU, MAX_BATCH_SIZE=1", {"MAX_BATCH_SIZE": "1"}),
     ):
-        with ServerProcess(model_dir, args.port, {**simulated, **extra}) as server:
-            rows.append(_row(name, server.load(32, args.duration)))
+        with serve_model(model_dir, env={**simulated, **extra}) as server:
+            rows.append(_row(name, load(server, 32, args.duration)))
 
     b32 = rows[2]["tiles_per_s"]
     batched, unbatched = rows[3]["tiles_per_s"], rows[4]["tiles_per_s"]

@@ -1,4 +1,5 @@
-"""`python -m kit COMMAND`: package and verify model artifacts (more commands in kit/cli docs)."""
+"""`python -m kit COMMAND`: package and verify model artifacts, run the demo, check endpoints (smoke),
+upload artifacts, wait for endpoints."""
 
 from __future__ import annotations
 
@@ -33,10 +34,45 @@ def _verify(args: argparse.Namespace) -> None:
     print(json.dumps(check_artifact(args.model_dir), indent=2))
 
 
-def _demo(args: argparse.Namespace) -> None:
+def _demo(args: argparse.Namespace) -> int:
     from kit.demo import run_demo
 
-    run_demo(args.workdir)
+    return run_demo(args.workdir)
+
+
+def _smoke(args: argparse.Namespace) -> int:
+    from kit.aws import endpoints_from_stack
+    from kit.package import parse_models
+    from kit.smoke import smoke, write_outputs
+
+    if bool(args.stack) == bool(args.endpoint):
+        raise KitError("give --stack NAME, or --endpoint NAME with --models")
+    if args.stack:
+        import boto3
+
+        endpoints = endpoints_from_stack(args.stack, boto3.Session(region_name=args.region))
+    else:
+        if not args.models:
+            raise KitError("--endpoint needs --models (the models it must host)")
+        endpoints = {args.endpoint: parse_models(args.models)}
+    report = smoke(endpoints, region=args.region, endpoint_url=args.endpoint_url, requests=args.requests)
+    print(report.text())
+    write_outputs(report, args.json, args.junit_xml)
+    return 0 if report.passed else 1
+
+
+def _upload(args: argparse.Namespace) -> None:
+    from kit.aws import upload_artifact
+
+    for uri in upload_artifact(args.path, args.uri):
+        print(f"uploaded and verified {uri}")
+
+
+def _wait(args: argparse.Namespace) -> None:
+    from kit.aws import wait_in_service
+
+    described = wait_in_service(args.endpoint, timeout_s=args.timeout, poll_s=args.poll)
+    print(f"{args.endpoint} is {described['EndpointStatus']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,13 +100,34 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--workdir", type=Path, default=Path("build/demo"))
     demo.set_defaults(run=_demo)
 
+    check = commands.add_parser("smoke", help="check endpoints: metadata, every mode, outputs, latency")
+    check.add_argument("--endpoint", help="endpoint name (with --models)")
+    check.add_argument("--models", help="comma-separated models the endpoint must host")
+    check.add_argument("--stack", help="read endpoints and models from this stack's outputs instead")
+    check.add_argument("--region")
+    check.add_argument("--endpoint-url", help="e.g. http://127.0.0.1:8080 for a local server")
+    check.add_argument("--requests", type=int, default=20, help="requests for the latency figures")
+    check.add_argument("--json", type=Path)
+    check.add_argument("--junit-xml", type=Path)
+    check.set_defaults(run=_smoke)
+
+    upload = commands.add_parser("upload", help="upload an artifact to S3 with checksums (dir -> prefix/)")
+    upload.add_argument("path", type=Path, help="OUT/model (uncompressed) or OUT/model.tar.gz")
+    upload.add_argument("uri", help="s3://BUCKET/PREFIX/ for a directory, s3://BUCKET/KEY for a tarball")
+    upload.set_defaults(run=_upload)
+
+    wait = commands.add_parser("wait", help="wait for an endpoint to be InService")
+    wait.add_argument("--endpoint", required=True)
+    wait.add_argument("--timeout", type=float, default=3600)
+    wait.add_argument("--poll", type=float, default=30)
+    wait.set_defaults(run=_wait)
+
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+        return int(args.run(args) or 0)
     except (KitError, ArtifactError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -183,6 +183,23 @@ class RequestMetrics:
             self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
+def model_error(endpoint: str, status: int, body: bytes) -> JSONResponse:
+    """The SageMaker runtime's answer when the container answers `status`: ModelError, HTTP 424."""
+    side = "client" if status < 500 else "server"
+    original = body.decode()
+    return JSONResponse(
+        {
+            "ErrorCode": f"{side.upper()}_ERROR_FROM_MODEL",
+            "OriginalStatusCode": status,
+            "OriginalMessage": original,
+            "LogStreamArn": f"local:/aws/sagemaker/Endpoints/{endpoint}",
+            "message": f'Received {side} error ({status}) from primary with message "{original}".',
+        },
+        status_code=424,
+        headers={"x-amzn-ErrorType": "ModelError"},
+    )
+
+
 def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) -> FastAPI:
     server = Server(settings, on_fatal)
 
@@ -233,8 +250,18 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
 
     @app.post("/endpoints/{endpoint_name}/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
     async def endpoint_invocations(endpoint_name: str, request: Request) -> Response:
-        """The path boto3's sagemaker-runtime client uses against a local endpoint URL."""
-        return await server.invoke(request)
+        """The path boto3's sagemaker-runtime client uses against a local endpoint URL.
+
+        Answers errors as the SageMaker runtime does: a ModelError (424) carrying the container's status
+        and body, so clients see the same error locally as on AWS.
+        """
+        try:
+            response = await server.invoke(request)
+        except (ClientError, ForwardError) as exc:
+            return model_error(endpoint_name, exc.status_code, inference.dumps(exc.to_dict()))
+        if response.status_code >= 400:
+            return model_error(endpoint_name, response.status_code, bytes(response.body))
+        return response
 
     for route, mode in REST_MODES.items():
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from kit.local import free_port
 from kit.package import package
 from model_code.inference import Models, model_fn
+from model_code.settings import Settings
+from tests.serving import Running, serve_in_thread
 
 VENDOR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vendor-payloads"
 
@@ -30,6 +34,14 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def models(artifact: Path) -> Models:
     return model_fn(artifact)
+
+
+@pytest.fixture(scope="session")
+def running(artifact: Path) -> Iterator[Running]:
+    """The real server on a local port, in this process (tests may reach inside it)."""
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=10, decode_workers=2)
+    with serve_in_thread(settings) as running:
+        yield running
 
 
 def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:

@@ -13,15 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kit.local import free_port, local_server
 from kit.samples import wire_record
-from tests.serving import REPO, free_port, serve_command
+from tests.serving import REPO
 
 
 def test_container_serve_entry_answers_ping_and_invocations(artifact: Path) -> None:
     """`serve` exactly as the image's CMD runs it, with the port from SAGEMAKER_BIND_TO_PORT."""
     port = free_port()
     env = {"SAGEMAKER_BIND_TO_PORT": str(port), "DECODE_WORKERS": "1"}
-    with serve_command([str(REPO / "container" / "serve"), "--model-dir", str(artifact)], env, port):
+    with local_server([str(REPO / "container" / "serve"), "--model-dir", str(artifact)], port, env):
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{url}/ping").json()["models"] == ["h1", "m-optimus", "tissue-seg"]
         answer = httpx.post(f"{url}/invocations", json=wire_record("tissue-seg", "prediction"), timeout=30)
@@ -32,7 +33,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits(artifact: Path) -> None:
     port = free_port()
     env = {"SIMULATED_FORWARD_MS": "1500,0", "DECODE_WORKERS": "1", "MAX_BATCH_WAIT_MS": "0"}
     command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(artifact)]
-    with serve_command([*command, "--port", str(port)], env, port) as process:
+    with local_server([*command, "--port", str(port)], port, env) as server:
+        process = server.process
         url = f"http://127.0.0.1:{port}"
         answers: list[httpx.Response] = []
         in_flight = threading.Thread(

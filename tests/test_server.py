@@ -18,16 +18,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
 from kit.samples import synthetic_counts, wire_record
-from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
-from tests.serving import Running, free_port, serve_in_thread
-
-
-@pytest.fixture(scope="module")
-def running(artifact: Path) -> Iterator[Running]:
-    settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=10, decode_workers=2)
-    with serve_in_thread(settings) as running:
-        yield running
+from tests.serving import Running
 
 
 def runtime(url: str):
@@ -82,11 +74,17 @@ def test_jsonlines_with_a_bad_record_answers_an_error_line_in_place(running: Run
     assert lines[2]["field"] == "image_data" and lines[2]["record"] == 2
 
 
-def test_boto3_sees_client_errors_as_4xx(running: Running) -> None:
+def test_boto3_sees_errors_as_sagemaker_model_errors(running: Running) -> None:
     bad = orjson.dumps({**wire_record("h1", "embedding"), "image_data": "%%%"})
-    with pytest.raises(BotoClientError) as caught:
-        runtime(running.url).invoke_endpoint(EndpointName="local", ContentType="application/json", Body=bad)
-    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    client = runtime(running.url)
+    with pytest.raises(client.exceptions.ModelError) as caught:
+        client.invoke_endpoint(EndpointName="local", ContentType="application/json", Body=bad)
+    error = caught.value.response
+    assert error["OriginalStatusCode"] == 400 and json.loads(error["OriginalMessage"])["field"] == "image_data"
+    assert "Received client error (400) from primary" in error["Error"]["Message"]
+    with pytest.raises(BotoClientError) as unsupported:
+        client.invoke_endpoint(EndpointName="local", ContentType="text/csv", Body=b"a,b")
+    assert unsupported.value.response["OriginalStatusCode"] == 415
 
 
 def test_rest_routes(running: Running) -> None:

@@ -1,0 +1,76 @@
+"""Start the serving command as a local process, as the container runs it, and wait until it is healthy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit import KitError
+
+
+@dataclass
+class LocalServer:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise KitError(f"the server exited with {process.returncode}:\n{output[-3000:]}")
+        with (
+            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            urllib.request.urlopen(f"{url}/ping", timeout=2) as answer,
+        ):
+            if answer.status == 200:
+                return
+        time.sleep(0.2)
+    raise KitError(f"{url}/ping did not answer 200 within {timeout_s:g} s")
+
+
+@contextlib.contextmanager
+def serve_model(model_dir: Path, env: dict[str, str] | None = None) -> Iterator[LocalServer]:
+    """`python -m model_code.serve --model-dir DIR --port P` on a free port."""
+    port = free_port()
+    command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(model_dir), "--port", str(port)]
+    with local_server(command, port, env) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def local_server(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[LocalServer]:
+    """A serving command listening on `port`, healthy before it is yielded, stopped with SIGTERM on exit."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` as in the image
+    process = subprocess.Popen(
+        command, env={**os.environ, "PATH": path, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, process)
+        yield LocalServer(url, port, process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,160 @@
+"""Deploy helpers against moto's S3, CloudFormation and SageMaker (AWS's control plane cannot run here)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from kit import KitError
+from kit.aws import endpoints_from_stack, upload_artifact, wait_in_service
+from model_code.manifest import read_manifest
+
+REGION = "eu-west-1"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        session.client("s3").create_bucket(Bucket="models", CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield session
+
+
+def test_upload_directory_to_prefix_with_checksums(aws: boto3.Session, artifact: Path) -> None:
+    written = upload_artifact(artifact, "s3://models/demo/v1/", aws)
+    manifest = read_manifest(artifact)
+    assert sorted(written) == sorted(f"s3://models/demo/v1/{rel}" for rel in [*manifest.sha256, "manifest.json"])
+    s3 = aws.client("s3")
+    for rel, digest in manifest.sha256.items():
+        head = s3.head_object(Bucket="models", Key=f"demo/v1/{rel}")
+        assert head["Metadata"]["sha256"] == digest
+
+
+def test_upload_tarball_to_key(aws: boto3.Session, artifact: Path) -> None:
+    tarball = artifact.parent / "model.tar.gz"
+    assert upload_artifact(tarball, "s3://models/demo/", aws) == ["s3://models/demo/model.tar.gz"]
+    assert (
+        aws.client("s3").head_object(Bucket="models", Key="demo/model.tar.gz")["ContentLength"]
+        == tarball.stat().st_size
+    )
+
+
+def test_tampered_directory_is_refused_before_upload(aws: boto3.Session, artifact: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for path in artifact.rglob("*"):
+        if path.is_file():
+            target = copy / path.relative_to(artifact)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    (copy / "h1" / "weights.safetensors").write_bytes(b"tampered")
+    from model_code.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="does not match the manifest"):
+        upload_artifact(copy, "s3://models/bad/", aws)
+    assert "Contents" not in aws.client("s3").list_objects_v2(Bucket="models", Prefix="bad/")
+
+
+def test_upload_refuses_bad_targets(aws: boto3.Session, artifact: Path) -> None:
+    with pytest.raises(KitError, match="prefix ending in '/'"):
+        upload_artifact(artifact, "s3://models/demo", aws)
+    with pytest.raises(KitError, match="is not s3://BUCKET/KEY"):
+        upload_artifact(artifact, "models/demo/", aws)
+    with pytest.raises(KitError, match="does not exist"):
+        upload_artifact(artifact / "nope.tar.gz", "s3://models/x", aws)
+
+
+def test_endpoints_from_stack_outputs(aws: boto3.Session) -> None:
+    template = {
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {
+            "H1EndpointName": {"Value": "optimus-h1"},
+            "H1Models": {"Value": "h1,tissue-seg"},
+            "MEndpointName": {"Value": "optimus-m"},
+            "MModels": {"Value": "m-optimus,tissue-seg"},
+        },
+    }
+    aws.client("cloudformation").create_stack(StackName="OptimusEndpoints", TemplateBody=json.dumps(template))
+    assert endpoints_from_stack("OptimusEndpoints", aws) == {
+        "optimus-h1": ["h1", "tissue-seg"],
+        "optimus-m": ["m-optimus", "tissue-seg"],
+    }
+    aws.client("cloudformation").create_stack(
+        StackName="Other",
+        TemplateBody=json.dumps({"Resources": template["Resources"], "Outputs": {"X": {"Value": "y"}}}),
+    )
+    with pytest.raises(KitError, match="no <Name>EndpointName outputs"):
+        endpoints_from_stack("Other", aws)
+
+
+def test_wait_returns_once_in_service(aws: boto3.Session) -> None:
+    sagemaker = aws.client("sagemaker")
+    role = "arn:aws:iam::123456789012:role/sagemaker"
+    sagemaker.create_model(
+        ModelName="m",
+        ExecutionRoleArn=role,
+        PrimaryContainer={"Image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/x:1"},
+    )
+    sagemaker.create_endpoint_config(
+        EndpointConfigName="c",
+        # moto's list of instance types predates ml.g5; the helper does not look at the type.
+        ProductionVariants=[
+            {"VariantName": "AllTraffic", "ModelName": "m", "InstanceType": "ml.g4dn.xlarge", "InitialInstanceCount": 1}
+        ],
+    )
+    sagemaker.create_endpoint(EndpointName="optimus-h1", EndpointConfigName="c")
+    assert wait_in_service("optimus-h1", aws, timeout_s=5, poll_s=0.01)["EndpointStatus"] == "InService"
+
+
+def _stubbed(statuses: list[dict[str, str]]) -> boto3.Session:
+    """moto cannot make an endpoint fail or hang: a botocore Stubber answers DescribeEndpoint instead."""
+    client = boto3.client("sagemaker", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+    stubber = Stubber(client)
+    for status in statuses:
+        stubber.add_response(
+            "describe_endpoint",
+            {
+                "EndpointName": "optimus-h1",
+                "EndpointArn": "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/optimus-h1",
+                "EndpointConfigName": "c",
+                "CreationTime": "2026-01-01T00:00:00Z",
+                "LastModifiedTime": "2026-01-01T00:00:00Z",
+                **status,
+            },
+        )
+    stubber.activate()
+
+    class Session:
+        def client(self, name: str) -> object:
+            assert name == "sagemaker"
+            return client
+
+    return Session()  # type: ignore[return-value]
+
+
+def test_wait_reports_sagemakers_failure_reason() -> None:
+    session = _stubbed(
+        [
+            {"EndpointStatus": "Creating"},
+            {"EndpointStatus": "Failed", "FailureReason": "The primary container did not pass the ping health check."},
+        ]
+    )
+    with pytest.raises(
+        KitError, match="optimus-h1 is Failed: The primary container did not pass the ping health check"
+    ):
+        wait_in_service("optimus-h1", session, timeout_s=5, poll_s=0.01)
+
+
+def test_wait_gives_up_after_the_timeout() -> None:
+    session = _stubbed([{"EndpointStatus": "Creating"}] * 3)
+    with pytest.raises(KitError, match=r"still Creating after 0\.02 s"):
+        wait_in_service("optimus-h1", session, timeout_s=0.02, poll_s=0.015)
