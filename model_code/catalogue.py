@@ -5,7 +5,7 @@ This module has no heavy imports so that `stacks/` and `kit/` can read it cheapl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 EMBEDDING = "embedding"
 PREDICTION = "prediction"
@@ -66,40 +66,23 @@ class ModelSpec:
         return self.outputs.get(EMBEDDING)
 
 
+H1 = ModelSpec(
+    name="h1",
+    family="encoder",
+    modes=(EMBEDDING, METADATA),
+    tile_size=224,
+    resolution=0.5,
+    outputs={EMBEDDING: 1536},
+    normalisation=H_OPTIMUS_NORMALISATION,
+    timm_config=H_OPTIMUS_TIMM,
+)
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec(
-            name="h1",
-            family="encoder",
-            modes=(EMBEDDING, METADATA),
-            tile_size=224,
-            resolution=0.5,
-            outputs={EMBEDDING: 1536},
-            normalisation=H_OPTIMUS_NORMALISATION,
-            timm_config=H_OPTIMUS_TIMM,
-        ),
-        ModelSpec(
-            name="h0",
-            family="encoder",
-            modes=(EMBEDDING, METADATA),
-            tile_size=224,
-            resolution=0.5,
-            outputs={EMBEDDING: 1536},
-            normalisation=H_OPTIMUS_NORMALISATION,
-            timm_config=H_OPTIMUS_TIMM,
-        ),
-        ModelSpec(
-            name="h0-mini",
-            family="encoder",
-            modes=(EMBEDDING, METADATA),
-            tile_size=224,
-            resolution=0.5,
-            outputs={EMBEDDING: 1536},
-            normalisation=H_OPTIMUS_NORMALISATION,
-            timm_config=H0_MINI_TIMM,
-            pooling="cls+mean_patch",
-        ),
+        H1,
+        replace(H1, name="h0"),  # H-optimus-0: the same architecture, public weights
+        replace(H1, name="h0-mini", timm_config=H0_MINI_TIMM, pooling="cls+mean_patch"),
         ModelSpec(
             name="m-optimus",
             family="m-optimus",

@@ -97,11 +97,16 @@ def model_fn(model_dir: str | Path) -> Models:
     return Models(runners, model_dir)
 
 
-def input_fn(input_data: bytes | str, content_type: str, *, overrides: dict[str, str] | None = None) -> Batch:
+def input_fn(input_data: bytes | str, content_type: str) -> Batch:
     """Parse and decode a request; a single bad record (or a body that is not records) raises.
 
-    `overrides` (the REST routes' model and mode) fill in or must agree with each record's fields.
+    Exactly two parameters: AWS's toolkit passes its context to a handler with one more.
     """
+    return parse_request(input_data, content_type, None)
+
+
+def parse_request(input_data: bytes | str, content_type: str, overrides: dict[str, str] | None) -> Batch:
+    """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record."""
     raw, layout = split_body(input_data, content_type)
     records = [decode_record(item, index, overrides) for index, item in enumerate(raw)]
     batch = Batch(records, layout)

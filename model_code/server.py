@@ -120,7 +120,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self.decoding += 1
         try:
-            batch = await loop.run_in_executor(self.decode_pool, _decode, body, content_type, overrides)
+            batch = await loop.run_in_executor(self.decode_pool, inference.parse_request, body, content_type, overrides)
         finally:
             self.decoding -= 1
         self.metrics.decode.observe(time.perf_counter() - began)
@@ -151,10 +151,6 @@ def _too_large(size: int, limit: int) -> ClientError:
     return ClientError(
         f"body of {size} bytes or more is over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413
     )
-
-
-def _decode(body: bytes, content_type: str, overrides: dict[str, str] | None) -> Batch:
-    return inference.input_fn(body, content_type, overrides=overrides)
 
 
 class RequestMetrics:
