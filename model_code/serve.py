@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import uvicorn
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.host:
-        settings = Settings(**{**settings.__dict__, "host": args.host})
+        settings = replace(settings, host=args.host)
     server: uvicorn.Server | None = None
 
     def stop() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_code.inference import DEFAULT_MAX_BATCH_SIZE
+
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 DEFAULT_BODY_MB = 6.0  # SageMaker real-time InvokeEndpoint limit
 
@@ -20,7 +22,7 @@ class Settings:
     model_dir: Path = DEFAULT_MODEL_DIR
     host: str = "0.0.0.0"
     port: int = 8080
-    max_batch_size: int = 32  # tiles per forward pass; 1 turns dynamic batching off
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # tiles per forward pass; 1 turns dynamic batching off
     max_batch_wait_ms: float = 5.0  # how long a forward waits for more tiles once it has one
     max_body_bytes: int = int(DEFAULT_BODY_MB * 1024 * 1024)
     decode_workers: int = 2  # threads decoding requests (JSON, base64, PNG)
@@ -37,7 +39,7 @@ class Settings:
             model_dir=model_dir or DEFAULT_MODEL_DIR,
             host=env.get("SERVER_HOST", "0.0.0.0"),
             port=port if port is not None else int(_number(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1)),
-            max_batch_size=int(_number(env, "MAX_BATCH_SIZE", 32, minimum=1)),
+            max_batch_size=int(_number(env, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1)),
             max_batch_wait_ms=_number(env, "MAX_BATCH_WAIT_MS", 5.0, minimum=0),
             max_body_bytes=int(body_mb * 1024 * 1024),
             decode_workers=int(_number(env, "DECODE_WORKERS", os.cpu_count() or 1, minimum=1)),
