@@ -67,11 +67,17 @@ class Record:
 
 
 def _loads(text: bytes | str) -> Any:
-    """orjson for speed; the standard library as a fallback so NaN/Infinity reach field validation."""
+    """orjson for speed; the standard library as a fallback so NaN/Infinity reach field validation.
+
+    Raises ValueError (JSONDecodeError and UnicodeDecodeError are ValueErrors) for anything not JSON.
+    """
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        try:
+            return json.loads(text)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
 
 
 def check_content_type(content_type: str | None) -> str:
@@ -92,7 +98,7 @@ def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], 
     if kind == JSON:
         try:
             parsed = _loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             raise ClientError(f"not valid JSON ({exc})", field="body") from None
         if isinstance(parsed, list):
             if not parsed:
@@ -106,7 +112,7 @@ def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], 
             continue
         try:
             raw.append(_loads(line))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except ValueError as exc:
             raw.append(ClientError(f"line is not valid JSON ({exc})", field="body", record=len(raw)))
     return raw, "lines"
 
@@ -161,6 +167,10 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
         raise ClientError(f"is not valid base64 ({exc})", field="image_data") from None
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except Image.DecompressionBombError:
+        raise ClientError(
+            f"declares an image far larger than a {tile_size}x{tile_size} tile", field="image_data"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise ClientError(f"is not a PNG, JPEG, TIFF or WebP image ({exc})", field="image_data") from None
     if image.size != (tile_size, tile_size):

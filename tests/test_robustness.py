@@ -1,0 +1,123 @@
+"""No input makes the handler fail other than with a ClientError (a 4xx): property tests over arbitrary
+bodies, arbitrary JSON and arbitrarily typed wire fields, run through input_fn, predict_fn and output_fn."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import zlib
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kit.samples import sample_png
+from model_code.errors import ClientError
+from model_code.inference import Models, input_fn, output_fn, predict_fn
+from tests.conftest import png_bytes, random_tile
+
+CONTENT_TYPES = st.sampled_from(["application/json", "application/jsonlines"])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def handle(models: Models, body: bytes, content_type: str) -> None:
+    """The whole handler; only ClientError may escape, and every entry is an answer or a client error."""
+    try:
+        out, _ = output_fn(predict_fn(input_fn(body, content_type), models), None)
+    except ClientError as exc:
+        assert 400 <= exc.status_code < 500 and exc.field
+        return
+    text = out.decode()
+    entries = (
+        [json.loads(line) for line in text.splitlines()] if content_type.endswith("jsonlines") else json.loads(text)
+    )
+    for entry in entries if isinstance(entries, list) else [entries]:
+        assert "output" in entry or "model_name" in entry or 400 <= entry["status"] < 500
+
+
+@SETTINGS
+@given(body=st.binary(max_size=3000), content_type=CONTENT_TYPES)
+def test_arbitrary_bytes(models: Models, body: bytes, content_type: str) -> None:
+    handle(models, body, content_type)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(value=JSON_VALUES, content_type=CONTENT_TYPES)
+def test_arbitrary_json(models: Models, value: Any, content_type: str) -> None:
+    handle(models, json.dumps(value).encode(), content_type)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+TILES = st.sampled_from(
+    [_b64(sample_png(224)), _b64(sample_png(512)), _b64(png_bytes(random_tile(64))), _b64(b"GIF89a"), "", "%%"]
+)
+ANY_SCALAR = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10)
+RECORDS = st.fixed_dictionaries(
+    {
+        "model_name": st.sampled_from(["h1", "m-optimus", "m-optimus-stx", "tissue-seg", "h0", "nope"]) | ANY_SCALAR,
+        "mode": st.sampled_from(["embedding", "prediction", "prediction_with_embedding", "metadata"]) | ANY_SCALAR,
+        "image_data": TILES | ANY_SCALAR,
+    },
+    optional={
+        "bulk_rna": st.none() | st.lists(st.floats(), max_size=5) | st.just([1.0] * 19374) | ANY_SCALAR,
+        "slide_name": ANY_SCALAR,
+        "x": ANY_SCALAR,
+        "y": ANY_SCALAR,
+        "width": ANY_SCALAR,
+        "height": ANY_SCALAR,
+        "tissue_ratio": ANY_SCALAR,
+        "patch_idx": ANY_SCALAR,
+        "resolution": ANY_SCALAR,
+    },
+)
+
+
+@SETTINGS
+@given(records=st.lists(RECORDS, min_size=1, max_size=4), as_list=st.booleans(), content_type=CONTENT_TYPES)
+def test_arbitrary_wire_fields(models: Models, records: list[dict[str, Any]], as_list: bool, content_type: str) -> None:
+    if content_type.endswith("jsonlines"):
+        body = b"\n".join(json.dumps(r).encode() for r in records)
+    else:
+        body = json.dumps(records if as_list else records[0]).encode()
+    handle(models, body, content_type)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "field"),
+    [
+        (b"[" * 100_000, "application/json", "body"),
+        (b'{"a":' * 5000, "application/json", "body"),
+        (
+            orjson.dumps({"model_name": "h1", "mode": "embedding", "image_data": _b64(_png_header(30000, 30000))}),
+            "application/json",
+            "image_data",
+        ),
+        (json.dumps({"model_name": "h1", "mode": "embedding", "x": 2**70}).encode(), "application/json", "x"),
+    ],
+    ids=["deeply nested array", "deeply nested object", "decompression bomb header", "coordinate beyond 64 bits"],
+)
+def test_known_hostile_inputs_are_client_errors(models: Models, body: bytes, content_type: str, field: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        input_fn(body, content_type)
+    assert caught.value.status_code == 400 and caught.value.field == field
