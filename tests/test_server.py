@@ -17,7 +17,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
+from kit.local import free_port
 from kit.samples import synthetic_counts, wire_record
+from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running
 
@@ -217,3 +219,47 @@ def test_same_tile_over_http_matches_the_handler(running: Running, models) -> No
     record = wire_record("h1", "embedding")
     over_http = httpx.post(f"{running.url}/invocations", json=record).json()
     np.testing.assert_array_equal(over_http["output"], invoke_json(models, record)["output"])
+
+
+def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import uvicorn
+
+    from model_code import inference
+    from model_code.server import create_app
+
+    release = threading.Event()
+    real_model_fn = inference.model_fn
+
+    def slow_model_fn(model_dir: Path):
+        assert release.wait(timeout=60)
+        return real_model_fn(model_dir)
+
+    monkeypatch.setattr(inference, "model_fn", slow_model_fn)
+    port = free_port()
+    app = create_app(Settings(model_dir=artifact, port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                loading = httpx.get(f"{url}/ping")
+                break
+            except httpx.ConnectError:
+                threading.Event().wait(0.05)
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        early = httpx.post(f"{url}/invocations", json=wire_record("h1", "embedding"))
+        assert early.status_code == 503 and "still loading" in early.json()["error"]
+        release.set()
+        for _ in range(100):
+            if httpx.get(f"{url}/ping").status_code == 200:
+                break
+            threading.Event().wait(0.05)
+        assert httpx.post(f"{url}/invocations", json=wire_record("h1", "embedding")).status_code == 200
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=30)
