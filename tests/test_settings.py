@@ -1,0 +1,55 @@
+"""Server settings: where the port, model directory and limits come from, and bad values refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from model_code.serve import main
+from model_code.settings import Settings, SettingsError
+
+
+def test_defaults_are_sagemakers() -> None:
+    settings = Settings.load({})
+    assert settings.model_dir == Path("/opt/ml/model") and settings.port == 8080
+    assert settings.max_body_bytes == 6 * 1024 * 1024 and settings.max_batch_size == 32
+    assert settings.simulated_forward_ms is None
+
+
+def test_port_precedence() -> None:
+    assert Settings.load({"SAGEMAKER_BIND_TO_PORT": "9000"}).port == 9000
+    assert Settings.load({"SAGEMAKER_BIND_TO_PORT": "9000"}, port=9100).port == 9100
+    assert Settings.load({}, model_dir=Path("/models")).model_dir == Path("/models")
+
+
+def test_body_limit_follows_batch_transform_then_our_variable() -> None:
+    assert Settings.load({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "100"}).max_body_bytes == 100 * 1024 * 1024
+    both = {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "100", "MAX_BODY_MB": "20"}
+    assert Settings.load(both).max_body_bytes == 20 * 1024 * 1024
+
+
+def test_batching_and_simulation_variables() -> None:
+    settings = Settings.load({"MAX_BATCH_SIZE": "1", "MAX_BATCH_WAIT_MS": "0", "SIMULATED_FORWARD_MS": "20,1"})
+    assert (settings.max_batch_size, settings.max_batch_wait_ms, settings.simulated_forward_ms) == (1, 0.0, (20.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAX_BATCH_SIZE": "0"}, "MAX_BATCH_SIZE='0' must be at least 1"),
+        ({"MAX_BATCH_SIZE": "lots"}, "MAX_BATCH_SIZE='lots' is not a number"),
+        ({"MAX_BATCH_WAIT_MS": "-1"}, "MAX_BATCH_WAIT_MS='-1' must be at least 0"),
+        ({"SIMULATED_FORWARD_MS": "20"}, "must be two numbers, A,B"),
+        ({"SAGEMAKER_BIND_TO_PORT": "http"}, "SAGEMAKER_BIND_TO_PORT='http' is not a number"),
+    ],
+)
+def test_bad_values_are_refused_by_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.load(env)
+
+
+def test_serve_exits_2_on_a_bad_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("MAX_BATCH_SIZE", "-3")
+    assert main(["--model-dir", "/nowhere"]) == 2
+    assert "MAX_BATCH_SIZE='-3' must be at least 1" in capsys.readouterr().err
