@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from model_code.catalogue import METADATA
 from model_code.errors import ClientError, ForwardError
 from model_code.records import Record
 
@@ -91,8 +92,10 @@ class Batcher:
             if self._on_wait is not None:
                 for pending in batch:
                     self._on_wait(model, started - pending.enqueued)
+            # Only batches with tiles to run wait for the forward thread: metadata never queues behind a GPU pass.
+            executor = self._forward if any(p.record.mode != METADATA for p in batch) else None
             try:
-                results = await loop.run_in_executor(self._forward, self._predict, [p.record for p in batch])
+                results = await loop.run_in_executor(executor, self._predict, [p.record for p in batch])
             except Exception as exc:  # a failed forward fails this batch only
                 error = exc if isinstance(exc, ForwardError) else ForwardError(model, exc)
                 for pending in batch:

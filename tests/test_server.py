@@ -21,7 +21,7 @@ from kit.local import free_port
 from kit.samples import synthetic_counts, wire_record
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
-from tests.serving import Running
+from tests.serving import Running, serve_in_thread
 
 
 def runtime(url: str):
@@ -263,3 +263,41 @@ def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, m
         release.set()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path) -> None:
+    """While a (simulated, 1.5 s) forward pass runs, bad requests, metadata and /ping are answered first."""
+    import threading
+    import time
+
+    settings = Settings(model_dir=artifact, port=free_port(), simulated_forward_ms=(1500, 0), max_batch_wait_ms=0)
+    with serve_in_thread(settings) as slow:
+        finished: list[tuple[str, float]] = []
+
+        def call(name: str, send: object) -> None:
+            response = send()  # type: ignore[operator]
+            assert response.status_code in (200, 400), response.text
+            finished.append((name, time.monotonic()))
+
+        tile = threading.Thread(
+            target=call,
+            args=(
+                "forward",
+                lambda: httpx.post(f"{slow.url}/invocations", json=wire_record("h1", "embedding"), timeout=30),
+            ),
+        )
+        tile.start()
+        for _ in range(200):  # until the tile is inside its forward pass
+            if 'optimus_queue_wait_seconds_count{model="h1"} 1.0' in httpx.get(f"{slow.url}/metrics").text:
+                break
+            time.sleep(0.01)
+        call(
+            "bad request",
+            lambda: httpx.post(
+                f"{slow.url}/invocations", json={"model_name": "h1", "mode": "embedding", "image_data": "@"}
+            ),
+        )
+        call("metadata", lambda: httpx.get(f"{slow.url}/api/metadata/m-optimus"))
+        call("ping", lambda: httpx.get(f"{slow.url}/ping"))
+        tile.join(timeout=30)
+    assert [name for name, _ in finished] == ["bad request", "metadata", "ping", "forward"]
