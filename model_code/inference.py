@@ -10,6 +10,7 @@ where a bad record's entry is its error and the others are answered normally.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,10 @@ if TYPE_CHECKING:  # torch is imported by model_fn only: parsing and serialising
     from model_code.runners import Runner
 
 DEFAULT_MAX_BATCH_SIZE = 32
+
+RecordMap = Callable[
+    [Callable[[tuple[int, Any]], "Record | ClientError"], list[tuple[int, Any]]], Iterable["Record | ClientError"]
+]
 
 
 @dataclass(frozen=True)
@@ -105,10 +110,13 @@ def input_fn(input_data: bytes | str, content_type: str) -> Batch:
     return parse_request(input_data, content_type, None)
 
 
-def parse_request(input_data: bytes | str, content_type: str, overrides: dict[str, str] | None) -> Batch:
-    """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record."""
+def parse_request(
+    input_data: bytes | str, content_type: str, overrides: dict[str, str] | None, map_records: RecordMap = map
+) -> Batch:
+    """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record,
+    and `map_records` may decode the records of a many-record request in parallel (the server's pool)."""
     raw, layout = split_body(input_data, content_type)
-    records = [decode_record(item, index, overrides) for index, item in enumerate(raw)]
+    records = list(map_records(lambda item: decode_record(item[1], item[0], overrides), list(enumerate(raw))))
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)
     return batch

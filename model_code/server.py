@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,7 +53,8 @@ class Server:
         self.metrics = Metrics()
         self.models: Models | None = None
         self.load_error: str | None = None
-        self.decode_pool: ThreadPoolExecutor | None = None
+        self.parse_pool: ThreadPoolExecutor | None = None  # splits bodies; fans many-record requests out to:
+        self.decode_pool: ThreadPoolExecutor | None = None  # decodes tiles
         self.batcher: Batcher | None = None
         self.decoding = 0  # requests in the decode pool: tiles that may still join a batch
 
@@ -63,6 +64,7 @@ class Server:
         A failure to load calls `on_fatal` (serve.py stops the server and exits 1), so SageMaker sees the
         container exit with the reason in its log rather than a server that never becomes healthy.
         """
+        self.parse_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="parse")
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
         try:
             models = await asyncio.to_thread(inference.model_fn, self.settings.model_dir)
@@ -86,8 +88,15 @@ class Server:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        if self.decode_pool is not None:
-            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self.parse_pool, self.decode_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _map_records(self, decode: Callable[[Any], Any], items: list[Any]) -> Iterable[Any]:
+        """One record decodes where it is; the records of a batch-transform request decode in parallel."""
+        if len(items) < 2 or self.decode_pool is None:
+            return map(decode, items)
+        return self.decode_pool.map(decode, items)
 
     def _predict(self, records: list[Any]) -> list[Any]:
         assert self.models is not None
@@ -114,13 +123,15 @@ class Server:
         self, body: bytes, content_type: str, accept: str | None, overrides: dict[str, str] | None
     ) -> Response:
         """Decode in the worker pool, batch, predict, serialise: one request, one response."""
-        if self.models is None or self.batcher is None or self.decode_pool is None:
+        if self.models is None or self.batcher is None or self.parse_pool is None:
             return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
         began = time.perf_counter()
         loop = asyncio.get_running_loop()
         self.decoding += 1
         try:
-            batch = await loop.run_in_executor(self.decode_pool, inference.parse_request, body, content_type, overrides)
+            batch = await loop.run_in_executor(
+                self.parse_pool, inference.parse_request, body, content_type, overrides, self._map_records
+            )
         finally:
             self.decoding -= 1
         self.metrics.decode.observe(time.perf_counter() - began)

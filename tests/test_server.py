@@ -301,3 +301,27 @@ def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path
         call("ping", lambda: httpx.get(f"{slow.url}/ping"))
         tile.join(timeout=30)
     assert [name for name, _ in finished] == ["bad request", "metadata", "ping", "forward"]
+
+
+def test_records_of_one_jsonlines_request_decode_in_parallel(
+    running: Running, vendor: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from model_code import inference
+
+    threads: set[str] = set()
+    real_decode = inference.decode_record
+
+    def recording(*args: object) -> object:
+        threads.add(threading.current_thread().name)
+        return real_decode(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inference, "decode_record", recording)
+    body = (vendor / "batch" / "h1_embed_inputs.jsonl").read_bytes()
+    response = httpx.post(f"{running.url}/invocations", content=body, headers={"content-type": "application/jsonlines"})
+    assert response.status_code == 200 and len(response.text.splitlines()) == 20
+    assert len({name for name in threads if name.startswith("decode")}) == 2  # DECODE_WORKERS of the fixture
+    threads.clear()
+    single = httpx.post(f"{running.url}/invocations", json=wire_record("h1", "embedding"))
+    assert single.status_code == 200 and len(threads) == 1 and next(iter(threads)).startswith("parse")
