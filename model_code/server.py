@@ -1,10 +1,11 @@
 """The HTTP server: SageMaker's /ping and /invocations, the on-premise REST API, /metrics, /docs.
 
-Requests are decoded by `input_fn` in a pool of threads (Pillow releases the GIL while it inflates a
-PNG; on 2 cores threads measured 30% faster than worker processes, which pay for piping each body in
-and each 150 kB tile out), their tiles are batched across requests per model (model_code.batching)
-and run by `predict_fn` on one forward thread, and answered by `output_fn`. The handler module is the
-only way in to the models.
+Requests are parsed and decoded (`inference.parse_request`, input_fn's body) in threads: a parse pool
+splits each body and fans the records of many-record requests out to a decode pool. (Pillow releases
+the GIL while it inflates a PNG; on 2 cores threads measured 30% faster than worker processes, which
+pay for piping each body in and each 150 kB tile out.) Tiles are batched across requests per model
+(model_code.batching) and run by `predict_fn` on one forward thread; `output_fn` serialises off the
+event loop. The handler module is the only way in to the models.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ class Server:
         for entry in results:
             if isinstance(entry, ClientError):
                 self.metrics.record_errors.labels(str(entry.status_code)).inc()
-        out, out_type = inference.output_fn(inference.with_results(batch, results), accept)
+        finished = inference.with_results(batch, results)  # a lone bad record raises its ClientError here
+        out, out_type = await loop.run_in_executor(self.parse_pool, inference.output_fn, finished, accept)
         return Response(out, media_type=out_type)
 
 
