@@ -28,14 +28,11 @@ class Runner:
         self.device = device
         self.max_batch = max_batch
         self.module = module.to(device)  # loaders hand over modules already in eval mode
-        if entry.normalisation is None:
-            self.mean, self.std = torch.zeros(3), torch.ones(3)
-        else:
-            self.mean = torch.tensor(entry.normalisation.mean)
-            self.std = torch.tensor(entry.normalisation.std)
+        norm = entry.normalisation
+        mean, std = (norm.mean, norm.std) if norm else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         # Applied to N,H,W,3 pixels in 0..255: the channel is the last, contiguous axis.
-        self.mean = (self.mean * 255).to(device)
-        self.std = (self.std * 255).to(device)
+        self.mean = torch.tensor(mean, device=device) * 255
+        self.std = torch.tensor(std, device=device) * 255
         self.extra_metadata: dict[str, Any] = {}
         # Called after every forward pass with (model, tiles, seconds): the server's metrics.
         self.after_forward: Callable[[str, int, float], None] | None = None
