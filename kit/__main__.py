@@ -24,7 +24,7 @@ def _package(args: argparse.Namespace) -> None:
         tissue_seg_program=args.tissue_seg_program,
         dtype=args.dtype,
     )
-    model_dir = package(parse_models(args.models), args.out, demo=args.demo, sources=sources)
+    model_dir = package(parse_models(args.models), args.out, demo=args.demo, sources=sources, with_code=args.with_code)
     print(f"wrote {model_dir} and {args.out / 'model.tar.gz'}")
 
 
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--output-genes", type=Path, help="M-Optimus output gene set CSV (6002 Ensembl IDs)")
     pack.add_argument("--tissue-seg-program", type=Path, help="the vendor's exported tissue-seg .pt2")
     pack.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored ViT weights")
+    pack.add_argument(
+        "--with-code", action="store_true", help="add code/ so AWS's PyTorch serving image can run the handler"
+    )
     pack.set_defaults(run=_package)
 
     verify = commands.add_parser("verify", help="check an artifact's checksums and run every mode once")

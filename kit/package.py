@@ -36,6 +36,11 @@ from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, write_manif
 from model_code.records import Record
 
 
+REPO = Path(__file__).resolve().parents[1]
+MODEL_CODE = REPO / "model_code"
+HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
+
+
 @dataclass(frozen=True)
 class Sources:
     """Where real weights come from; all None for the demo."""
@@ -60,11 +65,14 @@ def parse_models(text: str) -> list[str]:
     return names
 
 
-def package(models: list[str], out: Path, *, demo: bool, sources: Sources = Sources()) -> Path:
+def package(
+    models: list[str], out: Path, *, demo: bool, sources: Sources = Sources(), with_code: bool = False
+) -> Path:
     """Write OUT/model/ and OUT/model.tar.gz; returns the model directory.
 
     The artifact is built and checked in a staging directory and only then moved into place, so a
-    failure leaves no half-written artifact behind.
+    failure leaves no half-written artifact behind. `with_code` adds code/ for AWS's own PyTorch
+    serving image (see add_code).
     """
     model_dir = out / "model"
     if model_dir.exists() and not (model_dir / MANIFEST).is_file() and any(model_dir.iterdir()):
@@ -77,7 +85,7 @@ def package(models: list[str], out: Path, *, demo: bool, sources: Sources = Sour
     staging.mkdir(parents=True)
     try:
         entries = [build_demo_model(n, staging) if demo else _real_model(n, staging, sources) for n in models]
-        write_manifest(staging, entries)
+        write_manifest(staging, entries, add_code(staging) if with_code else ())
         check_artifact(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -86,6 +94,22 @@ def package(models: list[str], out: Path, *, demo: bool, sources: Sources = Sour
     staging.rename(model_dir)
     _tar(model_dir, out / "model.tar.gz")
     return model_dir
+
+
+def add_code(model_dir: Path) -> list[str]:
+    """code/model_code/ and code/requirements.txt: what AWS's PyTorch serving image needs to run our
+    handler unchanged (it puts code/ on sys.path; set SAGEMAKER_PROGRAM=model_code.inference). The
+    requirements are the handler's imports beyond torch, pinned as in our image."""
+    code = model_dir / "code"
+    written = []
+    for source in sorted(MODEL_CODE.glob("*.py")):
+        target = code / "model_code" / source.name
+        _copy(source, target)
+        written.append(str(target.relative_to(model_dir)))
+    pins = (REPO / "container" / "requirements.txt").read_text().splitlines()
+    needed = [pin for pin in pins if pin.split("==")[0] in HANDLER_PACKAGES]
+    (code / "requirements.txt").write_text("\n".join(needed) + "\n")
+    return [*written, "code/requirements.txt"]
 
 
 def check_artifact(model_dir: Path) -> dict[str, dict[str, int]]:

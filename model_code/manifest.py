@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -70,7 +71,7 @@ class Manifest(BaseModel):
 
     kit_version: str = __version__
     models: list[ModelEntry]
-    sha256: dict[str, str]  # relative path -> hex digest, for every file the models list
+    sha256: dict[str, str]  # relative path -> hex digest, for every file of the artifact but the manifest
 
     def entry(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
@@ -84,9 +85,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(model_dir: Path, models: list[ModelEntry]) -> Manifest:
-    """Hash every file the models list and write manifest.json beside them."""
-    paths = sorted({path for entry in models for path in entry.files.values()})
+def write_manifest(model_dir: Path, models: list[ModelEntry], extra: Iterable[str] = ()) -> Manifest:
+    """Hash every file the models list, and `extra` files (code), and write manifest.json beside them."""
+    paths = sorted({path for entry in models for path in entry.files.values()} | set(extra))
     manifest = Manifest(models=models, sha256={p: sha256_file(model_dir / p) for p in paths})
     (model_dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest

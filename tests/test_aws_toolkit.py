@@ -85,3 +85,51 @@ def test_bad_input_gets_the_same_4xx_under_the_toolkit(
     answer, context = invoke(transformer, artifact, orjson.dumps(record), "application/json", "application/json")
     assert context.status is not None and context.status[0] == status
     assert f"field '{field}'" in answer
+
+
+TOOLKIT_RUN = """
+import json, sys
+code, model_dir, payload = sys.argv[1:4]
+sys.path.insert(0, code)  # what AWS's PyTorch serving image does with the artifact's code/
+import model_code.inference
+assert model_code.inference.__file__.startswith(code), model_code.inference.__file__
+from sagemaker_inference.transformer import Transformer
+
+class Context:
+    system_properties = {"model_dir": model_dir}
+    status = None
+    def __init__(self):
+        self.request_processor = [self]
+    def get_request_properties(self):
+        return {"Content-Type": "application/json", "Accept": "application/json"}
+    def set_response_status(self, code, phrase):
+        self.status = code
+    def set_response_content_type(self, index, content_type):
+        pass
+
+context = Context()
+answer = Transformer().transform([{"body": open(payload, "rb").read()}], context)[0]
+print(json.dumps({"status": context.status, "outputs": len(json.loads(answer)["output"])}))
+"""
+
+
+def test_artifact_with_code_runs_in_aws_image_layout(tmp_path: Path, vendor: Path) -> None:
+    """`kit package --with-code`: the handler imported from the artifact's own code/ serves under the toolkit."""
+    import os
+    import subprocess
+    import sys
+
+    from kit.package import package
+    from model_code.manifest import read_manifest
+
+    model_dir = package(["h1"], tmp_path / "out", demo=True, with_code=True)
+    manifest = read_manifest(model_dir)
+    assert "code/model_code/inference.py" in manifest.sha256 and "code/requirements.txt" in manifest.sha256
+    assert "timm==" in (model_dir / "code" / "requirements.txt").read_text()
+    done = subprocess.run(
+        [sys.executable, "-c", TOOLKIT_RUN, str(model_dir / "code"), str(model_dir), str(vendor / "real-time" / "h1_embed_input.json")],
+        cwd=tmp_path, env={**os.environ, "SAGEMAKER_PROGRAM": "model_code.inference"}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"status": None, "outputs": 1536}
