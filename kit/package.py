@@ -35,7 +35,6 @@ from model_code.loaders import build_vit, load_program, load_state_dict_strict
 from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, write_manifest
 from model_code.records import Record
 
-
 REPO = Path(__file__).resolve().parents[1]
 MODEL_CODE = REPO / "model_code"
 HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
