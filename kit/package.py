@@ -64,9 +64,7 @@ def parse_models(text: str) -> list[str]:
     return names
 
 
-def package(
-    models: list[str], out: Path, *, demo: bool, sources: Sources = Sources(), with_code: bool = False
-) -> Path:
+def package(models: list[str], out: Path, *, demo: bool, sources: Sources = Sources(), with_code: bool = False) -> Path:
     """Write OUT/model/ and OUT/model.tar.gz; returns the model directory.
 
     The artifact is built and checked in a staging directory and only then moved into place, so a

@@ -126,10 +126,14 @@ def test_artifact_with_code_runs_in_aws_image_layout(tmp_path: Path, vendor: Pat
     manifest = read_manifest(model_dir)
     assert "code/model_code/inference.py" in manifest.sha256 and "code/requirements.txt" in manifest.sha256
     assert "timm==" in (model_dir / "code" / "requirements.txt").read_text()
+    payload = vendor / "real-time" / "h1_embed_input.json"
     done = subprocess.run(
-        [sys.executable, "-c", TOOLKIT_RUN, str(model_dir / "code"), str(model_dir), str(vendor / "real-time" / "h1_embed_input.json")],
-        cwd=tmp_path, env={**os.environ, "SAGEMAKER_PROGRAM": "model_code.inference"}, capture_output=True, text=True,
+        [sys.executable, "-c", TOOLKIT_RUN, str(model_dir / "code"), str(model_dir), str(payload)],
+        cwd=tmp_path,
+        env={**os.environ, "SAGEMAKER_PROGRAM": "model_code.inference"},
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"status": None, "outputs": 1536}
