@@ -12,7 +12,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks.config import ECR_URI, S3_URI, KitConfig
+from stacks.config import ECR_URI, S3_URI, EndpointConfig, KitConfig
 from stacks.endpoint import ArtifactRef, ImageRef, ModelEndpoint
 from stacks.foundation import FoundationStack
 
@@ -34,7 +34,7 @@ class EndpointsStack(Stack):
                 models=endpoint_config.models,
                 config=config,
                 image=image,
-                artifact=self._artifact(name, endpoint_config.artifact, endpoint_config.local_tarball),
+                artifact=self._artifact(name, endpoint_config),
                 key=foundation.key,
                 alarm_topic=foundation.alarms,
             )
@@ -70,11 +70,12 @@ class EndpointsStack(Stack):
         account, region, _, repository, _ = match.groups()
         return ImageRef(config.image, f"arn:{self.partition}:ecr:{region}:{account}:repository/{repository}")
 
-    def _artifact(self, name: str, artifact: str, local_tarball: object) -> ArtifactRef:
-        match = S3_URI.match(artifact)
+    def _artifact(self, name: str, endpoint: EndpointConfig) -> ArtifactRef:
+        """An s3:// URI as given, or the local model.tar.gz uploaded as a CDK file asset."""
+        match = S3_URI.match(endpoint.artifact)
         if match:
             return ArtifactRef(match.group(1), match.group(2))
-        tarball = local_tarball(REPO_ROOT)  # type: ignore[operator]
+        tarball = endpoint.local_tarball(REPO_ROOT)
         asset = s3_assets.Asset(self, f"{_title(name)}ModelData", path=str(tarball))
         return ArtifactRef(asset.s3_bucket_name, asset.s3_object_key)
 
