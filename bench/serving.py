@@ -16,6 +16,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     b32 = rows[2]["tiles_per_s"]
     batched, unbatched = rows[3]["tiles_per_s"], rows[4]["tiles_per_s"]
-    figures = {
+    figures: dict[str, Any] = {
         "machine": {"cores": cores},
         "ceiling_tiles_per_s": round(ceiling_tps, 1),
         "runs": rows,

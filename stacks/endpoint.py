@@ -85,7 +85,9 @@ class ModelEndpoint(Construct):
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri,
                 environment={"OPTIMUS_MODELS": ",".join(models)},
-                **_model_data(artifact),
+                # A model.tar.gz object, or an uncompressed prefix SageMaker reads without unpacking.
+                model_data_url=None if artifact.is_prefix else artifact.uri,
+                model_data_source=_uncompressed(artifact) if artifact.is_prefix else None,
             ),
             vpc_config=sagemaker.CfnModel.VpcConfigProperty(
                 subnets=config.vpcSubnetIds, security_group_ids=config.vpcSecurityGroupIds
@@ -274,10 +276,8 @@ class ModelEndpoint(Construct):
         return alarms
 
 
-def _model_data(artifact: ArtifactRef) -> dict[str, object]:
-    if not artifact.is_prefix:
-        return {"model_data_url": artifact.uri}
+def _uncompressed(artifact: ArtifactRef) -> sagemaker.CfnModel.ModelDataSourceProperty:
     source = sagemaker.CfnModel.S3DataSourceProperty(
         s3_uri=artifact.uri, s3_data_type="S3Prefix", compression_type="None"
     )
-    return {"model_data_source": sagemaker.CfnModel.ModelDataSourceProperty(s3_data_source=source)}
+    return sagemaker.CfnModel.ModelDataSourceProperty(s3_data_source=source)
