@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 from kit.local import serve_model
-from kit.package import package
+from kit.package import REPO, package
 from kit.smoke import Report, smoke
 from model_code.catalogue import PACKAGES
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_demo(workdir: Path, requests: int = 10) -> int:

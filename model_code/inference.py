@@ -13,10 +13,11 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import orjson
+import torch
 
 from model_code.catalogue import (
     EMBEDDING,
@@ -26,7 +27,9 @@ from model_code.catalogue import (
     PREDICTION,
     PREDICTION_WITH_EMBEDDING,
 )
-from model_code.errors import ClientError
+from model_code.errors import ArtifactError, ClientError
+from model_code.loaders import load_program, load_vit
+from model_code.manifest import read_gene_csv, read_manifest
 from model_code.records import (
     JSON,
     JSONLINES,
@@ -37,9 +40,7 @@ from model_code.records import (
     media_type,
     split_body,
 )
-
-if TYPE_CHECKING:  # torch is imported by model_fn only: parsing and serialising need none of it
-    from model_code.runners import Runner
+from model_code.runners import RUNNERS, Runner
 
 DEFAULT_MAX_BATCH_SIZE = 32
 
@@ -67,13 +68,6 @@ class Models:
 
 def model_fn(model_dir: str | Path) -> Models:
     """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
-    import torch
-
-    from model_code.errors import ArtifactError
-    from model_code.loaders import load_program, load_vit
-    from model_code.manifest import read_gene_csv, read_manifest
-    from model_code.runners import RUNNERS
-
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     expected = os.environ.get("OPTIMUS_MODELS")  # set by the CDK stack: the models this endpoint must host
