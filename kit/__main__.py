@@ -18,20 +18,30 @@ def _package(args: argparse.Namespace) -> None:
     sources = Sources(
         timm_checkpoint=args.timm_checkpoint,
         timm_config=args.timm_config,
+        h_optimus_program=args.h_optimus_program,
         m_optimus_program=args.m_optimus_program,
         input_genes=args.input_genes,
         output_genes=args.output_genes,
         tissue_seg_program=args.tissue_seg_program,
         dtype=args.dtype,
+        instance_type=args.instance_type,
     )
-    model_dir = package(parse_models(args.models), args.out, demo=args.demo, sources=sources, with_code=args.with_code)
+    model_dir = package(
+        parse_models(args.models),
+        args.out,
+        demo=args.demo,
+        sources=sources,
+        with_code=args.with_code,
+        demo_format=args.format,
+        demo_device=args.aoti_device,
+    )
     print(f"wrote {model_dir} and {args.out / 'model.tar.gz'}")
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from kit.package import check_artifact
+    from kit.package import verify_artifact
 
-    print(json.dumps(check_artifact(args.model_dir), indent=2))
+    print(json.dumps(verify_artifact(args.model_dir), indent=2))
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,19 +93,41 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--models", required=True, help="comma-separated: h1, h0, h0-mini, m-optimus, tissue-seg")
     pack.add_argument("--out", type=Path, required=True)
     pack.add_argument("--demo", action="store_true", help="tiny models built by the kit (no weights needed)")
-    pack.add_argument("--timm-checkpoint", type=Path, help="H-Optimus state dict (.pth or .safetensors)")
+    pack.add_argument(
+        "--timm-checkpoint",
+        type=Path,
+        help="H-Optimus weights: a snapshot directory (config.json + model.safetensors or pytorch_model.bin) "
+        "or a state dict file (.pth, .bin, .safetensors)",
+    )
     pack.add_argument("--timm-config", type=Path, help="JSON overriding the catalogue's ViT arguments")
-    pack.add_argument("--m-optimus-program", type=Path, help="the vendor's exported M-Optimus .pt2")
+    pack.add_argument(
+        "--h-optimus-program", type=Path, help="an H-Optimus encoder as a .pt2 (the vendor's h1_optimus_cls_token.pt2)"
+    )
+    pack.add_argument("--m-optimus-program", type=Path, help="the vendor's M-Optimus .pt2")
     pack.add_argument("--input-genes", type=Path, help="M-Optimus input gene set CSV (19374 Ensembl IDs)")
     pack.add_argument("--output-genes", type=Path, help="M-Optimus output gene set CSV (6002 Ensembl IDs)")
-    pack.add_argument("--tissue-seg-program", type=Path, help="the vendor's exported tissue-seg .pt2")
+    pack.add_argument("--tissue-seg-program", type=Path, help="the vendor's tissue-seg .pt2")
+    pack.add_argument(
+        "--instance-type",
+        default="ml.g5.xlarge",
+        help="the endpoint's instance type: a CUDA package must have kernels for its GPU (default ml.g5.xlarge)",
+    )
+    pack.add_argument(
+        "--format",
+        choices=("native", "aoti"),
+        default="native",
+        help="--demo only: aoti makes every demo model an AOTInductor package (needs a C++ compiler)",
+    )
+    pack.add_argument("--aoti-device", choices=("cpu", "cuda"), default="cpu", help="--format aoti: compile for")
     pack.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored ViT weights")
     pack.add_argument(
         "--with-code", action="store_true", help="add code/ so AWS's PyTorch serving image can run the handler"
     )
     pack.set_defaults(run=_package)
 
-    verify = commands.add_parser("verify", help="check an artifact's checksums and run every mode once")
+    verify = commands.add_parser(
+        "verify", help="check an artifact's checksums, run every mode once; report formats, precision, CUDA arch, torch"
+    )
     verify.add_argument("model_dir", type=Path)
     verify.set_defaults(run=_verify)
 

@@ -9,6 +9,7 @@ where a bad record's entry is its error and the others are answered normally.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 import torch
 
+from model_code import aoti
 from model_code.catalogue import (
     EMBEDDING,
     MODELS,
@@ -29,7 +31,7 @@ from model_code.catalogue import (
 )
 from model_code.errors import ArtifactError, ClientError
 from model_code.loaders import load_program, load_vit
-from model_code.manifest import read_gene_csv, read_manifest
+from model_code.manifest import ModelEntry, read_gene_csv, read_manifest
 from model_code.records import (
     JSON,
     JSONLINES,
@@ -43,6 +45,8 @@ from model_code.records import (
 from model_code.runners import RUNNERS, Runner
 
 DEFAULT_MAX_BATCH_SIZE = 32
+
+log = logging.getLogger(__name__)
 
 RecordMap = Callable[
     [Callable[[tuple[int, Any]], "Record | ClientError"], list[tuple[int, Any]]], Iterable["Record | ClientError"]
@@ -68,7 +72,11 @@ class Models:
 
 def model_fn(model_dir: str | Path) -> Models:
     """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
-    model_dir = Path(model_dir)
+    return load_models(Path(model_dir))
+
+
+def load_models(model_dir: Path, only: Iterable[str] | None = None) -> Models:
+    """model_fn, optionally for some of the artifact's models (`kit package` checks those it can run here)."""
     manifest = read_manifest(model_dir)
     expected = os.environ.get("OPTIMUS_MODELS")  # set by the CDK stack: the models this endpoint must host
     held = [entry.name for entry in manifest.models]
@@ -80,13 +88,10 @@ def model_fn(model_dir: str | Path) -> Models:
     max_batch = int(os.environ.get("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
     runners: dict[str, Runner] = {}
     for entry in manifest.models:
+        if only is not None and entry.name not in only:
+            continue
         files = {role: model_dir / path for role, path in entry.files.items()}
-        module: torch.nn.Module
-        if entry.format == "timm-safetensors":
-            module = load_vit(dict(entry.timm_config or {}), files["weights"])
-        else:
-            module = load_program(files["program"])
-        runner = RUNNERS[MODELS[entry.name].family](entry, module, device, max_batch)
+        runner = _load_runner(entry, files, device, max_batch)
         if entry.name == "m-optimus":
             runner.extra_metadata = {
                 "input_genes": read_gene_csv(files["input_genes"], N_INPUT_GENES),
@@ -94,6 +99,29 @@ def model_fn(model_dir: str | Path) -> Models:
             }
         runners[entry.name] = runner
     return Models(runners, model_dir)
+
+
+def _load_runner(entry: ModelEntry, files: dict[str, Path], device: torch.device, max_batch: int) -> Runner:
+    """One model's module on its device, in the runner of its family. An AOTInductor package is probed
+    first (precision, batch bounds, output shapes) under this torch, and its batches capped at its bound."""
+    family = MODELS[entry.name].family
+    module: torch.nn.Module
+    if entry.format == "timm-safetensors":
+        module = load_vit(dict(entry.timm_config or {}), files["weights"], device)
+    elif entry.format == "torch-export":
+        module = load_program(files["program"], device)
+    else:
+        facts = aoti.read_facts(files["program"])
+        device = aoti.check_device(files["program"], facts, device)
+        module = aoti.load_package(files["program"], device)
+        probed = aoti.probe(module, family, device, max_batch, entry.name)
+        max_batch = min(max_batch, probed.batch_max or max_batch)
+        log.info(
+            "model %s: AOTInductor package for %s%s, runs in %s as compiled (no autocast), batches of %d to %d tiles",
+            entry.name, facts.device, f" {facts.cuda_arch}" if facts.cuda_arch else "", probed.precision,
+            probed.batch_min, max_batch,
+        )  # fmt: skip
+    return RUNNERS[family](entry, module, device, max_batch)
 
 
 def input_fn(input_data: bytes | str, content_type: str) -> Batch:
