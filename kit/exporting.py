@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from kit import KitError
 from model_code.aoti import VENDOR_METADATA
 from model_code.catalogue import PROGRAM_INPUTS, PROGRAM_OUTPUTS
 
@@ -43,10 +44,14 @@ def compile_aoti_package(
     torch._inductor.aoti_compile_and_package for `device` ("cuda" compiles kernels for this machine's GPU),
     in the precision of the module and example inputs. `metadata` (see vendor_metadata) is embedded as the
     vendor's model_metadata.json. Needs a C++ compiler; compiling a tiny model takes about a minute."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise KitError("compiling an AOTInductor package for CUDA needs a GPU on this machine")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval().to(device)
     args = tuple(arg.to(device) for arg in example_args)
-    with torch.no_grad():
+    # Size-oblivious, in export and lowering: otherwise a dynamic batch axis is assumed never to be 0 or 1,
+    # and the package takes batches of 2 or more only.
+    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
         program = _export(module, args, batch)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     if metadata is not None:
@@ -72,4 +77,5 @@ def _export(
     if batch is None:
         return torch.export.export(module.eval(), example_args)
     axis = torch.export.Dim("batch", min=batch[0], max=batch[1])
-    return torch.export.export(module.eval(), example_args, dynamic_shapes=tuple({0: axis} for _ in example_args))
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # see compile_aoti_package
+        return torch.export.export(module.eval(), example_args, dynamic_shapes=tuple({0: axis} for _ in example_args))
