@@ -53,6 +53,9 @@ class Runner:
             "normalisation": self.entry.normalisation.model_dump() if self.entry.normalisation else None,
             "dtype": self.entry.dtype,
             "format": self.entry.format,
+            **({"pooling": self.entry.pooling} if self.spec.family == "encoder" else {}),
+            "licence": self.entry.licence,
+            "weights_source": self.entry.source,
             "demo": self.entry.demo,
             **self.extra_metadata,
         }
