@@ -27,10 +27,12 @@ lint: install
 demo: install
 	$(PY) -m kit demo
 
-# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU).
+# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU), then
+# packaging and loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
+	$(PY) -m bench.load_bench
 
 # Node tools: the pinned AWS CDK CLI, for `node_modules/.bin/cdk deploy` (synthesis needs only Python).
 tools: node_modules/.bin/cdk

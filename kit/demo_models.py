@@ -65,7 +65,7 @@ class EncoderProgram(nn.Module):
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         tokens = self.vit.forward_features(tiles)  # type: ignore[operator]
         if self.pooling == "cls":
-            return self.vit.forward_head(tokens)  # type: ignore[operator,no-any-return]
+            return self.vit.forward_head(tokens)  # type: ignore[operator]
         prefix = int(self.vit.num_prefix_tokens)  # type: ignore[arg-type]
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
 
@@ -98,6 +98,7 @@ def build_demo_model(
     program = f"{name}/program.pt2"
     files = {"program": program}
     module: nn.Module
+    example: tuple[torch.Tensor, ...]
     if spec.family == "encoder":
         assert spec.timm_config is not None
         tiny = DEMO_VIT_MEAN_POOLED if spec.pooling == "cls+mean_patch" else DEMO_VIT

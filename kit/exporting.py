@@ -51,7 +51,7 @@ def compile_aoti_package(
     args = tuple(arg.to(device) for arg in example_args)
     # Size-oblivious, in export and lowering: otherwise a dynamic batch axis is assumed never to be 0 or 1,
     # and the package takes batches of 2 or more only.
-    with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
+    with torch.no_grad(), _size_oblivious():
         program = _export(module, args, batch)
         torch._inductor.aoti_compile_and_package(program, package_path=str(path))
     if metadata is not None:
@@ -71,11 +71,17 @@ def vendor_metadata(family: str, precision: str = "float32", batch: int | str = 
     return {"inputs": inputs, "outputs": outputs}
 
 
+def _size_oblivious() -> Any:
+    from torch.fx.experimental import _config
+
+    return _config.patch(backed_size_oblivious=True)  # type: ignore[attr-defined]
+
+
 def _export(
     module: torch.nn.Module, example_args: tuple[torch.Tensor, ...], batch: tuple[int, int] | None
 ) -> torch.export.ExportedProgram:
     if batch is None:
         return torch.export.export(module.eval(), example_args)
     axis = torch.export.Dim("batch", min=batch[0], max=batch[1])
-    with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # see compile_aoti_package
+    with _size_oblivious():  # see compile_aoti_package
         return torch.export.export(module.eval(), example_args, dynamic_shapes=tuple({0: axis} for _ in example_args))
