@@ -316,14 +316,15 @@ def _tar(model_dir: Path, target: Path) -> None:
     """model.tar.gz with the artifact's files at its root, as SageMaker extracts it to /opt/ml/model.
 
     Entries are world-readable and owned by root with a fixed time, so the container's non-root user can
-    read them and the same models give the same bytes.
+    read them and the same models give the same bytes. Weights hardly compress: gzip's fastest level.
     """
 
     def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.mode, info.uid, info.gid, info.uname, info.gname, info.mtime = 0o644, 0, 0, "root", "root", 0
         return info
 
-    with gzip.GzipFile(target, "wb", mtime=0) as packed, tarfile.open(fileobj=packed, mode="w") as archive:
+    packed = gzip.GzipFile(target, "wb", compresslevel=1, mtime=0)
+    with packed, tarfile.open(fileobj=packed, mode="w") as archive:
         for path in sorted(model_dir.rglob("*")):
             if path.is_file():
                 path.chmod(0o644)
