@@ -131,7 +131,7 @@ def _check_model(report: Report, client: EndpointClient, model: str, requests: i
         run("known model", lambda: _fail(f"the kit knows no model '{model}'"))
         return
     meta: dict[str, Any] = {}
-    if not run("metadata", lambda: _metadata(client, model, meta)):
+    if not run("metadata", lambda: _metadata(client, spec, meta)):
         return  # the endpoint does not host it (or does not answer): nothing else can pass
     png = sample_png(spec.tile_size)
     rna = [float(i % 50) for i in range(len(meta.get("input_genes", [])))] or None
@@ -147,10 +147,9 @@ def _fail(message: str) -> str:
     raise AssertionError(message)
 
 
-def _metadata(client: EndpointClient, model: str, meta: dict[str, Any]) -> str:
+def _metadata(client: EndpointClient, spec: ModelSpec, meta: dict[str, Any]) -> str:
     meta.update(client.metadata())
-    spec = MODELS[model]
-    assert meta.get("model_name") == model, f"metadata names model {meta.get('model_name')!r}"
+    assert meta.get("model_name") == spec.name, f"metadata names model {meta.get('model_name')!r}"
     assert meta.get("tile_size") == spec.tile_size, f"tile_size {meta.get('tile_size')}, expected {spec.tile_size}"
     assert meta.get("embedding_dim") == spec.embedding_dim, f"embedding_dim {meta.get('embedding_dim')}"
     if spec.family in GENE_FAMILIES:
