@@ -22,9 +22,9 @@ import numpy as np
 import orjson
 
 from bench.http_load import LoadResult, build_request, run_load
+from kit.artifacts.builder import package
+from kit.endpoints.samples import wire_record
 from kit.local import LocalServer, serve_model
-from kit.package import package
-from kit.samples import wire_record
 from model_code.catalogue import H_OPTIMUS_NORMALISATION
 from model_code.records import Record, decode_record, split_body
 

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from kit.package import package
-from kit.samples import synthetic_counts, wire_record
+from kit.artifacts.builder import package
+from kit.endpoints.samples import synthetic_counts, wire_record
 from model_code.catalogue import ECHO_FIELDS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.errors import ClientError, ForwardError
 from model_code.inference import Models, input_fn, model_fn, output_fn, predict_fn

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kit.samples import sample_png
+from kit.endpoints.samples import sample_png
 from model_code.errors import ClientError
 from model_code.inference import Models, input_fn, output_fn, predict_fn
 from tests.conftest import png_bytes, random_tile

@@ -17,8 +17,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
+from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port
-from kit.samples import synthetic_counts, wire_record
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running, serve_in_thread
