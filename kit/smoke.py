@@ -134,7 +134,8 @@ def _metadata(client: EndpointClient, model: str, meta: dict[str, Any]) -> str:
     meta.update(client.metadata())
     spec = MODELS[model]
     assert meta.get("model_name") == model, f"metadata names model {meta.get('model_name')!r}"
-    assert meta.get("tile_size") == spec.tile_size, f"tile_size {meta.get('tile_size')}, expected {spec.tile_size}"
+    square = [spec.tile_size, spec.tile_size]  # [height, width], the vendor's layout
+    assert meta.get("tile_size") == square, f"tile_size {meta.get('tile_size')}, expected {square}"
     assert meta.get("embedding_dim") == spec.embedding_dim, f"embedding_dim {meta.get('embedding_dim')}"
     if model == "m-optimus":
         assert len(meta["input_genes"]) == 19374 and len(meta["output_genes"]) == 6002, "gene sets of the wrong size"
@@ -146,7 +147,8 @@ def _expected_length(mode: str, meta: dict[str, Any], answer_field: str) -> int:
         return int(meta["embedding_dim"])
     if "output_genes" in meta:
         return len(meta["output_genes"])
-    return int(meta["tile_size"]) ** 2
+    height, width = meta["tile_size"]
+    return int(height) * int(width)
 
 
 def _ask(client: EndpointClient, mode: str, png: bytes, rna: list[float] | None) -> dict[str, Any]:

@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_code.catalogue import METADATA
 from model_code.errors import ClientError, ForwardError
 from model_code.records import Record
 
-Result = dict[str, Any] | ClientError
+Result = dict[str, Any] | ClientError | ForwardError
 Predict = Callable[[list[Record]], list[Result]]
 
 
@@ -50,7 +49,9 @@ class Batcher:
         self._forward = ThreadPoolExecutor(1, thread_name_prefix="forward")
 
     async def run(self, records: Sequence[Record | ClientError]) -> list[Result]:
-        """Results in the order given; ClientErrors pass through. Raises the ForwardError of a failed batch."""
+        """Results in the order given; ClientErrors pass through. Raises the error of a batch that failed whole.
+
+        Cancelling it withdraws its tiles that have not yet run (their client has gone away)."""
         outcomes = await asyncio.gather(
             *(self._submit(r) for r in records if isinstance(r, Record)), return_exceptions=True
         )
@@ -92,11 +93,9 @@ class Batcher:
             if self._on_wait is not None:
                 for pending in batch:
                     self._on_wait(model, started - pending.enqueued)
-            # Only batches with tiles to run wait for the forward thread: metadata never queues behind a GPU pass.
-            executor = self._forward if any(p.record.mode != METADATA for p in batch) else None
             try:
-                results = await loop.run_in_executor(executor, self._predict, [p.record for p in batch])
-            except Exception as exc:  # a failed forward fails this batch only
+                results = await loop.run_in_executor(self._forward, self._predict, [p.record for p in batch])
+            except Exception as exc:  # predict_fn isolates failing tiles itself: this is a failure outside them
                 error = exc if isinstance(exc, ForwardError) else ForwardError(model, exc)
                 for pending in batch:
                     if not pending.future.done():
