@@ -350,9 +350,8 @@ def test_a_route_mode_contradicting_the_record_mode_is_refused(models: Models) -
     with pytest.raises(ClientError, match="contradicts 'prediction' in the route") as caught:
         parse_request(orjson.dumps(record), "application/json", {"model_name": "m-optimus", "mode": "prediction"})
     assert caught.value.field == "mode"
-    alias = parse_request(
-        orjson.dumps(record), "application/json", {"model_name": "m-optimus-stx", "mode": "embedding"}
-    )
+    route = {"model_name": "m-optimus-stx", "mode": "embedding"}
+    alias = parse_request(orjson.dumps(record), "application/json", route)
     assert alias.records[0].model == "m-optimus"  # type: ignore[union-attr]
 
 
