@@ -55,20 +55,20 @@ class Batcher:
         outcomes = await asyncio.gather(
             *(self._submit(r) for r in records if isinstance(r, Record)), return_exceptions=True
         )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        failures = [o for o in outcomes if isinstance(o, BaseException)]  # a result is a tuple, even an error's
         if failures:
             raise failures[0]
         answers = iter(outcomes)
-        return [record if isinstance(record, ClientError) else next(answers) for record in records]  # type: ignore[misc]
+        return [record if isinstance(record, ClientError) else next(answers)[0] for record in records]  # type: ignore[index]
 
-    async def _submit(self, record: Record) -> Result:
+    async def _submit(self, record: Record) -> tuple[Result]:
         queue = self._queues.get(record.model)
         if queue is None:
             queue = self._queues[record.model] = asyncio.Queue()
             self._tasks.append(asyncio.create_task(self._collect(record.model, queue)))
         pending = _Pending(record, asyncio.get_running_loop().create_future())
         queue.put_nowait(pending)
-        return await pending.future
+        return (await pending.future,)
 
     async def _collect(self, model: str, queue: asyncio.Queue[_Pending]) -> None:
         loop = asyncio.get_running_loop()

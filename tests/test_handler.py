@@ -359,3 +359,25 @@ def test_a_record_for_a_model_not_hosted_gets_its_own_404_in_a_list(h1_only: Mod
     answers = invoke_json(h1_only, [wire_record("h1", "embedding"), wire_record("tissue-seg", "prediction")])
     assert len(answers[0]["output"]) == 1536
     assert (answers[1]["status"], answers[1]["field"], answers[1]["record"]) == (404, "model_name", 1)
+
+
+def test_a_failing_tile_is_isolated_by_bisection_and_its_neighbours_answered(
+    models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = models.runners["h1"]
+    real_forward = runner.forward
+    passes: list[int] = []
+
+    def fails_with_tile_3(tiles, chunk):  # type: ignore[no-untyped-def]
+        passes.append(len(chunk))
+        if any(record.echo["patch_idx"] == 3 for record in chunk):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real_forward(tiles, chunk)
+
+    monkeypatch.setattr(runner, "forward", fails_with_tile_3)
+    answers = invoke_json(models, [wire_record("h1", "embedding", patch_idx=i) for i in range(8)])
+    assert [a.get("patch_idx") for a in answers] == [0, 1, 2, None, 4, 5, 6, 7]
+    assert answers[3]["status"] == 503 and answers[3]["retryable"] and "device-side assert" in answers[3]["error"]
+    assert passes == [8, 4, 2, 2, 1, 1, 4]  # 8 fails; 0-3 fails; 0-1 ok; 2-3 fails; 2 ok; 3 fails alone; 4-7 ok
+    with pytest.raises(ForwardError):
+        invoke(models, wire_record("h1", "embedding", patch_idx=3))
