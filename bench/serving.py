@@ -36,7 +36,7 @@ STD = np.array(H_OPTIMUS_NORMALISATION["std"], np.float32) * 255
 
 def _decode_and_normalise(count: int) -> int:
     for _ in range(count):
-        raw, _ = split_body(BODY, "application/json")
+        raw, _ = split_body(BODY, "application/json", max_records=1)
         record = decode_record(raw[0], 0)
         assert isinstance(record, Record) and record.pixels is not None
         (record.pixels.astype(np.float32) - MEAN) / STD

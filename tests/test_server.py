@@ -230,13 +230,13 @@ def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, m
     from model_code.server import create_app
 
     release = threading.Event()
-    real_model_fn = inference.model_fn
+    real_model_fn = inference.load_models
 
-    def slow_model_fn(model_dir: Path):
+    def slow_model_fn(model_dir: Path, hooks: object = None):
         assert release.wait(timeout=60)
-        return real_model_fn(model_dir)
+        return real_model_fn(model_dir, hooks)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(inference, "model_fn", slow_model_fn)
+    monkeypatch.setattr(inference, "load_models", slow_model_fn)
     port = free_port()
     app = create_app(Settings(model_dir=artifact, port=port))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

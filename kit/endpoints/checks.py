@@ -150,7 +150,8 @@ def _fail(message: str) -> str:
 def _metadata(client: EndpointClient, spec: ModelSpec, meta: dict[str, Any]) -> str:
     meta.update(client.metadata())
     assert meta.get("model_name") == spec.name, f"metadata names model {meta.get('model_name')!r}"
-    assert meta.get("tile_size") == spec.tile_size, f"tile_size {meta.get('tile_size')}, expected {spec.tile_size}"
+    square = [spec.tile_size, spec.tile_size]  # [height, width], the vendor's layout
+    assert meta.get("tile_size") == square, f"tile_size {meta.get('tile_size')}, expected {square}"
     assert meta.get("embedding_dim") == spec.embedding_dim, f"embedding_dim {meta.get('embedding_dim')}"
     if spec.family in GENE_FAMILIES:
         sizes = (len(meta.get("input_genes", ())), len(meta.get("output_genes", ())))
