@@ -60,6 +60,7 @@ class ModelSpec:
     timm_config: dict[str, object] | None = None
     timm_architecture: str | None = None  # the name in timm's registry a checkpoint's config.json gives
     pooling: str = "cls"  # encoders: "cls" or "cls+mean_patch"
+    bulk_rna_genes: int = 0  # length of the optional bulk_rna input; 0: the model takes none
     aliases: tuple[str, ...] = field(default=())
     licence: str = "the vendor's licence agreement"
     weights_source: str = "delivered by Bioptimus under contract"
@@ -105,6 +106,7 @@ MODELS: dict[str, ModelSpec] = {
             resolution=0.5,
             outputs={EMBEDDING: 1536, PREDICTION: N_OUTPUT_GENES},
             normalisation=H_OPTIMUS_NORMALISATION,
+            bulk_rna_genes=N_INPUT_GENES,
             aliases=("m-optimus-stx",),
         ),
         ModelSpec(

@@ -17,11 +17,11 @@ import torch
 
 from kit import KitError
 from kit.__main__ import main
-from kit.demo_models import TinyTissueSeg
-from kit.exporting import compile_aoti_package, vendor_metadata
-from kit.package import Sources, package
-from kit.samples import wire_record
-from kit.smoke import smoke
+from kit.artifacts.builder import Sources, package
+from kit.artifacts.demo_models import TinyTissueSeg
+from kit.artifacts.exporting import compile_aoti_package, vendor_metadata
+from kit.endpoints.checks import smoke
+from kit.endpoints.samples import wire_record
 from model_code.aoti import cubin_arch, detect_format, read_facts
 from model_code.catalogue import ECHO_FIELDS, arch_runs_on, instance_gpu, instances_for
 from model_code.errors import ArtifactError
@@ -209,8 +209,9 @@ def test_cuda_package_refuses_to_load_on_a_cpu_host(
     monkeypatch.setenv("OPTIMUS_DEVICE", "cpu")
     with pytest.raises(ArtifactError, match=r"compiled for CUDA \(sm_86\) and this host serves on 'cpu'"):
         model_fn(model_dir)
-    assert main(["verify", str(model_dir)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    assert main(["verify", str(model_dir), "--json", str(tmp_path / "report.json")]) == 0
+    assert "skip h1          aoti-package float32 cuda sm_86: not run here" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["h1"]["cuda_arch"] == "sm_86" and report["h1"]["outputs"] == "not run here: needs a CUDA GPU (sm_86)"
 
 

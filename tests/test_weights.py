@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from timm.layers import SwiGLUPacked
 
 from kit import KitError
-from kit.package import Sources, package
-from kit.samples import sample_png
+from kit.artifacts.builder import Sources, package
+from kit.endpoints.samples import sample_png
 from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMUS_TIMM
 from model_code.inference import model_fn
 from model_code.loaders import build_vit

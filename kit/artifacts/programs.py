@@ -13,9 +13,9 @@ import torch
 from kit import KitError
 from model_code import aoti
 from model_code.catalogue import INSTANCE_GPUS, MODELS, arch_runs_on, instance_gpu, instances_for
-from model_code.inference import DEFAULT_MAX_BATCH_SIZE
 from model_code.loaders import load_program
 from model_code.manifest import AotiPackage
+from model_code.settings import DEFAULT_MAX_BATCH_SIZE
 
 DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
 

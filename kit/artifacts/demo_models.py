@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.exporting import compile_aoti_package, export_program, save_state_dict, vendor_metadata
-from kit.programs import DEFAULT_INSTANCE_TYPE, describe_program
+from kit.artifacts.exporting import compile_aoti_package, export_program, save_state_dict, vendor_metadata
+from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.loaders import build_vit
 from model_code.manifest import ModelEntry

@@ -1,4 +1,4 @@
-"""`python -m kit package`: build a model artifact directory and its model.tar.gz.
+"""Building a model artifact directory and its model.tar.gz (`kit package`, `kit verify`).
 
 Demo models are built here; real weights are converted (timm checkpoints or snapshot directories ->
 safetensors) or copied (torch.export programs, AOTInductor packages, gene sets). Either way the result
@@ -21,10 +21,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from kit import KitError
-from kit.demo_models import build_demo_model
-from kit.exporting import DTYPES
-from kit.programs import DEFAULT_INSTANCE_TYPE, describe_program
+from kit import REPO, KitError
+from kit.artifacts.demo_models import build_demo_model
+from kit.artifacts.exporting import DTYPES
+from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
 from model_code.catalogue import (
     ECHO_FIELDS,
     EMBEDDING,
@@ -32,14 +32,12 @@ from model_code.catalogue import (
     N_INPUT_GENES,
     N_OUTPUT_GENES,
     PREDICTION,
-    canonical_name,
 )
 from model_code.inference import Batch, load_models, predict_fn
 from model_code.loaders import build_vit, check_state_dict
 from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, read_manifest, write_manifest
 from model_code.records import Record
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_CODE = REPO / "model_code"
 HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
 
@@ -57,17 +55,6 @@ class Sources:
     tissue_seg_program: Path | None = None
     dtype: str = "float16"
     instance_type: str = DEFAULT_INSTANCE_TYPE  # the endpoint's: a CUDA package must run on its GPU
-
-
-def parse_models(text: str) -> list[str]:
-    names = []
-    for raw in text.split(","):
-        name = canonical_name(raw.strip())
-        if name is None:
-            raise KitError(f"--models: unknown model '{raw.strip()}' (known: {', '.join(MODELS)})")
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def package(
