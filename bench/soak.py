@@ -31,9 +31,9 @@ from typing import Any
 
 import httpx
 import orjson
-from kit.package import package
-from kit.samples import sample_png, wire_record
 
+from kit.artifacts.builder import package
+from kit.endpoints.samples import sample_png, wire_record
 from kit.local import free_port, wait_healthy
 
 POISON = "poison-slide"
