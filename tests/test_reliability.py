@@ -21,7 +21,6 @@ import httpx
 import orjson
 import pytest
 import requests
-from kit.samples import wire_record
 
 from kit.endpoints.samples import wire_record
 from kit.local import free_port, wait_healthy
