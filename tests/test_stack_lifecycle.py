@@ -13,7 +13,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
+from botocore.parsers import ResponseParserError  # moto relays the logs error to CloudFormation raw
 from moto import mock_aws
 from moto.cloudformation.parsing import get_model_map
 
@@ -164,7 +164,7 @@ def test_create_update_delete_create_again(cloud: boto3.Session, templates: dict
     logs = cloud.client("logs")
     if not log_groups(cloud):
         logs.create_log_group(logGroupName=LOG_GROUP)
-    with pytest.raises(ClientError, match="ResourceAlreadyExistsException"):
+    with pytest.raises(ResponseParserError, match="ResourceAlreadyExistsException"):
         deploy(cloud, "OptimusEndpoints", templates["v1"]["OptimusEndpoints"])
     destroy(cloud, "OptimusEndpoints")
     logs.delete_log_group(logGroupName=LOG_GROUP)  # README, "Removal" (or --import-existing-resources)
@@ -203,7 +203,7 @@ def test_failed_first_create_rolls_back_and_the_retry_succeeds(
     destroy(cloud, "OptimusEndpoints")  # the rollback: CloudFormation removes what the create made, but Retain
     if deletion_policy == "Retain":
         assert log_groups(cloud) == [LOG_GROUP]
-        with pytest.raises(ClientError, match="ResourceAlreadyExistsException"):
+        with pytest.raises(ResponseParserError, match="ResourceAlreadyExistsException"):
             deploy(cloud, "OptimusEndpoints", body)
     else:
         assert log_groups(cloud) == []
