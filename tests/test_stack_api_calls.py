@@ -21,7 +21,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 from aws_cdk import App
 
 from app import build
-from kit.package import package
+from kit.artifacts.builder import package
 from tests.cfn_calls import api_calls
 from tests.test_stacks import context
 

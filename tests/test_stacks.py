@@ -19,7 +19,7 @@ from aws_cdk import App, Stack
 from aws_cdk.assertions import Annotations, Match, Template
 
 from app import build
-from kit.package import package
+from kit.artifacts.builder import package
 from stacks.config import KEYS, ConfigError, KitConfig, load_config
 from stacks.endpoints import image_asset
 

@@ -1,0 +1,1 @@
+"""Deploying: checks before (preflight) and waits after (wait) `cdk deploy`."""
