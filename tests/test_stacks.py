@@ -590,3 +590,21 @@ def test_kit_bucket_artifact_reads_the_foundation_bucket(artifacts: dict[str, st
     model = next(iter(resources(Template.from_stack(endpoints), "AWS::SageMaker::Model").values()))
     uri = json.dumps(model["Properties"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"])
     assert "Fn::ImportValue" in uri and "/h0/v1/" in uri
+
+
+def test_app_without_artifacts_synthesizes_and_prints_an_imported_keys_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh clone (no build/) synthesizes: the foundation is deployable, the endpoints stack carries the error."""
+    import app
+
+    key = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-1111-2222-3333-444455556666"
+    endpoints = json.dumps({"h1": {"models": ["h1"], "artifact": str(tmp_path / "not-built")}})
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["app.py", "-c", f"endpoints={endpoints}", "-c", f"kmsKeyArn={key}"])
+    assert app.main() == 0
+    err = capsys.readouterr().err
+    assert "error (OptimusEndpoints only, not deployable until fixed): endpoints.h1: artifact" in err
+    statements = json.loads(err[err.index("[") :])
+    assert [s["Sid"] for s in statements] == ["AllowIamPolicies", "EndpointLogGroups", "AlarmsToEncryptedTopic"]
+    assert (tmp_path / "out" / "OptimusFoundation.template.json").is_file()
