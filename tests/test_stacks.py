@@ -248,7 +248,7 @@ def test_autoscaling_follows_tiles_per_second(synthesized: tuple[Template, Templ
             "PolicyType": "TargetTrackingScaling",
             "TargetTrackingScalingPolicyConfiguration": {
                 "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                "TargetValue": 2100,  # 50 tiles/s x 60 s x 0.7
+                "TargetValue": 1680,  # 40 tiles/s x 60 s x 0.7
                 "ScaleInCooldown": 600,
                 "ScaleOutCooldown": 120,
             },
