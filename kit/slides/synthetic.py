@@ -8,6 +8,7 @@ downsampled by 4 per level, a thumbnail, and the Aperio description OpenSlide re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -55,34 +56,20 @@ def write_svs(path: Path, image: np.ndarray, mpp: float | None, tile: int = 256,
     """An Aperio-style SVS: tiled JPEG levels (downsample 4 per level), a thumbnail, mpp when given."""
     height, width = image.shape[:2]
     mpp_text = f"|MPP = {mpp}" if mpp is not None else ""
-    description = f"Aperio Image Library v12.0.15\r\n{width}x{height} ({tile}x{tile}) JPEG/RGB Q={quality}{mpp_text}"
-    options = {
-        "metadata": None,
-        "photometric": "rgb",
-        "compression": "jpeg",
-        "compressionargs": {"level": quality},
-        "tile": (tile, tile),
-    }
+    aperio = f"Aperio Image Library v12.0.15\r\n{width}x{height}"
+    options: dict[str, Any] = {"metadata": None, "photometric": "rgb"}
+    tiled = {**options, "compression": "jpeg", "compressionargs": {"level": quality}, "tile": (tile, tile)}
     path.parent.mkdir(parents=True, exist_ok=True)
     pil = Image.fromarray(image)
     with tifffile.TiffWriter(path) as tiff:
-        tiff.write(image, description=description, **options)  # type: ignore[arg-type]
+        tiff.write(image, description=f"{aperio} ({tile}x{tile}) JPEG/RGB Q={quality}{mpp_text}", **tiled)
         thumb = pil.copy()
         thumb.thumbnail((768, 768))
-        tiff.write(
-            np.asarray(thumb),
-            metadata=None,
-            photometric="rgb",
-            description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> {thumb.width}x{thumb.height}",
-        )
+        tiff.write(np.asarray(thumb), description=f"{aperio} -> {thumb.width}x{thumb.height}", **options)
         level = 4
         while min(width, height) // level >= tile:
             reduced = pil.resize((width // level, height // level), Image.Resampling.LANCZOS)
-            tiff.write(
-                np.asarray(reduced),
-                description=f"Aperio Image Library v12.0.15\r\n{width}x{height} -> {reduced.width}x{reduced.height}",
-                **options,
-            )  # type: ignore[arg-type]
+            tiff.write(np.asarray(reduced), description=f"{aperio} -> {reduced.width}x{reduced.height}", **tiled)
             level *= 4
     return path
 

@@ -92,7 +92,8 @@ def run_slide(
             ratios = tissue.tissue_ratios(mask, mask_mpp, slide.geometry, grid)
             kept, kept_ratios = tissue.select(grid, ratios, options.min_tissue)
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)
-            widths = _widths(runner, options.mode)
+            keys = _keys(options.mode)
+            widths = {name: runner.entry.outputs[key] for name, key in keys.items()}
             writer = open_writer(options.format, out, kept.coords, kept_ratios, widths, options.dtype)
             started = time.perf_counter()
             size = runner.entry.tile_size
@@ -127,10 +128,6 @@ def _keys(mode: str) -> dict[str, str]:
     if mode == PREDICTION:
         return {"features": PREDICTION}
     return {"features": PREDICTION, "embeddings": EMBEDDING}
-
-
-def _widths(runner: Runner, mode: str) -> dict[str, int]:
-    return {name: runner.entry.outputs[key] for name, key in _keys(mode).items()}
 
 
 def _attributes(

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model_code.catalogue import EMBEDDING, PREDICTION, PREDICTION_WITH_EMBEDDING
+from model_code.catalogue import EMBEDDING
 from model_code.errors import ClientError
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
@@ -30,9 +30,6 @@ class SlideOptions(BaseModel):
     dtype: Literal["float16", "float32"] = "float16"
     slide_mpp: float | None = Field(None, gt=0, le=64, description="um/px of level 0, for slides without it")
     slide_name: str | None = Field(None, max_length=256, description="recorded in the output's attributes")
-
-
-MODES_WITH_PREDICTION = (PREDICTION, PREDICTION_WITH_EMBEDDING)
 
 
 def parse_attributes(text: str | None) -> dict[str, str]:

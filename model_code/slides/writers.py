@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import zarr
 
+VENDOR_NAMES = {"features": "outputs"}  # the vendor SDK's Zarr names
 MEDIA_TYPES = {"h5": "application/x-hdf5", "zarr": "application/zip"}
 SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
 
@@ -39,7 +40,7 @@ class H5Writer:
         self.file.create_dataset("coords", data=coords.astype(np.int64))
         self.file.create_dataset("tissue_ratios", data=ratios.astype(np.float32))
         for name, width in widths.items():
-            chunks = (min(max(len(coords), 1), 1024), width)
+            chunks = (min(len(coords), 1024), width) if len(coords) else None
             self.file.create_dataset(name, shape=(len(coords), width), dtype=dtype, chunks=chunks)
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
@@ -62,11 +63,11 @@ class ZarrWriter:
         self.group.create_array("coords", data=coords.astype(np.int64))
         self.group.create_array("tissue_ratios", data=ratios.astype(np.float32))
         for name, width in widths.items():
-            self.group.create_array(name, shape=(len(coords), width), dtype=dtype, chunks=(1024, width))
+            self.group.create_array(VENDOR_NAMES.get(name, name), shape=(len(coords), width), dtype=dtype, chunks=(1024, width))
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         for name, values in outputs.items():
-            self.group[name][start : start + len(values)] = values  # type: ignore[index]
+            self.group[VENDOR_NAMES.get(name, name)][start : start + len(values)] = values  # type: ignore[index]
 
     def close(self, attributes: dict[str, Any]) -> None:
         self.group.attrs.update({k: v for k, v in attributes.items() if v is not None})
