@@ -125,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     wait.add_argument("--poll", type=float, default=30)
     wait.set_defaults(run=_wait)
 
+    from kit.slides import run as slides_run  # until the command registry (issue 11) lands
+
+    slides = commands.add_parser("slides", help="whole slides").add_subparsers(dest="verb", required=True)
+    slides_run.add_arguments(slides.add_parser("run", help=slides_run.HELP))
+
     args = parser.parse_args(argv)
+    if args.command == "slides":
+        args.run = slides_run.run
     try:
         return int(args.run(args) or 0)
     except (KitError, ArtifactError) as exc:

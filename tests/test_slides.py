@@ -167,3 +167,22 @@ def test_m_optimus_with_bulk_rna_in_a_tar(running: Running, slides: dict[str, Pa
         assert not np.array_equal(out["features"][:], with_rna), "the bulk RNA must reach the model"
     short = post_slide(running, _tar(slides["0.5"], [1.0, 2.0]), attributes, "application/x-tar")
     assert short.status_code == 400 and short.json()["field"] == "bulk_rna"
+
+
+def test_kit_slides_run_writes_resumes_and_reports_failures(
+    running: Running, slides: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kit.__main__ import main
+
+    out = tmp_path / "features"
+    argv = ["slides", "run", str(slides["0.5"]), str(slides["no-mpp"]), "--endpoint-url", running.url]
+    argv += ["--model", "h1", "--out", str(out), "--option", "min_tissue=0.25"]
+    assert main(argv) == 1  # one slide failed
+    report = capsys.readouterr().out
+    assert "2 slides: 1 done, 1 failed" in report and "slide_mpp" in report
+    with h5py.File(out / "half.h5", "r") as written:
+        assert written.attrs["slide_name"] == "half" and written.attrs["min_tissue"] == 0.25
+        assert written["features"].dtype == np.float16 and written["features"].shape[0] == written.attrs["tiles"]
+    assert sorted(p.name for p in out.iterdir()) == ["half.h5"]  # nothing left of the failed slide
+    assert main([*argv, "--option", "slide_mpp=0.5"]) == 0
+    assert "skipped" in capsys.readouterr().out and (out / "no-mpp.h5").exists()
