@@ -186,3 +186,13 @@ def test_kit_slides_run_writes_resumes_and_reports_failures(
     assert sorted(p.name for p in out.iterdir()) == ["half.h5"]  # nothing left of the failed slide
     assert main([*argv, "--option", "slide_mpp=0.5"]) == 0
     assert "skipped" in capsys.readouterr().out and (out / "no-mpp.h5").exists()
+
+
+def test_picture_shows_outline_grid_and_feature_map(running: Running, slides: dict[str, Path], tmp_path: Path) -> None:
+    from kit.slides.picture import GRID, OUTLINE, features_picture
+
+    answer = post_slide(running, slides["0.5"].read_bytes(), "model=h1")
+    (tmp_path / "half.h5").write_bytes(answer.content)
+    picture = np.asarray(Image.open(features_picture(slides["0.5"], tmp_path / "half.h5", tmp_path / "half.png")))
+    colours = {tuple(c) for c in picture.reshape(-1, 3)}
+    assert OUTLINE in colours and GRID in colours and len(colours) > 1000  # thumbnail, mask outline, tiles, PCA map

@@ -94,7 +94,7 @@ def run_slide(
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)
             keys = _keys(options.mode)
             widths = {name: runner.entry.outputs[key] for name, key in keys.items()}
-            writer = open_writer(options.format, out, kept.coords, kept_ratios, widths, options.dtype)
+            writer = open_writer(options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask)
             started = time.perf_counter()
             size = runner.entry.tile_size
 

@@ -8,7 +8,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from model_code.catalogue import EMBEDDING
 from model_code.errors import ClientError
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
@@ -20,7 +19,7 @@ class SlideOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="model to run; default: the endpoint's one model besides tissue-seg")
-    mode: Literal["embedding", "prediction", "prediction_with_embedding"] = EMBEDDING
+    mode: Literal["embedding", "prediction", "prediction_with_embedding"] = "embedding"
     mpp: float | None = Field(None, gt=0, le=64, description="um/px the tiles are cut at; default: the model's (0.5)")
     tile_size: int | None = Field(
         None, ge=16, le=4096, description="tile side in pixels at `mpp`; default: the model's"

@@ -74,7 +74,8 @@ class Slide:
 
 def _on_white(region: Image.Image) -> Image.Image:
     """OpenSlide's RGBA (transparent outside the scanned area) over white glass."""
-    if region.getextrema()[3][0] == 255:
+    alpha = region.getchannel("A").getextrema()
+    if alpha[0] == 255:
         return region.convert("RGB")
     white = Image.new("RGBA", region.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, region).convert("RGB")

@@ -1,9 +1,10 @@
 """Slide outputs, written as the forward passes finish (never all features in memory at once).
 
 HDF5 (default), the layout TRIDENT and CLAM users read: `features` [N, D], `coords` [N, 2] (level-0 x, y
-of each tile's top-left corner), `tissue_ratios` [N], and `embeddings` [N, 1536] when M-Optimus answers
-prediction_with_embedding; attributes describe the model, tiles and slide. Zarr in a zip store, as the
-vendor's SDK writes it: `outputs`, `coords`, `tissue_ratios` (and `embeddings`), the same attributes.
+of each tile's top-left corner), `tissue_ratios` [N], `tissue_mask` (uint8, at tissue-seg's 8 um/px),
+and `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding; attributes describe the
+model, tiles and slide. Zarr in a zip store, as the vendor's SDK writes it: `outputs` for `features`,
+the other arrays and attributes alike.
 """
 
 from __future__ import annotations
@@ -28,15 +29,19 @@ class Writer(Protocol):
 
 
 def open_writer(
-    kind: str, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str
+    kind: str, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
 ) -> Writer:
-    """A writer for len(coords) tiles whose outputs are named and sized by `widths` (dataset name -> D)."""
-    return (H5Writer if kind == "h5" else ZarrWriter)(path, coords, ratios, widths, dtype)
+    """A writer for len(coords) tiles whose outputs are named and sized by `widths` (dataset name -> D);
+    `mask` is the tissue mask at tissue-seg's resolution, stored as `tissue_mask`."""
+    return (H5Writer if kind == "h5" else ZarrWriter)(path, coords, ratios, widths, dtype, mask)
 
 
 class H5Writer:
-    def __init__(self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str):
+    def __init__(
+        self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
+    ):
         self.file = h5py.File(path, "w")
+        self.file.create_dataset("tissue_mask", data=mask, compression="gzip")
         self.file.create_dataset("coords", data=coords.astype(np.int64))
         self.file.create_dataset("tissue_ratios", data=ratios.astype(np.float32))
         for name, width in widths.items():
@@ -56,14 +61,18 @@ class ZarrWriter:
     """Zarr (format 2, readable by zarr 2 and 3) in a directory, zipped into one file at the end: entries of a
     zip cannot be rewritten in place, and the features arrive a batch at a time."""
 
-    def __init__(self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str):
+    def __init__(
+        self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
+    ):
         self.path = path
         self.directory = path.with_name(path.name + ".d")
         self.group = zarr.open_group(self.directory, mode="w", zarr_format=2)
         self.group.create_array("coords", data=coords.astype(np.int64))
         self.group.create_array("tissue_ratios", data=ratios.astype(np.float32))
+        self.group.create_array("tissue_mask", data=mask)
         for name, width in widths.items():
-            self.group.create_array(VENDOR_NAMES.get(name, name), shape=(len(coords), width), dtype=dtype, chunks=(1024, width))
+            shape = (len(coords), width)
+            self.group.create_array(VENDOR_NAMES.get(name, name), shape=shape, dtype=dtype, chunks=(1024, width))
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         for name, values in outputs.items():
