@@ -80,5 +80,12 @@ def make_slide(
     size_um: tuple[float, float] = (896, 672),
     origin_px: tuple[int, int] = (370, 180),
 ) -> Path:
-    """A generated slide of tissue from the samples, scanned at `mpp` (None: 0.5, and no mpp in its metadata)."""
-    return write_svs(path, tissue_image(*size_um, mpp or 0.5, origin_px), mpp)
+    """A generated slide of tissue from the samples, scanned at `mpp` (None: 0.5, and no mpp in its metadata).
+
+    The image is made at the texture's 0.5 um/px and resized (bicubic) to other resolutions.
+    """
+    image = tissue_image(*size_um, TEXTURE_MPP, origin_px)
+    if mpp is not None and mpp != TEXTURE_MPP:
+        height, width = round(size_um[1] / mpp), round(size_um[0] / mpp)
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+    return write_svs(path, image, mpp)
