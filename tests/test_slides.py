@@ -91,6 +91,15 @@ def test_quarter_micron_slide_is_read_at_half_micron(running: Running, slides: d
     np.testing.assert_allclose(feats[picks], expected, rtol=SAME_RTOL, atol=0.05)  # bicubic in a different order
 
 
+def test_tile_size_cuts_larger_tiles_resized_to_the_models_input(running: Running, slides: dict[str, Path]) -> None:
+    with features(running, slides["0.5"], tile_size="448", min_tissue="0") as out:
+        assert out.attrs["grid_tiles"] == 12 and out["features"].shape == (12, 1536)  # 4 x 3 tiles of 448 px
+        assert (out["coords"][:] % 448 == 0).all() and out.attrs["model_input_size"] == 224
+        coords, feats = out["coords"][:], out["features"][:]
+    expected = tile_api(running, [read_level0(slides["0.5"], *coords[5], 448)])
+    np.testing.assert_allclose(feats[5:6], expected, rtol=SAME_RTOL, atol=0.05)
+
+
 def test_slide_without_mpp_is_refused_naming_the_option(running: Running, slides: dict[str, Path]) -> None:
     answer = post_slide(running, slides["no-mpp"].read_bytes(), "model=h1")
     assert answer.status_code == 400 and answer.json()["field"] == "slide_mpp"

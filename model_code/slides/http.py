@@ -10,6 +10,7 @@ slide runs at a time per server, and the answer is the features file, deleted on
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tarfile
@@ -28,6 +29,8 @@ from model_code.records import _bulk_rna, media_type
 from model_code.slides.job import choose_runner, run_slide
 from model_code.slides.options import slide_options
 from model_code.slides.writers import MEDIA_TYPES, SUFFIXES
+
+log = logging.getLogger("optimus.slides")
 
 TAR = "application/x-tar"
 SLIDE_TYPES = frozenset({"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", TAR})
@@ -59,8 +62,9 @@ class SlideService:
             out = workdir / f"features{SUFFIXES[options.format]}"
             async with self.running:
                 summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)
+            log.warning("slide request failed: %s: %s", type(exc).__name__, exc)
             raise
         headers = {"X-Optimus-Tiles": str(summary.tiles), "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}"}
         return FileResponse(
