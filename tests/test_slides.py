@@ -109,6 +109,17 @@ def test_tile_size_cuts_larger_tiles_resized_to_the_models_input(running: Runnin
     assert_same_features(feats[5:7], expected)
 
 
+def test_slide_without_a_pyramid_is_read_in_bounded_pieces(
+    running: Running, slides: dict[str, Path], tmp_path: Path
+) -> None:
+    with openslide.OpenSlide(slides["0.25"]) as reader:
+        image = np.asarray(reader.read_region((0, 0), 0, reader.dimensions).convert("RGB"))
+    flat = write_svs(tmp_path / "flat.svs", image, 0.25, pyramid=False)
+    with features(running, flat) as out, features(running, slides["0.25"]) as pyramidal:
+        np.testing.assert_array_equal(out["coords"][:], pyramidal["coords"][:])
+        assert out.attrs["slide_width"] == 3584
+
+
 def test_slide_without_mpp_is_refused_naming_the_option(running: Running, slides: dict[str, Path]) -> None:
     answer = post_slide(running, slides["no-mpp"].read_bytes(), "model=h1")
     assert answer.status_code == 400 and answer.json()["field"] == "slide_mpp"

@@ -52,8 +52,11 @@ def _texture(width: int, height: int, mpp: float) -> np.ndarray:
     return np.concatenate(rows, axis=0)[:height, :width]
 
 
-def write_svs(path: Path, image: np.ndarray, mpp: float | None, tile: int = 256, quality: int = 90) -> Path:
-    """An Aperio-style SVS: tiled JPEG levels (downsample 4 per level), a thumbnail, mpp when given."""
+def write_svs(
+    path: Path, image: np.ndarray, mpp: float | None, tile: int = 256, quality: int = 90, pyramid: bool = True
+) -> Path:
+    """An Aperio-style SVS: tiled JPEG levels (downsample 4 per level, unless not `pyramid`), a thumbnail,
+    mpp when given."""
     height, width = image.shape[:2]
     mpp_text = f"|MPP = {mpp}" if mpp is not None else ""
     aperio = f"Aperio Image Library v12.0.15\r\n{width}x{height}"
@@ -67,7 +70,7 @@ def write_svs(path: Path, image: np.ndarray, mpp: float | None, tile: int = 256,
         thumb.thumbnail((768, 768))
         tiff.write(np.asarray(thumb), description=f"{aperio} -> {thumb.width}x{thumb.height}", **options)
         level = 4
-        while min(width, height) // level >= tile:
+        while pyramid and min(width, height) // level >= tile:
             reduced = pil.resize((width // level, height // level), Image.Resampling.LANCZOS)
             tiff.write(np.asarray(reduced), description=f"{aperio} -> {reduced.width}x{reduced.height}", **tiled)
             level *= 4

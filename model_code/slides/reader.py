@@ -16,6 +16,7 @@ from PIL import Image
 from model_code.errors import ClientError
 
 LEVEL_TOLERANCE = 1.01  # a level 1% finer than asked for is used as it is, without resampling
+MAX_READ_SIDE = 2048  # larger regions (a slide without a pyramid) are read in quarters: memory stays bounded
 
 
 class SlideReadError(ClientError):
@@ -62,6 +63,13 @@ class Slide:
         side = round(extent / level_downsample)
         if abs(side - size) <= size * (LEVEL_TOLERANCE - 1):
             side = size
+        if side > MAX_READ_SIDE and size % 2 == 0:  # no level near the scale asked for: read it in quarters
+            half, step = size // 2, extent / 2
+            rows = [
+                np.concatenate([self.read(round(x + i * step), round(y + j * step), step, half) for i in (0, 1)], 1)
+                for j in (0, 1)
+            ]
+            return np.concatenate(rows, 0)
         try:
             region = self._slide.read_region((x, y), level, (side, side))
         except openslide.OpenSlideError as exc:
