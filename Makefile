@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install tools test lint demo bench synth clean
+.PHONY: install tools test lint demo bench soak synth clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.slides
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
+
+# Soak and fault test: SOAK_MINUTES of mixed load with bad inputs and a poison tile; fails on memory growth,
+# stray 5xx or mismatched answers (report in build/soak/soak.json).
+SOAK_MINUTES ?= 2
+soak: install
+	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
 
 # Node tools: the pinned AWS CDK CLI, for `node_modules/.bin/cdk deploy` (synthesis needs only Python).
 tools: node_modules/.bin/cdk

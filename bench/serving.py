@@ -22,9 +22,9 @@ import numpy as np
 import orjson
 
 from bench.http_load import LoadResult, build_request, run_load
+from kit.artifacts.builder import package
+from kit.endpoints.samples import wire_record
 from kit.local import LocalServer, serve_model
-from kit.package import package
-from kit.samples import wire_record
 from model_code.catalogue import H_OPTIMUS_NORMALISATION
 from model_code.records import Record, decode_record, split_body
 
@@ -36,7 +36,7 @@ STD = np.array(H_OPTIMUS_NORMALISATION["std"], np.float32) * 255
 
 def _decode_and_normalise(count: int) -> int:
     for _ in range(count):
-        raw, _ = split_body(BODY, "application/json")
+        raw, _ = split_body(BODY, "application/json", max_records=1)
         record = decode_record(raw[0], 0)
         assert isinstance(record, Record) and record.pixels is not None
         (record.pixels.astype(np.float32) - MEAN) / STD

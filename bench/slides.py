@@ -28,9 +28,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from kit.client import EndpointClient
+from kit.artifacts.builder import package
+from kit.endpoints.client import EndpointClient
 from kit.local import serve_model
-from kit.package import package
 from kit.slides.run import HttpTransport
 from kit.slides.synthetic import make_slide
 from model_code.catalogue import H_OPTIMUS_NORMALISATION

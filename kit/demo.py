@@ -8,6 +8,7 @@ what ran where, and stops the servers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -15,14 +16,27 @@ import sys
 import time
 from pathlib import Path
 
-from kit.local import serve_model
-from kit.package import REPO, package
-from kit.slides.demo import slide_demo
-from kit.smoke import Report, smoke
+from kit import REPO
 from model_code.catalogue import PACKAGES
+
+HELP = "package the demo models and run every mode, offline"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, default=Path("build/demo"), help="default: build/demo")
+    parser.add_argument("--requests", type=int, default=10, help="requests for the latency figures (default 10)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(args.workdir, args.requests)
 
 
 def run_demo(workdir: Path, requests: int = 10) -> int:
+    from kit.artifacts.builder import package
+    from kit.endpoints.checks import Report, smoke
+    from kit.local import serve_model
+    from kit.slides.demo import slide_demo
+
     workdir = workdir.resolve()
     reports: dict[str, Report] = {}
     for name, models in PACKAGES.items():

@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from model_code.catalogue import METADATA
 from model_code.errors import ClientError, ForwardError
 from model_code.records import Record
 
-Result = dict[str, Any] | ClientError
+Result = dict[str, Any] | ClientError | ForwardError
 Predict = Callable[[list[Record]], list[Result]]
 
 
@@ -50,24 +49,26 @@ class Batcher:
         self._forward = ThreadPoolExecutor(1, thread_name_prefix="forward")
 
     async def run(self, records: Sequence[Record | ClientError]) -> list[Result]:
-        """Results in the order given; ClientErrors pass through. Raises the ForwardError of a failed batch."""
+        """Results in the order given; ClientErrors pass through. Raises the error of a batch that failed whole.
+
+        Cancelling it withdraws its tiles that have not yet run (their client has gone away)."""
         outcomes = await asyncio.gather(
             *(self._submit(r) for r in records if isinstance(r, Record)), return_exceptions=True
         )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        failures = [o for o in outcomes if isinstance(o, BaseException)]  # a result is a tuple, even an error's
         if failures:
             raise failures[0]
         answers = iter(outcomes)
-        return [record if isinstance(record, ClientError) else next(answers) for record in records]  # type: ignore[misc]
+        return [record if isinstance(record, ClientError) else next(answers)[0] for record in records]  # type: ignore[index]
 
-    async def _submit(self, record: Record) -> Result:
+    async def _submit(self, record: Record) -> tuple[Result]:
         queue = self._queues.get(record.model)
         if queue is None:
             queue = self._queues[record.model] = asyncio.Queue()
             self._tasks.append(asyncio.create_task(self._collect(record.model, queue)))
         pending = _Pending(record, asyncio.get_running_loop().create_future())
         queue.put_nowait(pending)
-        return await pending.future
+        return (await pending.future,)
 
     async def _collect(self, model: str, queue: asyncio.Queue[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -92,11 +93,9 @@ class Batcher:
             if self._on_wait is not None:
                 for pending in batch:
                     self._on_wait(model, started - pending.enqueued)
-            # Only batches with tiles to run wait for the forward thread: metadata never queues behind a GPU pass.
-            executor = self._forward if any(p.record.mode != METADATA for p in batch) else None
             try:
-                results = await loop.run_in_executor(executor, self._predict, [p.record for p in batch])
-            except Exception as exc:  # a failed forward fails this batch only
+                results = await loop.run_in_executor(self._forward, self._predict, [p.record for p in batch])
+            except Exception as exc:  # predict_fn isolates failing tiles itself: this is a failure outside them
                 error = exc if isinstance(exc, ForwardError) else ForwardError(model, exc)
                 for pending in batch:
                     if not pending.future.done():

@@ -59,6 +59,7 @@ class ModelSpec:
     normalisation: dict[str, tuple[float, float, float]] | None
     timm_config: dict[str, object] | None = None
     pooling: str = "cls"  # encoders: "cls" or "cls+mean_patch"
+    bulk_rna_genes: int = 0  # length of the optional bulk_rna input; 0: the model takes none
     aliases: tuple[str, ...] = field(default=())
 
     @property
@@ -91,6 +92,7 @@ MODELS: dict[str, ModelSpec] = {
             resolution=0.5,
             outputs={EMBEDDING: 1536, PREDICTION: N_OUTPUT_GENES},
             normalisation=H_OPTIMUS_NORMALISATION,
+            bulk_rna_genes=N_INPUT_GENES,
             aliases=("m-optimus-stx",),
         ),
         ModelSpec(

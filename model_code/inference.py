@@ -4,11 +4,13 @@ The only way the server reaches the models, and a user module AWS's PyTorch serv
 unchanged. Errors: `ClientError` (4xx, names record and field), `ForwardError` (503, retryable).
 
 A JSON object in gives an object out; a JSON list or JSON lines give one entry per record, in order,
-where a bad record's entry is its error and the others are answered normally.
+where a bad record's entry is its error and the others are answered normally. A failed forward pass is
+split in halves and retried, so only the tile that fails gets a 503 entry.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -27,26 +29,25 @@ from model_code.catalogue import (
     PREDICTION,
     PREDICTION_WITH_EMBEDDING,
 )
-from model_code.errors import ArtifactError, ClientError
+from model_code.errors import ArtifactError, ClientError, ForwardError
 from model_code.loaders import load_program, load_vit
 from model_code.manifest import read_gene_csv, read_manifest
 from model_code.records import (
-    JSON,
     JSONLINES,
-    JSONLINES_TYPES,
     Layout,
     Record,
+    check_answer_size,
     decode_record,
-    media_type,
+    negotiate,
     split_body,
 )
-from model_code.runners import RUNNERS, Runner
-
-DEFAULT_MAX_BATCH_SIZE = 32
+from model_code.runners import RUNNERS, ForwardHooks, Runner
+from model_code.settings import Limits, max_batch_size
 
 RecordMap = Callable[
     [Callable[[tuple[int, Any]], "Record | ClientError"], list[tuple[int, Any]]], Iterable["Record | ClientError"]
 ]
+Result = dict[str, Any] | ClientError | ForwardError
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class Batch:
 
     records: list[Record | ClientError]
     layout: Layout
-    results: list[dict[str, Any] | ClientError] | None = None
+    results: list[Result] | None = None
 
 
 @dataclass
@@ -68,6 +69,11 @@ class Models:
 
 def model_fn(model_dir: str | Path) -> Models:
     """Load and check every model the artifact's manifest lists, on the GPU when there is one."""
+    return load_models(model_dir)
+
+
+def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None) -> Models:
+    """model_fn, with the server's callbacks around each forward pass."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     expected = os.environ.get("OPTIMUS_MODELS")  # set by the CDK stack: the models this endpoint must host
@@ -77,7 +83,7 @@ def model_fn(model_dir: str | Path) -> Models:
             f"this endpoint is configured for models {expected} but the artifact holds {','.join(held)}"
         )
     device = torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
-    max_batch = int(os.environ.get("MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE))
+    max_batch = max_batch_size()
     runners: dict[str, Runner] = {}
     for entry in manifest.models:
         files = {role: model_dir / path for role, path in entry.files.items()}
@@ -86,7 +92,7 @@ def model_fn(model_dir: str | Path) -> Models:
             module = load_vit(dict(entry.timm_config or {}), files["weights"])
         else:
             module = load_program(files["program"])
-        runner = RUNNERS[MODELS[entry.name].family](entry, module, device, max_batch)
+        runner = RUNNERS[MODELS[entry.name].family](entry, module, device, max_batch, hooks)
         if entry.name == "m-optimus":
             runner.extra_metadata = {
                 "input_genes": read_gene_csv(files["input_genes"], N_INPUT_GENES),
@@ -105,11 +111,19 @@ def input_fn(input_data: bytes | str, content_type: str) -> Batch:
 
 
 def parse_request(
-    input_data: bytes | str, content_type: str, overrides: dict[str, str] | None, map_records: RecordMap = map
+    input_data: bytes | str,
+    content_type: str,
+    overrides: dict[str, str] | None,
+    map_records: RecordMap = map,
+    limits: Limits | None = None,
 ) -> Batch:
     """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record,
-    and `map_records` may decode the records of a many-record request in parallel (the server's pool)."""
-    raw, layout = split_body(input_data, content_type)
+    and `map_records` may decode the records of a many-record request in parallel (the server's pool).
+    Too many records, or records whose answers cannot fit `limits` (default: from the environment), are a 413
+    before any tile is decoded."""
+    limits = limits or Limits.from_env()
+    raw, layout = split_body(input_data, content_type, limits.max_records)
+    check_answer_size(raw, overrides, limits.max_response_bytes)
     records = list(map_records(lambda item: decode_record(item[1], item[0], overrides), list(enumerate(raw))))
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)
@@ -118,35 +132,49 @@ def parse_request(
 
 def predict_fn(data: Batch, model: Models) -> Batch:
     """Run each model's records together as batched tensors; metadata records need no forward."""
-    results: list[dict[str, Any] | ClientError] = [
-        record if isinstance(record, ClientError) else {} for record in data.records
-    ]
+    results: list[Result | None] = [answer_directly(record, model) for record in data.records]
     groups: dict[str, list[tuple[int, Record]]] = {}
     for i, record in enumerate(data.records):
-        if isinstance(record, ClientError):
-            continue
-        runner = model.runners.get(record.model)
-        if runner is None:
-            held = ", ".join(model.runners) or "none"
-            results[i] = ClientError(
-                f"model '{record.model}' is not hosted by this endpoint (it hosts: {held})",
-                field="model_name",
-                status=404,
-                record=record.index,
-            )
-        elif record.mode == "metadata":
-            results[i] = runner.metadata()
-        else:
+        if results[i] is None:
+            assert isinstance(record, Record)
             groups.setdefault(record.model, []).append((i, record))
     for name, members in groups.items():
-        outputs = model.runners[name]([record for _, record in members])
+        outputs = run_isolating(model.runners[name], [record for _, record in members])
         for (i, record), output in zip(members, outputs, strict=True):
-            results[i] = response(record, output)
-    return with_results(data, results)
+            results[i] = output if isinstance(output, ForwardError) else response(record, output)
+    return with_results(data, [result for result in results if result is not None])
 
 
-def with_results(data: Batch, results: list[dict[str, Any] | ClientError]) -> Batch:
-    """The request with its results (predict_fn's, or the server's batcher's); a lone bad record raises."""
+def answer_directly(record: Record | ClientError, models: Models) -> Result | None:
+    """The answer of a record that needs no forward pass (an error, metadata, a model not hosted), else None."""
+    if isinstance(record, ClientError):
+        return record
+    runner = models.runners.get(record.model)
+    if runner is None:
+        held = ", ".join(models.runners) or "none"
+        return ClientError(
+            f"model '{record.model}' is not hosted by this endpoint (it hosts: {held})",
+            field="model_name",
+            status=404,
+            record=record.index,
+        )
+    return runner.metadata() if record.mode == "metadata" else None
+
+
+def run_isolating(runner: Runner, records: list[Record]) -> list[dict[str, np.ndarray] | ForwardError]:
+    """The runner's outputs; when a forward pass fails, its records are split in halves and retried, so
+    only a tile that fails alone gets the ForwardError and the others are answered."""
+    try:
+        return list(runner(records))
+    except ForwardError as error:
+        if len(records) == 1:
+            return [error]
+        half = len(records) // 2
+        return run_isolating(runner, records[:half]) + run_isolating(runner, records[half:])
+
+
+def with_results(data: Batch, results: list[Result]) -> Batch:
+    """The request with its results (predict_fn's, or the server's batcher's); a lone failed record raises."""
     _raise_single(results, data.layout)
     return replace(data, results=results)
 
@@ -162,23 +190,56 @@ def response(record: Record, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def output_fn(prediction: Batch, accept: str | None) -> tuple[bytes, str]:
     """Serialise results as JSON (object or list, as the request was) or JSON lines; returns (body, type)."""
+    return serialise(prediction, negotiate(accept, prediction.layout), Limits.from_env().max_response_bytes)
+
+
+def serialise(prediction: Batch, kind: str, max_bytes: int) -> tuple[bytes, str]:
+    """output_fn's body in a negotiated media type; an answer over `max_bytes` is a 413 (MAX_RESPONSE_MB),
+    found entry by entry, so no more than the limit is ever built."""
     assert prediction.results is not None, "output_fn needs the Batch that predict_fn returned"
-    entries = [r.to_dict() if isinstance(r, ClientError) else r for r in prediction.results]
-    kind = media_type(accept)
-    if kind in ("", "*/*"):
-        kind = JSONLINES if prediction.layout == "lines" else JSON
-    if kind in JSONLINES_TYPES:
-        return b"".join(dumps(entry) + b"\n" for entry in entries), JSONLINES
-    if kind == JSON:
-        return dumps(entries[0] if prediction.layout == "object" else entries), JSON
-    raise ClientError(f"cannot answer in '{accept}'; accept {JSON} or {JSONLINES}", field="accept", status=406)
+    if prediction.layout == "object" and kind != JSONLINES:
+        parts = [_entry(prediction.results[0])]
+        _check_size(len(parts[0]), max_bytes)
+        return parts[0], kind
+    parts, size = [], 0
+    for result in prediction.results:
+        parts.append(_entry(result))
+        size += len(parts[-1]) + 1
+        _check_size(size, max_bytes)
+    if kind == JSONLINES:
+        return b"".join(part + b"\n" for part in parts), kind
+    return b"[" + b",".join(parts) + b"]", kind
+
+
+def _entry(result: Result) -> bytes:
+    return dumps(result.to_dict() if isinstance(result, ClientError | ForwardError) else result)
+
+
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ClientError(
+            f"the answer is over the limit of {max_bytes} bytes (MAX_RESPONSE_MB); send fewer records per request",
+            field="body",
+            status=413,
+        )
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    """JSON bytes; strings orjson refuses (lone surrogates such as "\\ud800", which JSON text may carry)
+    are written as escapes by the standard library instead."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:
+        return json.dumps(value, default=_plain, separators=(",", ":")).encode()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _raise_single(entries: list[Any], layout: Layout) -> None:
     """A request of one JSON object answers its error as the whole response."""
-    if layout == "object" and isinstance(entries[0], ClientError):
+    if layout == "object" and isinstance(entries[0], ClientError | ForwardError):
         raise entries[0]

@@ -22,12 +22,24 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.forward_failures = Counter(
+            "optimus_forward_failures",
+            "forward passes that failed (each failed batch is then split to isolate the failing tiles)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.isolated_tiles = Counter(
+            "optimus_isolated_tiles",
+            "tiles that failed a forward pass alone and were answered 503, their neighbours answered",
+            ["model"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "optimus_batch_size", "tiles per forward pass", ["model"], buckets=TILE_BUCKETS, registry=self.registry
         )
         self.queue_wait = Histogram(
             "optimus_queue_wait_seconds",
-            "time a decoded tile waits for its forward pass",
+            "time a decoded tile waits for its forward pass (tiles only: not metadata, not unhosted models)",
             ["model"],
             buckets=TIME_BUCKETS,
             registry=self.registry,
@@ -41,7 +53,7 @@ class Metrics:
         )
         self.decode = Histogram(
             "optimus_decode_seconds",
-            "parsing and decoding of one request",
+            "parsing and decoding of one request, whether or not it parsed",
             buckets=TIME_BUCKETS,
             registry=self.registry,
         )
@@ -49,6 +61,9 @@ class Metrics:
     def observe_forward(self, model: str, tiles: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(tiles)
         self.forward.labels(model).observe(seconds)
+
+    def forward_failed(self, model: str, tiles: int) -> None:
+        self.forward_failures.labels(model).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

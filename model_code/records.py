@@ -11,15 +11,23 @@ import binascii
 import io
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import orjson
 import pybase64  # SIMD base64: 60x the standard library's speed, which held the GIL 20% of the time
-from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, ValidationError
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
-from model_code.catalogue import ECHO_FIELDS, METADATA, MODELS, N_INPUT_GENES, canonical_name
+from model_code.catalogue import (
+    ECHO_FIELDS,
+    EMBEDDING,
+    METADATA,
+    MODELS,
+    PREDICTION,
+    PREDICTION_WITH_EMBEDDING,
+    canonical_name,
+)
 from model_code.errors import ClientError
 
 JSON = "application/json"
@@ -28,6 +36,11 @@ JSONLINES_TYPES = frozenset({JSONLINES, "application/x-jsonlines", "application/
 IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 
 Layout = Literal["object", "list", "lines"]
+# JSON allows integers of any size; the answer echoes them, and orjson (like most clients) stops at 64 bits.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+MODE_OUTPUTS = {EMBEDDING: (EMBEDDING,), PREDICTION: (PREDICTION,), PREDICTION_WITH_EMBEDDING: (PREDICTION, EMBEDDING)}
+MIN_VALUE_BYTES = 4  # "0.0,": no number in an answer is written shorter
+GENE_NOT_MEASURED = -1.0  # the vendor SDK's bulk-RNA value for a gene missing from the sample's file
 
 
 def media_type(content_type: str | None) -> str:
@@ -43,13 +56,13 @@ class WireRecord(BaseModel):
     image_data: str = ""
     bulk_rna: list[float] | None = None
     slide_name: str | None = None
-    x: int | None = None
-    y: int | None = None
-    width: int | None = None
-    height: int | None = None
-    tissue_ratio: float | None = None
-    patch_idx: int | None = None
-    resolution: float | None = None
+    x: Int64 | None = None
+    y: Int64 | None = None
+    width: Int64 | None = None
+    height: Int64 | None = None
+    tissue_ratio: FiniteFloat | None = None
+    patch_idx: Int64 | None = None
+    resolution: FiniteFloat | None = None
     model_name: str
     mode: Literal["embedding", "prediction", "prediction_with_embedding", "metadata"]
 
@@ -63,7 +76,7 @@ class Record:
     mode: str
     echo: dict[str, Any]  # tile fields to echo, in the vendor's order
     pixels: np.ndarray | None  # H x W x 3 uint8; None for metadata
-    bulk_rna: np.ndarray | None  # log1p of counts, float32; None when not sent
+    bulk_rna: np.ndarray | None  # log1p of counts (-1 kept: gene not measured), float32; None when not sent
 
 
 def _loads(text: bytes | str) -> Any:
@@ -90,8 +103,46 @@ def check_content_type(content_type: str | None) -> str:
     return kind
 
 
-def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], Layout]:
-    """Split a body into raw records (or the ClientError of a line that is not JSON) and its layout."""
+def negotiate(accept: str | None, layout: Layout) -> str:
+    """The answer's media type for an Accept header (q-values, lists, wildcards), or a 406.
+
+    Without a preference the answer follows the request: JSON lines for JSON lines, else JSON.
+    """
+    natural = JSONLINES if layout == "lines" else JSON
+    if accept is None or not accept.strip():
+        return natural
+    best: tuple[float, int, str] | None = None  # (q, specificity, type): the highest q, then the most specific
+    for part in accept.split(","):
+        kind, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        kind = kind.lower()
+        if kind in JSONLINES_TYPES:
+            choice, specificity = JSONLINES, 2
+        elif kind == JSON:
+            choice, specificity = JSON, 2
+        elif kind in ("*/*", "application/*", "*"):
+            choice, specificity = natural, 0 if kind != "application/*" else 1
+        else:
+            continue
+        if q > 0 and (best is None or (q, specificity) > best[:2]):
+            best = (q, specificity, choice)
+    if best is None:
+        raise ClientError(f"cannot answer in '{accept}'; accept {JSON} or {JSONLINES}", field="accept", status=406)
+    return best[2]
+
+
+def split_body(body: bytes | str, content_type: str | None, max_records: int) -> tuple[list[Any], Layout]:
+    """Split a body into raw records (or the ClientError of a line that is not JSON) and its layout.
+
+    More than `max_records` records is a 413 (MAX_RECORDS): each record's answer may be far larger than it.
+    """
     kind = check_content_type(content_type)
     if not body or not body.strip():
         raise ClientError("the request body is empty", field="body")
@@ -103,18 +154,48 @@ def split_body(body: bytes | str, content_type: str | None) -> tuple[list[Any], 
         if isinstance(parsed, list):
             if not parsed:
                 raise ClientError("the list of records is empty", field="body")
+            _check_count(len(parsed), max_records)
             return parsed, "list"
         return [parsed], "object"
-    lines = body.splitlines() if isinstance(body, bytes) else body.encode().splitlines()
+    lines = [line for line in (body if isinstance(body, bytes) else body.encode()).splitlines() if line.strip()]
+    _check_count(len(lines), max_records)
     raw: list[Any] = []
     for line in lines:
-        if not line.strip():
-            continue
         try:
             raw.append(_loads(line))
         except ValueError as exc:
             raw.append(ClientError(f"line is not valid JSON ({exc})", field="body", record=len(raw)))
     return raw, "lines"
+
+
+def _check_count(count: int, max_records: int) -> None:
+    if count > max_records:
+        raise ClientError(
+            f"{count} records is over the limit of {max_records} per request (MAX_RECORDS); split the request",
+            field="body",
+            status=413,
+        )
+
+
+def check_answer_size(raw: list[Any], overrides: dict[str, str] | None, max_bytes: int) -> None:
+    """A 413 when the answers to these records cannot fit `max_bytes`, counting each output value at its
+    shortest ("0.0,"), before anything is decoded: a 6 MB list of blank tissue-seg tiles would need GBs."""
+    least = 0
+    for item in raw:
+        if not isinstance(item, dict):
+            continue
+        fields = {**item, **(overrides or {})}
+        spec = MODELS.get(canonical_name(str(fields.get("model_name"))) or "")
+        outputs = MODE_OUTPUTS.get(fields.get("mode")) if spec is not None else None  # type: ignore[arg-type]
+        if spec is not None and outputs:
+            least += MIN_VALUE_BYTES * sum(spec.outputs.get(name, 0) for name in outputs)
+    if least > max_bytes:
+        raise ClientError(
+            f"the answers to these records take at least {least} bytes, over the limit of {max_bytes} "
+            "(MAX_RESPONSE_MB); send fewer records per request",
+            field="body",
+            status=413,
+        )
 
 
 def decode_record(raw: Any, index: int, overrides: dict[str, str] | None = None) -> Record | ClientError:
@@ -132,7 +213,8 @@ def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
         raise ClientError(f"a record must be a JSON object, got {type(raw).__name__}", field="body")
     for name, value in overrides.items():
         sent = raw.get(name)
-        if sent is not None and sent != value and canonical_name(str(sent)) != canonical_name(value):
+        same = sent == value or (name == "model_name" and canonical_name(str(sent)) == canonical_name(value))
+        if sent is not None and not same:
             raise ClientError(f"'{sent}' contradicts '{value}' in the route", field=name)
     if overrides:
         raw = {**raw, **overrides}
@@ -153,12 +235,17 @@ def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
     if wire.mode == METADATA:
         return Record(index, model, wire.mode, echo, None, None)
     pixels = decode_tile(wire.image_data, spec.tile_size, model)
-    bulk = _bulk_rna(wire.bulk_rna, model)
+    bulk = _bulk_rna(wire.bulk_rna, model, spec.bulk_rna_genes)
     return Record(index, model, wire.mode, echo, pixels, bulk)
 
 
 def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
-    """base64 image -> H x W x 3 uint8 array of the model's tile size."""
+    """base64 image -> H x W x 3 uint8 array of the model's tile size.
+
+    Pillow signals a hostile or broken file with many exception types (OSError, ValueError "Decompressed
+    data too large", SyntaxError, TypeError and OverflowError from TIFF tags, struct.error, ...): every
+    one of them is the image's fault, so every one is a 400 on `image_data`.
+    """
     if not image_data:
         raise ClientError("is empty; send a base64-encoded PNG tile", field="image_data")
     try:
@@ -167,43 +254,55 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
         raise ClientError(f"is not valid base64 ({exc})", field="image_data") from None
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        if image.size != (tile_size, tile_size):  # checked before any pixel is decoded
+            width, height = image.size
+            raise ClientError(
+                f"tile is {width}x{height} pixels; model '{model}' takes {tile_size}x{tile_size} tiles",
+                field="image_data",
+            )
+        if image.mode not in ("RGB", "RGBA", "P"):
+            raise ClientError(f"tile has colour mode {image.mode}; send an RGB image", field="image_data")
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        pixels = np.asarray(rgb, dtype=np.uint8)
+    except ClientError:
+        raise
     except Image.DecompressionBombError:
         raise ClientError(
             f"declares an image far larger than a {tile_size}x{tile_size} tile", field="image_data"
         ) from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ClientError(f"is not a PNG, JPEG, TIFF or WebP image ({exc})", field="image_data") from None
-    if image.size != (tile_size, tile_size):
-        width, height = image.size
+    except Exception as exc:  # any Pillow failure is the input's (see the docstring)
         raise ClientError(
-            f"tile is {width}x{height} pixels; model '{model}' takes {tile_size}x{tile_size} tiles",
-            field="image_data",
-        )
-    if image.mode not in ("RGB", "RGBA", "P"):
-        raise ClientError(f"tile has colour mode {image.mode}; send an RGB image", field="image_data")
-    try:
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        return np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ClientError(f"image could not be decoded ({exc})", field="image_data") from None
+            f"is not a readable PNG, JPEG, TIFF or WebP image ({type(exc).__name__}: {exc})", field="image_data"
+        ) from None
+    if pixels.shape != (tile_size, tile_size, 3):  # a lying header that Pillow tolerated
+        raise ClientError(f"decoded to pixels of shape {pixels.shape}, not an RGB tile", field="image_data")
+    return pixels
 
 
-def _bulk_rna(values: list[float] | None, model: str) -> np.ndarray | None:
-    """Raw counts -> log1p float32, checked for length, finiteness and sign."""
+def _bulk_rna(values: list[float] | None, model: str, genes: int) -> np.ndarray | None:
+    """Raw counts -> log1p float32, checked for length, finiteness and sign.
+
+    -1 is the vendor SDK's marker for a gene the sample did not measure: it reaches the model as -1
+    (as the vendor's own server hands it over), every other value as log1p of the count.
+    """
     if values is None:
         return None
-    if model != "m-optimus":
+    if not genes:
         raise ClientError(f"model '{model}' takes no bulk RNA; send null or leave it out", field="bulk_rna")
     counts = np.asarray(values, dtype=np.float64)
-    if counts.shape != (N_INPUT_GENES,):
+    if counts.shape != (genes,):
         raise ClientError(
-            f"has {counts.size} values; model '{model}' takes {N_INPUT_GENES} counts, in its input_genes order",
+            f"has {counts.size} values; model '{model}' takes {genes} counts, in its input_genes order",
             field="bulk_rna",
         )
     bad = np.flatnonzero(~np.isfinite(counts))
     if bad.size:
         raise ClientError(f"value {bad[0]} is not finite ({counts[bad[0]]})", field="bulk_rna")
-    negative = np.flatnonzero(counts < 0)
+    missing = counts == GENE_NOT_MEASURED
+    negative = np.flatnonzero((counts < 0) & ~missing)
     if negative.size:
-        raise ClientError(f"value {negative[0]} is negative ({counts[negative[0]]}); send raw counts", field="bulk_rna")
-    return np.log1p(counts).astype(np.float32)
+        raise ClientError(
+            f"value {negative[0]} is negative ({counts[negative[0]]}); send raw counts, or -1 for a gene not measured",
+            field="bulk_rna",
+        )
+    return np.where(missing, GENE_NOT_MEASURED, np.log1p(np.where(missing, 0.0, counts))).astype(np.float32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,30 @@ from model_code.errors import ForwardError
 from model_code.manifest import ModelEntry
 from model_code.records import Record
 
+# The vendor's names for the outputs in the metadata answer.
+VENDOR_OUTPUT_NAMES = {EMBEDDING: "embeddings", PREDICTION: "predictions"}
+
+
+@dataclass(frozen=True)
+class ForwardHooks:
+    """The server's callbacks around each forward pass (metrics; benchmarks' simulated device)."""
+
+    # (model, records, seconds) after a pass, inside it: an exception here fails the pass, as a device would
+    after: Callable[[str, Sequence[Record], float], None] | None = None
+    failed: Callable[[str, int], None] | None = None  # (model, tiles) of a pass that failed
+
 
 class Runner:
     """One loaded model: stacks records into tensors, runs them in chunks of `max_batch` tiles."""
 
-    def __init__(self, entry: ModelEntry, module: torch.nn.Module, device: torch.device, max_batch: int):
+    def __init__(
+        self,
+        entry: ModelEntry,
+        module: torch.nn.Module,
+        device: torch.device,
+        max_batch: int,
+        hooks: ForwardHooks | None = None,
+    ):
         self.entry = entry
         self.spec = MODELS[entry.name]
         self.device = device
@@ -34,18 +54,23 @@ class Runner:
         self.mean = torch.tensor(mean, device=device) * 255
         self.std = torch.tensor(std, device=device) * 255
         self.extra_metadata: dict[str, Any] = {}
-        # Called after every forward pass with (model, tiles, seconds): the server's metrics.
-        self.after_forward: Callable[[str, int, float], None] | None = None
+        self.hooks = hooks or ForwardHooks()
 
     def metadata(self) -> dict[str, Any]:
-        """What `mode: metadata` answers, as the vendor's endpoint checker reads it."""
+        """What `mode: metadata` answers, in the vendor's layout: `tile_size` as [height, width], outputs
+        named `embeddings` / `predictions`, and no `embedding_dim` for a model without an embedding."""
+        size = self.entry.tile_size
+        answer: dict[str, Any] = {"model_name": self.entry.name, "tile_size": [size, size]}
+        if self.spec.embedding_dim is not None:
+            answer["embedding_dim"] = self.spec.embedding_dim
         return {
-            "model_name": self.entry.name,
-            "tile_size": self.entry.tile_size,
+            **answer,
             "resolution": self.entry.resolution,
-            "embedding_dim": self.spec.embedding_dim,
             "modes": list(self.spec.modes),
-            "outputs": {name: {"shape": ["B", size]} for name, size in self.entry.outputs.items()},
+            "outputs": {
+                VENDOR_OUTPUT_NAMES.get(name, name): {"shape": ["B", length]}
+                for name, length in self.entry.outputs.items()
+            },
             "normalisation": self.entry.normalisation.model_dump() if self.entry.normalisation else None,
             "dtype": self.entry.dtype,
             "demo": self.entry.demo,
@@ -60,10 +85,12 @@ class Runner:
             began = time.perf_counter()
             try:
                 outputs = self._run_chunk(chunk)
+                if self.hooks.after is not None:
+                    self.hooks.after(self.entry.name, chunk, time.perf_counter() - began)
             except Exception as exc:
+                if self.hooks.failed is not None:
+                    self.hooks.failed(self.entry.name, len(chunk))
                 raise ForwardError(self.entry.name, exc) from exc
-            if self.after_forward is not None:
-                self.after_forward(self.entry.name, len(chunk), time.perf_counter() - began)
             results.extend({name: array[i] for name, array in outputs.items()} for i in range(len(chunk)))
         return results
 

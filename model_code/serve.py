@@ -1,6 +1,7 @@
 """`python -m model_code.serve --model-dir DIR [--port P]`: the server, as the container's `serve` runs it.
 
-SIGTERM (and Ctrl-C) stop taking new connections, finish the requests in flight, then exit.
+SIGTERM (and Ctrl-C) stop taking new connections, finish the requests in flight, then exit; connections
+still sending their request are closed at once.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
+from model_code.connections import guarded_protocol
 from model_code.server import create_app
 from model_code.settings import Settings, SettingsError
 
@@ -38,18 +42,23 @@ def main(argv: list[str] | None = None) -> int:
         server.should_exit = True
 
     app = create_app(settings, on_fatal=stop)
-    config = uvicorn.Config(
+    server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
+    server.run()
+    return 1 if app.state.server.load_error else 0
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn as the server runs: stalled connections dropped, SageMaker's connections kept alive."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_protocol(settings.read_timeout_s),
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
         timeout_keep_alive=75,  # longer than SageMaker's 60 s so its connections are reused
         access_log=False,
-        log_config=None,
+        **options,
     )
-    server = uvicorn.Server(config)
-    server.run()
-    return 1 if app.state.server.load_error else 0
 
 
 if __name__ == "__main__":

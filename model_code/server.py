@@ -11,29 +11,36 @@ event loop. The handler module is the only way in to the models.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, inference
 from model_code.batching import Batcher
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
 from model_code.errors import ClientError, ForwardError
-from model_code.inference import Batch, Models
+from model_code.inference import Batch, Models, Result
 from model_code.metrics import Metrics
-from model_code.records import JSON, WireRecord, check_content_type
+from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
+from model_code.runners import ForwardHooks
 from model_code.settings import Settings
 from model_code.slides.http import SlideService, is_slide
 
 log = logging.getLogger("optimus.server")
 
+DRAIN_BYTES = 128 * 1024 * 1024  # of a refused body, read and discarded so the client can read its 413
+DRAIN_STALL_S = 1.0  # ... unless the client stops sending for this long (it may wait for the answer first)
 REST_MODES = {"embed": EMBEDDING, "predict": PREDICTION, "predict_with_embedding": PREDICTION_WITH_EMBEDDING}
 RECORD_BODY = {
     "requestBody": {
@@ -69,15 +76,14 @@ class Server:
         """
         self.parse_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="parse")
         self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
+        hooks = ForwardHooks(after=self._after_forward, failed=self.metrics.forward_failed)
         try:
-            models = await asyncio.to_thread(inference.model_fn, self.settings.model_dir)
+            models = await asyncio.to_thread(inference.load_models, self.settings.model_dir, hooks)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("could not load the models from %s: %s", self.settings.model_dir, self.load_error)
             self.on_fatal()
             return
-        for runner in models.runners.values():
-            runner.after_forward = self._after_forward
         self.batcher = Batcher(
             self._predict,
             self.settings.max_batch_size,
@@ -101,67 +107,171 @@ class Server:
             return map(decode, items)
         return self.decode_pool.map(decode, items)
 
-    def _predict(self, records: list[Any]) -> list[Any]:
+    def _predict(self, records: list[Record]) -> list[Result]:
         assert self.models is not None
-        result = inference.predict_fn(Batch(records, "list"), self.models)
+        result = inference.predict_fn(Batch(list(records), "list"), self.models)
         assert result.results is not None
         return result.results
 
-    def _after_forward(self, model: str, tiles: int, seconds: float) -> None:
+    def _after_forward(self, model: str, records: Sequence[Record], seconds: float) -> None:
         simulated = self.settings.simulated_forward_ms
         if simulated is not None:  # benchmarks only: stand in for an accelerator's time
-            extra = (simulated[0] + simulated[1] * tiles) / 1000
+            extra = (simulated[0] + simulated[1] * len(records)) / 1000
             time.sleep(extra)
             seconds += extra
-        self.metrics.observe_forward(model, tiles, seconds)
+        poison = self.settings.simulated_poison_slide
+        if poison is not None and any(record.echo.get("slide_name") == poison for record in records):
+            raise RuntimeError(f"simulated device failure on a tile of slide '{poison}' (SIMULATED_POISON_SLIDE)")
+        self.metrics.observe_forward(model, len(records), seconds)
 
     async def invoke(self, request: Request, overrides: dict[str, str] | None = None) -> Response:
-        """An HTTP request: content type checked first, body read up to the limit, then answered."""
+        """An HTTP request: content type and Accept checked first, body read up to the limit, then answered."""
         content_type = request.headers.get("content-type") or JSON
         if is_slide(content_type):  # a whole slide in, its features file out (model_code.slides)
             return await self.slides.answer(request, self.models)
         check_content_type(content_type)
+        accept = request.headers.get("accept")
+        negotiate(accept, "object")  # a 406 before the body is read or any tile runs
         body = await read_body(request, self.settings.max_body_bytes)
-        return await self.answer(body, content_type, request.headers.get("accept"), overrides)
+        return await self.answer(body, content_type, accept, overrides, request)
 
     async def answer(
-        self, body: bytes, content_type: str, accept: str | None, overrides: dict[str, str] | None
+        self,
+        body: bytes,
+        content_type: str,
+        accept: str | None,
+        overrides: dict[str, str] | None,
+        request: Request | None = None,
     ) -> Response:
-        """Decode in the worker pool, batch, predict, serialise: one request, one response."""
+        """Decode in the worker pool, batch, predict, serialise: one request, one response.
+
+        While its tiles wait or run, a request whose client has gone away is withdrawn from the queues.
+        """
         if self.models is None or self.batcher is None or self.parse_pool is None:
-            return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
-        began = time.perf_counter()
+            return error_response({"error": "the models are still loading", "status": 503}, 503)
+        models, batcher = self.models, self.batcher
         loop = asyncio.get_running_loop()
+        parse = functools.partial(
+            inference.parse_request, body, content_type, overrides, self._map_records, self.settings.limits
+        )
+        began = time.perf_counter()
         self.decoding += 1
         try:
-            batch = await loop.run_in_executor(
-                self.parse_pool, inference.parse_request, body, content_type, overrides, self._map_records
-            )
+            batch = await loop.run_in_executor(self.parse_pool, parse)
+        except ClientError as exc:
+            if exc.record is not None:  # a request of one bad record
+                self.metrics.record_errors.labels(str(exc.status_code)).inc()
+            raise
         finally:
             self.decoding -= 1
-        self.metrics.decode.observe(time.perf_counter() - began)
-        results = await self.batcher.run(batch.records)
+            self.metrics.decode.observe(time.perf_counter() - began)
+        results = [inference.answer_directly(record, models) for record in batch.records]
+        tiles = [record for record, result in zip(batch.records, results, strict=True) if result is None]
+        if tiles:
+            answers = iter(await until_disconnected(batcher.run(tiles), request))
+            results = [next(answers) if result is None else result for result in results]
         for entry in results:
-            if isinstance(entry, ClientError):
+            if isinstance(entry, ClientError | ForwardError):
                 self.metrics.record_errors.labels(str(entry.status_code)).inc()
-        finished = inference.with_results(batch, results)  # a lone bad record raises its ClientError here
-        out, out_type = await loop.run_in_executor(self.parse_pool, inference.output_fn, finished, accept)
+            if isinstance(entry, ForwardError):
+                self.metrics.isolated_tiles.labels(entry.model).inc()
+        finished = inference.with_results(batch, results)  # type: ignore[arg-type]  # a lone failed record raises
+        serialise = functools.partial(
+            inference.serialise,
+            finished,
+            negotiate(accept, batch.layout),
+            self.settings.limits.max_response_bytes,
+        )
+        out, out_type = await loop.run_in_executor(self.parse_pool, serialise)
         return Response(out, media_type=out_type)
 
 
+async def until_disconnected(work: Any, request: Request | None) -> Any:
+    """The result of `work`; if the client disconnects first, `work` is cancelled and ClientDisconnect raised."""
+    if request is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise ClientDisconnect()
+    return task.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over `limit` (never read whole)."""
+    """The body, decompressed when gzip-encoded; over `limit` (sent or decompressed), a 413.
+
+    A body known to be too large is read and discarded (up to DRAIN_BYTES, while the client keeps
+    sending) before the 413 goes out, so that clients that send their whole body before reading the
+    answer (urllib, requests) get the 413 rather than a reset connection.
+    """
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise ClientError(
+            f"unsupported content encoding '{encoding}'; send gzip or no encoding", field="content_encoding", status=415
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
+        await _drain(request, waiting=request.headers.get("expect", "").lower() == "100-continue")
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request):
         size += len(chunk)
         if size > limit:
+            await _drain(request, waiting=False)
             raise _too_large(size, limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    return body if encoding == "identity" else gunzip(body, limit)
+
+
+async def _chunks(request: Request) -> AsyncIterator[bytes]:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+async def _drain(request: Request, waiting: bool) -> None:
+    """Read and discard what the client still sends of a refused body (not if it awaits 100-continue)."""
+    if waiting:
+        return
+    left = DRAIN_BYTES
+    try:
+        while left > 0:
+            message = await asyncio.wait_for(request.receive(), DRAIN_STALL_S)
+            left -= len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+    except TimeoutError:
+        return
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """A gzip body decompressed, refusing more than `limit` bytes out (a small bomb cannot grow large)."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ClientError(f"is gzip but cannot be decompressed ({exc})", field="content_encoding") from None
+    if len(out) > limit:
+        raise ClientError(f"decompresses to over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413)
+    if not inflater.eof:
+        raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
+    return out
 
 
 def _too_large(size: int, limit: int) -> ClientError:
@@ -170,8 +280,13 @@ def _too_large(size: int, limit: int) -> ClientError:
     )
 
 
+def error_response(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON error answer; serialised as every answer is, so any string it quotes can be written."""
+    return Response(inference.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
 class RequestMetrics:
-    """ASGI middleware counting responses by route template and status."""
+    """ASGI middleware counting responses by route template and status (499: the client went away)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
@@ -196,11 +311,11 @@ class RequestMetrics:
             self.metrics.requests.labels(getattr(route, "path", "unmatched"), str(status)).inc()
 
 
-def model_error(endpoint: str, status: int, body: bytes) -> JSONResponse:
+def model_error(endpoint: str, status: int, body: bytes) -> Response:
     """The SageMaker runtime's answer when the container answers `status`: ModelError, HTTP 424."""
     side = "client" if status < 500 else "server"
     original = body.decode()
-    return JSONResponse(
+    return error_response(
         {
             "ErrorCode": f"{side.upper()}_ERROR_FROM_MODEL",
             "OriginalStatusCode": status,
@@ -208,7 +323,7 @@ def model_error(endpoint: str, status: int, body: bytes) -> JSONResponse:
             "LogStreamArn": f"local:/aws/sagemaker/Endpoints/{endpoint}",
             "message": f'Received {side} error ({status}) from primary with message "{original}".',
         },
-        status_code=424,
+        424,
         headers={"x-amzn-ErrorType": "ModelError"},
     )
 
@@ -235,26 +350,46 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
     @app.exception_handler(ClientError)
-    async def client_error(_: Request, exc: ClientError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+    async def client_error(_: Request, exc: ClientError) -> Response:
+        # After a 413 the rest of the body may still be on its way: the connection is not reused.
+        return error_response(
+            exc.to_dict(), exc.status_code, {"connection": "close"} if exc.status_code == 413 else None
+        )
 
     @app.exception_handler(ForwardError)
-    async def forward_error(_: Request, exc: ForwardError) -> JSONResponse:
+    async def forward_error(_: Request, exc: ForwardError) -> Response:
         log.error("%s", exc)
-        return JSONResponse(exc.to_dict(), status_code=503, headers={"Retry-After": "1"})
+        return error_response(exc.to_dict(), 503, {"Retry-After": "1"})
+
+    @app.exception_handler(HTTPException)
+    async def framework_error(request: Request, exc: HTTPException) -> Response:
+        """The framework's own 404 / 405, in the layout of every other error."""
+        field = "method" if exc.status_code == 405 else "path"
+        reason = f"{exc.detail}: {request.method} {request.url.path}"
+        return error_response(
+            ClientError(reason, field=field, status=exc.status_code).to_dict(), exc.status_code, exc.headers
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        """Nobody is left to answer: one log line, no traceback, counted as 499 (nginx's code for it)."""
+        log.info("client went away before its answer: %s %s", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, status_code=500)
+        return error_response({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, 500)
 
     @app.get("/ping", tags=["sagemaker"])
-    async def ping() -> JSONResponse:
+    async def ping() -> Response:
         """200 once the models are loaded, 503 before."""
         if server.models is None:
             body = {"status": "failed" if server.load_error else "loading", "error": server.load_error}
-            return JSONResponse(body, status_code=503)
-        return JSONResponse({"status": "healthy", "models": list(server.models.runners)})
+            return error_response(body, 503)
+        return Response(inference.dumps({"status": "healthy", "models": list(server.models.runners)}), media_type=JSON)
+
+    app.add_api_route("/ping", ping, methods=["HEAD"], include_in_schema=False)  # load balancers' health checks
 
     @app.post("/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
     async def invocations(request: Request) -> Response:

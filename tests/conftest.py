@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kit.artifacts.builder import package
 from kit.local import free_port
-from kit.package import package
 from model_code.inference import Models, model_fn
 from model_code.settings import Settings
 from tests.serving import Running, serve_in_thread

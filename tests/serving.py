@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
 from kit.local import free_port, wait_healthy
+from model_code.serve import uvicorn_config
 from model_code.server import Server, create_app
 from model_code.settings import Settings
 
@@ -32,9 +33,10 @@ class Running:
 
 @contextlib.contextmanager
 def serve_in_thread(settings: Settings) -> Iterator[Running]:
-    """The real app on uvicorn, on a real port, in a thread of this process."""
+    """The real app on uvicorn, configured as `serve` runs it, on a real port, in a thread of this process."""
+    settings = replace(settings, host="127.0.0.1")
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{settings.port}"

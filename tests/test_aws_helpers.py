@@ -8,11 +8,17 @@ from pathlib import Path
 
 import boto3
 import pytest
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
 from kit import KitError
-from kit.aws import endpoints_from_stack, upload_artifact, wait_in_service
+from kit.__main__ import main
+from kit.artifacts.upload import upload_artifact
+from kit.deploy.wait import wait_in_service
+from kit.endpoints.stack import endpoints_from_stack
+from kit.errors import explain
 from model_code.manifest import read_manifest
 
 REGION = "eu-west-1"
@@ -96,7 +102,7 @@ def test_endpoints_from_stack_outputs(aws: boto3.Session) -> None:
         endpoints_from_stack("Other", aws)
 
 
-def test_wait_returns_once_in_service(aws: boto3.Session) -> None:
+def _endpoint(aws: boto3.Session) -> None:
     sagemaker = aws.client("sagemaker")
     role = "arn:aws:iam::123456789012:role/sagemaker"
     sagemaker.create_model(
@@ -112,6 +118,10 @@ def test_wait_returns_once_in_service(aws: boto3.Session) -> None:
         ],
     )
     sagemaker.create_endpoint(EndpointName="optimus-h1", EndpointConfigName="c")
+
+
+def test_wait_returns_once_in_service(aws: boto3.Session) -> None:
+    _endpoint(aws)
     assert wait_in_service("optimus-h1", aws, timeout_s=5, poll_s=0.01)["EndpointStatus"] == "InService"
 
 
@@ -158,3 +168,56 @@ def test_wait_gives_up_after_the_timeout() -> None:
     session = _stubbed([{"EndpointStatus": "Creating"}] * 3)
     with pytest.raises(KitError, match=r"still Creating after 0\.02 s"):
         wait_in_service("optimus-h1", session, timeout_s=0.02, poll_s=0.015)
+
+
+def _stack(aws: boto3.Session) -> None:
+    outputs = {"H1EndpointName": {"Value": "optimus-h1"}, "H1Models": {"Value": "h1,tissue-seg"}}
+    template = {"Resources": {"Topic": {"Type": "AWS::SNS::Topic"}}, "Outputs": outputs}
+    aws.client("cloudformation").create_stack(StackName="OptimusEndpoints", TemplateBody=json.dumps(template))
+
+
+def test_cli_upload_and_wait(aws: boto3.Session, artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upload", str(artifact.parent / "model.tar.gz"), "s3://models/v2/", "--region", REGION]) == 0
+    assert "uploaded and verified s3://models/v2/model.tar.gz" in capsys.readouterr().out
+    _endpoint(aws)
+    assert main(["wait", "--endpoint", "optimus-h1", "--region", REGION, "--poll", "0.01"]) == 0
+    assert "optimus-h1 is InService" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["smoke", "--stack", "NoSuchStack"], "DescribeStacks: Stack with id NoSuchStack does not exist"),
+        (["wait", "--endpoint", "nowhere"], "DescribeEndpoint: Could not find endpoint"),
+        (
+            ["upload", "ARTIFACT", "s3://no-such-bucket/x/"],
+            "does not exist (NoSuchBucket): check the name and --region",
+        ),
+    ],
+)
+def test_cli_names_what_is_missing_in_one_line(
+    aws: boto3.Session, artifact: Path, capsys: pytest.CaptureFixture[str], args: list[str], said: str
+) -> None:
+    args = [str(artifact.parent / "model.tar.gz") if a == "ARTIFACT" else a for a in args]
+    assert main([*args, "--region", REGION]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises((ClientError, S3UploadFailedError)):  # --debug: the real exception and its traceback
+        main([*args, "--region", REGION, "--debug"])
+
+
+def test_cli_smoke_reads_the_stack(aws: boto3.Session, capsys: pytest.CaptureFixture[str]) -> None:
+    """The stack's endpoints exist in no moto runtime: every model's metadata check fails, exit 1."""
+    _stack(aws)
+    assert main(["smoke", "--stack", "OptimusEndpoints", "--region", REGION, "--requests", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL optimus-h1 h1          metadata" in out and "FAIL optimus-h1 tissue-seg  metadata" in out
+
+
+def test_access_denied_names_the_credentials() -> None:
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized"}}, "DescribeStacks")
+    message, status = explain(denied)  # type: ignore[misc]
+    assert status == 2 and message.startswith("DescribeStacks: not authorized (AccessDenied): these credentials")
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "DescribeEndpoint")
+    assert explain(throttled) == ("DescribeEndpoint: slow down (ThrottlingException)", 1)
+    assert explain(ValueError("a bug")) is None

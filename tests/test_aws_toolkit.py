@@ -15,7 +15,7 @@ import orjson
 import pytest
 from sagemaker_inference.transformer import Transformer
 
-from kit.samples import wire_record
+from kit.endpoints.samples import wire_record
 
 
 class ModelServerContext:
@@ -119,7 +119,7 @@ def test_artifact_with_code_runs_in_aws_image_layout(tmp_path: Path, vendor: Pat
     import subprocess
     import sys
 
-    from kit.package import package
+    from kit.artifacts.builder import package
     from model_code.manifest import read_manifest
 
     model_dir = package(["h1"], tmp_path / "out", demo=True, with_code=True)

@@ -9,7 +9,7 @@ import orjson
 
 from bench.gpu_bench import flops_per_tile, main, peak_for
 from bench.http_load import build_request, run_load
-from kit.samples import wire_record
+from kit.endpoints.samples import wire_record
 from model_code.catalogue import H_OPTIMUS_TIMM
 from model_code.settings import Settings
 from tests.serving import free_port, serve_in_thread

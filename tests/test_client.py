@@ -10,9 +10,9 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from kit.client import EndpointClient, EndpointError, TilesFailed, _endpoint_error
+from kit.endpoints.client import EndpointClient, EndpointError, TilesFailed, _endpoint_error
+from kit.endpoints.samples import sample_png, synthetic_counts
 from kit.local import free_port
-from kit.samples import sample_png, synthetic_counts
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running
 

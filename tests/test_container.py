@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kit.endpoints.samples import wire_record
 from kit.local import free_port, local_server
-from kit.samples import wire_record
 from tests.serving import REPO
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from kit.package import package
-from kit.samples import synthetic_counts, wire_record
+from kit.artifacts.builder import package
+from kit.endpoints.samples import synthetic_counts, wire_record
 from model_code.catalogue import ECHO_FIELDS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.errors import ClientError, ForwardError
 from model_code.inference import Models, input_fn, model_fn, output_fn, predict_fn
@@ -107,14 +107,18 @@ def test_tissue_seg_mask_is_binary_row_major(models: Models) -> None:
 
 
 def test_metadata_describes_each_model(models: Models) -> None:
+    """In the vendor's layout: tile_size [height, width], outputs `embeddings` / `predictions`, and no
+    `embedding_dim` at all (not null) for tissue-seg."""
     h1 = invoke_json(models, wire_record("h1", "metadata"))
-    assert h1["model_name"] == "h1" and h1["tile_size"] == 224 and h1["embedding_dim"] == 1536
-    assert h1["outputs"] == {"embedding": {"shape": ["B", 1536]}}
+    assert h1["model_name"] == "h1" and h1["tile_size"] == [224, 224] and h1["embedding_dim"] == 1536
+    assert h1["outputs"] == {"embeddings": {"shape": ["B", 1536]}}
     m = invoke_json(models, wire_record("m-optimus-stx", "metadata"))
     assert len(m["input_genes"]) == N_INPUT_GENES and len(m["output_genes"]) == N_OUTPUT_GENES
-    assert m["input_genes"][0].startswith("ENSG") and m["outputs"]["prediction"] == {"shape": ["B", N_OUTPUT_GENES]}
+    assert m["input_genes"][0].startswith("ENSG") and m["outputs"]["predictions"] == {"shape": ["B", N_OUTPUT_GENES]}
+    assert m["outputs"]["embeddings"] == {"shape": ["B", 1536]}
     seg = invoke_json(models, wire_record("tissue-seg", "metadata"))
-    assert seg["tile_size"] == 512 and seg["outputs"]["prediction"]["shape"] == ["B", 512 * 512]
+    assert seg["tile_size"] == [512, 512] and seg["outputs"] == {"predictions": {"shape": ["B", 512 * 512]}}
+    assert "embedding_dim" not in seg
 
 
 def test_jsonlines_accept_for_single_object(models: Models) -> None:
@@ -309,3 +313,71 @@ def test_artifact_must_hold_the_models_the_endpoint_is_configured_for(
     monkeypatch.setenv("OPTIMUS_MODELS", "h1,tissue-seg")
     with pytest.raises(ArtifactError, match="configured for models h1,tissue-seg but the artifact holds"):
         model_fn(artifact)
+
+
+def test_bulk_rna_minus_one_marks_a_gene_not_measured_and_reaches_the_model_as_minus_one(
+    models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vendor SDK fills genes missing from a sample's RNA file with -1; its server hands -1 to the model
+    (every other count as log1p). Any other negative value is still refused."""
+    seen: list[np.ndarray] = []
+    runner = models.runners["m-optimus"]
+    real_module = runner.module
+
+    def recording(tiles, bulk, probe_groups):  # type: ignore[no-untyped-def]
+        seen.append(bulk.cpu().numpy().copy())
+        return real_module(tiles, bulk, probe_groups)
+
+    counts = [float(i % 7) for i in range(N_INPUT_GENES)]
+    counts[0] = counts[5] = -1.0
+    monkeypatch.setattr(runner, "module", recording)
+    answer = invoke_json(models, wire_record("m-optimus", "prediction", bulk_rna=counts))
+    assert len(answer["output"]) == N_OUTPUT_GENES
+    expected = np.log1p(np.maximum(counts, 0)).astype(np.float32)
+    expected[[0, 5]] = -1.0
+    np.testing.assert_array_equal(seen[0][0], expected)
+    for bad in (-2.0, -0.5, -1.0000001):
+        counts[3] = bad
+        with pytest.raises(ClientError, match="negative") as caught:
+            invoke(models, wire_record("m-optimus", "prediction", bulk_rna=counts))
+        assert caught.value.field == "bulk_rna" and "value 3" in caught.value.reason
+
+
+def test_a_route_mode_contradicting_the_record_mode_is_refused(models: Models) -> None:
+    from model_code.inference import parse_request
+
+    record = wire_record("m-optimus", "embedding")
+    with pytest.raises(ClientError, match="contradicts 'prediction' in the route") as caught:
+        parse_request(orjson.dumps(record), "application/json", {"model_name": "m-optimus", "mode": "prediction"})
+    assert caught.value.field == "mode"
+    route = {"model_name": "m-optimus-stx", "mode": "embedding"}
+    alias = parse_request(orjson.dumps(record), "application/json", route)
+    assert alias.records[0].model == "m-optimus"  # type: ignore[union-attr]
+
+
+def test_a_record_for_a_model_not_hosted_gets_its_own_404_in_a_list(h1_only: Models) -> None:
+    answers = invoke_json(h1_only, [wire_record("h1", "embedding"), wire_record("tissue-seg", "prediction")])
+    assert len(answers[0]["output"]) == 1536
+    assert (answers[1]["status"], answers[1]["field"], answers[1]["record"]) == (404, "model_name", 1)
+
+
+def test_a_failing_tile_is_isolated_by_bisection_and_its_neighbours_answered(
+    models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = models.runners["h1"]
+    real_forward = runner.forward
+    passes: list[int] = []
+
+    def fails_with_tile_3(tiles, chunk):  # type: ignore[no-untyped-def]
+        passes.append(len(chunk))
+        if any(record.echo["patch_idx"] == 3 for record in chunk):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return real_forward(tiles, chunk)
+
+    monkeypatch.setattr(runner, "forward", fails_with_tile_3)
+    answers = invoke_json(models, [wire_record("h1", "embedding", patch_idx=i) for i in range(8)])
+    assert [a.get("patch_idx") for a in answers] == [0, 1, 2, None, 4, 5, 6, 7]
+    assert answers[3]["status"] == 503 and answers[3]["retryable"] and "device-side assert" in answers[3]["error"]
+    assert passes == [8, 4, 2, 2, 1, 1, 4]  # 8 fails; 0-3 fails; 0-1 ok; 2-3 fails; 2 ok; 3 fails alone; 4-7 ok
+    with pytest.raises(ForwardError):
+        invoke(models, wire_record("h1", "embedding", patch_idx=3))

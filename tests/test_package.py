@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 
 from kit import KitError
 from kit.__main__ import main
-from kit.demo_models import TinyMOptimus, TinyTissueSeg, demo_gene_ids, write_gene_csv
-from kit.exporting import export_program
-from kit.package import Sources, package
-from kit.samples import sample_png, wire_record
+from kit.artifacts.builder import Sources, package
+from kit.artifacts.demo_models import TinyMOptimus, TinyTissueSeg, demo_gene_ids, write_gene_csv
+from kit.artifacts.exporting import export_program
+from kit.endpoints.samples import sample_png, wire_record
 from model_code.catalogue import H_OPTIMUS_NORMALISATION, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.errors import ArtifactError
 from model_code.inference import input_fn, model_fn, output_fn, predict_fn
@@ -73,7 +73,7 @@ def test_tampered_file_is_refused_at_load(tmp_path: Path) -> None:
     weights.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="does not match the manifest"):
         model_fn(model_dir)
-    assert main(["verify", str(model_dir)]) == 2
+    assert main(["verify", str(model_dir)]) == 1
 
 
 def test_missing_file_is_refused_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -81,7 +81,7 @@ def test_missing_file_is_refused_at_load(tmp_path: Path, capsys: pytest.CaptureF
     (model_dir / "tissue-seg" / "program.pt2").unlink()
     with pytest.raises(ArtifactError, match="missing"):
         model_fn(model_dir)
-    assert main(["verify", str(model_dir)]) == 2
+    assert main(["verify", str(model_dir)]) == 1
     assert "program.pt2 is listed in the manifest but missing" in capsys.readouterr().err
 
 
@@ -110,13 +110,15 @@ def test_cli_package_and_verify(tmp_path: Path) -> None:
     )
     assert "model.tar.gz" in done.stdout
     verified = subprocess.run(
-        [sys.executable, "-m", "kit", "verify", str(tmp_path / "model")],
+        [sys.executable, "-m", "kit", "verify", str(tmp_path / "model"), "--json", str(tmp_path / "sizes.json")],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    assert verified.returncode == 0
-    assert json.loads(verified.stdout) == {"h1": {"embedding": 1536}, "tissue-seg": {"prediction": 262144}}
+    assert verified.returncode == 0, verified.stderr
+    assert "ok   tissue-seg  prediction: 262144 values" in verified.stdout
+    sizes = json.loads((tmp_path / "sizes.json").read_text())
+    assert sizes == {"h1": {"embedding": 1536}, "tissue-seg": {"prediction": 262144}}
 
 
 def test_cli_refuses_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kit.samples import sample_png
+from kit.endpoints.samples import sample_png
 from model_code.errors import ClientError
 from model_code.inference import Models, input_fn, output_fn, predict_fn
 from tests.conftest import png_bytes, random_tile
@@ -121,3 +121,112 @@ def test_known_hostile_inputs_are_client_errors(models: Models, body: bytes, con
     with pytest.raises(ClientError) as caught:
         input_fn(body, content_type)
     assert caught.value.status_code == 400 and caught.value.field == field
+
+
+def _encoded(fmt: str) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(random_tile(224, seed=len(fmt))).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+SEEDS = {fmt: _encoded(fmt) for fmt in ("PNG", "JPEG", "TIFF", "WEBP")}
+MUTATIONS = st.lists(
+    st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(0, 2**31), st.integers(0, 255)),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _mutate(data: bytes, mutations: list[tuple[str, int, int]], cut: int | None) -> bytes:
+    """Byte flips, insertions and deletions concentrated in the headers (the first 64 bytes), where a
+    hostile file does its damage, plus anywhere; then an optional truncation."""
+    out = bytearray(data)
+    for kind, where, value in mutations:
+        position = where % (64 if where % 2 else max(len(out), 1))
+        if kind == "flip" and out:
+            out[position % len(out)] ^= value or 1
+        elif kind == "insert":
+            out.insert(position, value)
+        elif out:
+            del out[position % len(out)]
+    return bytes(out[:cut] if cut is not None else out)
+
+
+@settings(max_examples=400, deadline=None)
+@given(fmt=st.sampled_from(sorted(SEEDS)), mutations=MUTATIONS, cut=st.none() | st.integers(0, 4096))
+def test_mutated_images_decode_or_are_400_on_image_data(
+    fmt: str, mutations: list[tuple[str, int, int]], cut: int | None
+) -> None:
+    """A seeded mutation fuzz of the tile decoder: whatever Pillow raises on a damaged PNG, JPEG, TIFF or
+    WebP (OSError, ValueError, SyntaxError, TypeError, OverflowError, struct.error, ...) is a 400."""
+    from model_code.records import decode_tile
+
+    data = _mutate(SEEDS[fmt], mutations, cut)
+    try:
+        pixels = decode_tile(_b64(data), 224, "h1")
+    except ClientError as exc:
+        assert (exc.status_code, exc.field) == (400, "image_data")
+        return
+    assert pixels.shape == (224, 224, 3) and pixels.dtype.name == "uint8"
+
+
+def _png_with_text_bomb() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = png_bytes(random_tile(224))
+    return png[:33] + chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * 20_000_000)) + png[33:]
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (_png_with_text_bomb(), "Decompressed data too large"),
+        (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR\x00\x00", "Truncated"),
+        (SEEDS["TIFF"][:8] + b"\xff" * 64, ""),
+    ],
+    ids=["png text-chunk bomb", "truncated IHDR", "tiff with garbage directory"],
+)
+def test_hostile_images_are_400_on_image_data(data: bytes, words: str) -> None:
+    from model_code.records import decode_tile
+
+    with pytest.raises(ClientError) as caught:
+        decode_tile(_b64(data), 224, "h1")
+    assert (caught.value.status_code, caught.value.field) == (400, "image_data") and words in caught.value.reason
+
+
+@pytest.mark.parametrize("field", ["x", "y", "width", "height", "patch_idx"])
+def test_integers_beyond_64_bits_are_refused_at_validation(models: Models, field: str) -> None:
+    body = b'{"model_name": "h1", "mode": "embedding", "%s": %s}' % (field.encode(), b"9" * 300)
+    with pytest.raises(ClientError) as caught:
+        input_fn(body, "application/json")
+    assert (caught.value.status_code, caught.value.field) == (400, field)
+    edge = json.dumps({"model_name": "h1", "mode": "metadata", field: 2**63 - 1}).encode()
+    assert "model_name" in json.loads(output_fn(predict_fn(input_fn(edge, "application/json"), models), None)[0])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model_name": "\\ud800", "mode": "embedding"}',
+        b'{"model_name": "h1", "mode": "\\udfff"}',
+        b'[{"model_name": "h1", "mode": "metadata", "slide_name": "a\\ud800b"}, {"model_name": "\\ud800x", "mode": 1}]',
+        b'{"model_name": "h1", "mode": "embedding", "slide_name": "\\ud800", "image_data": "\\ud800"}',
+    ],
+    ids=["in model_name", "in mode", "echoed and quoted in a list", "in image_data"],
+)
+def test_lone_surrogates_never_break_serialisation(models: Models, body: bytes) -> None:
+    """A lone surrogate is valid JSON text but not UTF-8: answers and errors quoting it must still serialise."""
+    from model_code.inference import dumps
+
+    try:
+        out, _ = output_fn(predict_fn(input_fn(body, "application/json"), models), None)
+    except ClientError as exc:
+        assert exc.status_code == 400
+        out = dumps(exc.to_dict())
+    parsed = json.loads(out)
+    assert "\ud800" in json.dumps(parsed) or "\udfff" in json.dumps(parsed) or parsed

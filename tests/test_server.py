@@ -17,8 +17,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
+from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port
-from kit.samples import synthetic_counts, wire_record
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running, serve_in_thread
@@ -230,13 +230,13 @@ def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, m
     from model_code.server import create_app
 
     release = threading.Event()
-    real_model_fn = inference.model_fn
+    real_model_fn = inference.load_models
 
-    def slow_model_fn(model_dir: Path):
+    def slow_model_fn(model_dir: Path, hooks: object = None):
         assert release.wait(timeout=60)
-        return real_model_fn(model_dir)
+        return real_model_fn(model_dir, hooks)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(inference, "model_fn", slow_model_fn)
+    monkeypatch.setattr(inference, "load_models", slow_model_fn)
     port = free_port()
     app = create_app(Settings(model_dir=artifact, port=port))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

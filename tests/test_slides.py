@@ -17,9 +17,9 @@ import zarr
 from PIL import Image
 from zarr.storage import ZipStore
 
-from kit.samples import synthetic_counts, wire_record
+from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
+from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.slides.synthetic import make_slide, write_svs
-from kit.smoke import SAME_ATOL, SAME_RTOL
 from tests.conftest import png_bytes
 from tests.serving import Running
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from kit.__main__ import main
-from kit.smoke import smoke
+from kit.endpoints.checks import smoke
 from tests.serving import REPO, Running
 
 

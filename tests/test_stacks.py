@@ -19,7 +19,7 @@ from aws_cdk import App
 from aws_cdk.assertions import Match, Template
 
 from app import build
-from kit.package import package
+from kit.artifacts.builder import package
 from stacks.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]

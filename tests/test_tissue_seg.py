@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from kit.samples import sample_png, wire_record
+from kit.endpoints.samples import sample_png, wire_record
 from model_code.inference import Models, input_fn, predict_fn
 from tests.conftest import png_bytes
 

@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from kit.samples import SAMPLES
+from kit.endpoints.samples import SAMPLES
 
 THUMBNAIL_MPP = 8.0  # the 512x512 sample
 TEXTURE_MPP = 0.5  # the 224x224 sample

@@ -2,9 +2,10 @@
 
 Content types: `image/tiff`, `image/x-svs`, `application/octet-stream` (any format OpenSlide reads), and
 `application/x-tar` for M-Optimus with bulk RNA: an uncompressed tar holding the slide and
-`bulk_rna.json` (a JSON list of the 19374 raw counts, as in the tile API). The body is streamed to a
-temporary file (never held in memory), up to MAX_SLIDE_MB (default 1024, SageMaker async's limit); one
-slide runs at a time per server, and the answer is the features file, deleted once sent.
+`bulk_rna.json` (a JSON list of the 19374 raw counts, -1 for a gene not measured, as in the tile API).
+The body is streamed to a temporary file (never held in memory), up to MAX_SLIDE_MB (default 1024,
+SageMaker async's limit); one slide runs at a time per server; the answer is the features file, deleted
+once sent.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 
+from model_code.catalogue import MODELS
 from model_code.errors import ClientError
 from model_code.inference import Models
 from model_code.records import _bulk_rna, media_type
@@ -115,7 +117,7 @@ def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
     if not isinstance(counts, list):
         raise ClientError(f"{BULK_RNA_FILE} must be a JSON list of counts", field="bulk_rna")
     try:
-        bulk = _bulk_rna(counts, "m-optimus")
+        bulk = _bulk_rna(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
     except ClientError:
         raise
     except (TypeError, ValueError):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.exporting import export_program, save_state_dict
+from kit.artifacts.exporting import export_program, save_state_dict
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.loaders import build_vit
 from model_code.manifest import ModelEntry

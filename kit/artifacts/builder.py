@@ -1,4 +1,4 @@
-"""`python -m kit package`: build a model artifact directory and its model.tar.gz.
+"""Building a model artifact directory and its model.tar.gz (`kit package`, `kit verify`).
 
 Demo models are built here; real weights are converted (timm checkpoints -> safetensors) or copied
 (exported programs, gene sets). Either way the result is loaded back through model_fn and every mode
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from kit import KitError
-from kit.demo_models import build_demo_model
-from kit.exporting import save_state_dict
+from kit import REPO, KitError
+from kit.artifacts.demo_models import build_demo_model
+from kit.artifacts.exporting import save_state_dict
 from model_code.catalogue import (
     ECHO_FIELDS,
     EMBEDDING,
@@ -28,14 +28,12 @@ from model_code.catalogue import (
     N_INPUT_GENES,
     N_OUTPUT_GENES,
     PREDICTION,
-    canonical_name,
 )
 from model_code.inference import Batch, model_fn, predict_fn
 from model_code.loaders import build_vit, load_program, load_state_dict_strict
 from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, write_manifest
 from model_code.records import Record
 
-REPO = Path(__file__).resolve().parents[1]
 MODEL_CODE = REPO / "model_code"
 HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
 
@@ -51,17 +49,6 @@ class Sources:
     output_genes: Path | None = None
     tissue_seg_program: Path | None = None
     dtype: str = "float16"
-
-
-def parse_models(text: str) -> list[str]:
-    names = []
-    for raw in text.split(","):
-        name = canonical_name(raw.strip())
-        if name is None:
-            raise KitError(f"--models: unknown model '{raw.strip()}' (known: {', '.join(MODELS)})")
-        if name not in names:
-            names.append(name)
-    return names
 
 
 def package(models: list[str], out: Path, *, demo: bool, sources: Sources = Sources(), with_code: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""`python -m kit smoke`: check deployed (or local) endpoints the way CI should before sending traffic.
+"""The smoke test's checks (`kit smoke`): deployed (or local) endpoints, the way CI should before traffic.
 
 For every model of every endpoint: metadata, every mode on a real H&E sample tile of the right size,
 output lengths and finiteness, value ranges, the echoed tile fields, the same tile twice giving the same
@@ -12,16 +12,26 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 import numpy as np
 import orjson
 
-from kit.client import EndpointClient, EndpointError
-from kit.samples import sample_png
-from model_code.catalogue import EMBEDDING, METADATA, MODELS, PREDICTION, PREDICTION_WITH_EMBEDDING
+from kit.endpoints.client import EndpointClient, EndpointError
+from kit.endpoints.samples import sample_png
+from model_code.catalogue import (
+    EMBEDDING,
+    METADATA,
+    MODELS,
+    N_INPUT_GENES,
+    PREDICTION,
+    PREDICTION_WITH_EMBEDDING,
+    ModelSpec,
+)
+
+if TYPE_CHECKING:
+    import boto3
 
 ECHO = {"slide_name": "smoke-test", "x": 448, "y": 896, "tissue_ratio": 0.5, "patch_idx": 7}
 # GPU batches of different make-up may round differently in fp16: "the same" within this tolerance.
@@ -88,13 +98,20 @@ class Report:
 
 
 def smoke(
-    endpoints: dict[str, list[str]], *, region: str | None = None, endpoint_url: str | None = None, requests: int = 20
+    endpoints: dict[str, list[str]],
+    *,
+    session: boto3.Session | None = None,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    requests: int = 20,
 ) -> Report:
     """endpoints: endpoint name -> models it must host."""
     report = Report()
     for endpoint, models in endpoints.items():
         for model in models:
-            client = EndpointClient(endpoint, model, region=region, endpoint_url=endpoint_url, max_attempts=3)
+            client = EndpointClient(
+                endpoint, model, region=region, session=session, endpoint_url=endpoint_url, max_attempts=3
+            )
             _check_model(report, client, model, requests)
     return report
 
@@ -114,13 +131,13 @@ def _check_model(report: Report, client: EndpointClient, model: str, requests: i
         run("known model", lambda: _fail(f"the kit knows no model '{model}'"))
         return
     meta: dict[str, Any] = {}
-    if not run("metadata", lambda: _metadata(client, model, meta)):
+    if not run("metadata", lambda: _metadata(client, spec, meta)):
         return  # the endpoint does not host it (or does not answer): nothing else can pass
     png = sample_png(spec.tile_size)
     rna = [float(i % 50) for i in range(len(meta.get("input_genes", [])))] or None
     for mode in spec.modes:
         if mode != METADATA:
-            run(f"mode {mode}", functools.partial(_mode, client, mode, png, rna, meta))
+            run(f"mode {mode}", functools.partial(_mode, client, spec, mode, png, rna))
     first = next(m for m in spec.modes if m != METADATA)
     run("same tile twice, same output", lambda: _repeatable(client, first, png, rna))
     run(f"latency over {requests} requests", lambda: _latency(report, client, first, png, rna, requests))
@@ -130,23 +147,16 @@ def _fail(message: str) -> str:
     raise AssertionError(message)
 
 
-def _metadata(client: EndpointClient, model: str, meta: dict[str, Any]) -> str:
+def _metadata(client: EndpointClient, spec: ModelSpec, meta: dict[str, Any]) -> str:
     meta.update(client.metadata())
-    spec = MODELS[model]
-    assert meta.get("model_name") == model, f"metadata names model {meta.get('model_name')!r}"
-    assert meta.get("tile_size") == spec.tile_size, f"tile_size {meta.get('tile_size')}, expected {spec.tile_size}"
+    assert meta.get("model_name") == spec.name, f"metadata names model {meta.get('model_name')!r}"
+    square = [spec.tile_size, spec.tile_size]  # [height, width], the vendor's layout
+    assert meta.get("tile_size") == square, f"tile_size {meta.get('tile_size')}, expected {square}"
     assert meta.get("embedding_dim") == spec.embedding_dim, f"embedding_dim {meta.get('embedding_dim')}"
-    if model == "m-optimus":
-        assert len(meta["input_genes"]) == 19374 and len(meta["output_genes"]) == 6002, "gene sets of the wrong size"
+    if spec.family in GENE_FAMILIES:
+        sizes = (len(meta.get("input_genes", ())), len(meta.get("output_genes", ())))
+        assert sizes == (N_INPUT_GENES, spec.outputs[PREDICTION]), f"gene sets of {sizes[0]} and {sizes[1]} IDs"
     return "demo model" if meta.get("demo") else ""
-
-
-def _expected_length(mode: str, meta: dict[str, Any], answer_field: str) -> int:
-    if mode == EMBEDDING or answer_field == "embedding":
-        return int(meta["embedding_dim"])
-    if "output_genes" in meta:
-        return len(meta["output_genes"])
-    return int(meta["tile_size"]) ** 2
 
 
 def _ask(client: EndpointClient, mode: str, png: bytes, rna: list[float] | None) -> dict[str, Any]:
@@ -157,19 +167,18 @@ def _ask(client: EndpointClient, mode: str, png: bytes, rna: list[float] | None)
     return client.predict_with_embedding(png, bulk_rna=rna, **ECHO)
 
 
-def _mode(client: EndpointClient, mode: str, png: bytes, rna: list[float] | None, meta: dict[str, Any]) -> str:
+def _mode(client: EndpointClient, spec: ModelSpec, mode: str, png: bytes, rna: list[float] | None) -> str:
     answer = _ask(client, mode, png, rna)
-    fields = ["output", "embedding"] if mode == PREDICTION_WITH_EMBEDDING else ["output"]
-    for name in fields:
+    fields = {"output": EMBEDDING if mode == EMBEDDING else PREDICTION}
+    if mode == PREDICTION_WITH_EMBEDDING:
+        fields["embedding"] = EMBEDDING
+    for name, output in fields.items():
         values = np.asarray(answer[name], dtype=np.float64)
-        expected = _expected_length(mode, meta, name)
+        expected = spec.outputs[output]
         assert values.shape == (expected,), f"{name} has {values.size} values, expected {expected}"
         assert np.isfinite(values).all(), f"{name} has non-finite values"
-    output = np.asarray(answer["output"])
-    if mode != EMBEDDING and client.model_name == "tissue-seg":
-        assert set(np.unique(output)) <= {0.0, 1.0}, "the mask has values other than 0 and 1"
-    elif mode != EMBEDDING:
-        assert (output >= 0).all() and (output == np.round(output)).all(), "gene counts must be whole and >= 0"
+    if mode != EMBEDDING:
+        PREDICTION_CHECKS[spec.family](np.asarray(answer["output"]))
     echoed = {key: answer.get(key) for key in ECHO}
     assert echoed == ECHO, f"echoed {echoed}, sent {ECHO}"
     return ""
@@ -193,8 +202,14 @@ def _latency(report: Report, client: EndpointClient, mode: str, png: bytes, rna:
     return f"p50 {figures['p50']:.1f} ms, p95 {figures['p95']:.1f} ms"
 
 
-def write_outputs(report: Report, json_path: Path | None, junit_path: Path | None) -> None:
-    for path, content in ((json_path, report.to_json()), (junit_path, report.to_junit())):
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
+def _binary_mask(output: np.ndarray) -> None:
+    assert set(np.unique(output)) <= {0.0, 1.0}, "the mask has values other than 0 and 1"
+
+
+def _whole_counts(output: np.ndarray) -> None:
+    assert (output >= 0).all() and (output == np.round(output)).all(), "gene counts must be whole and >= 0"
+
+
+# What a prediction must look like, by the catalogue's model family; gene sets come with predicted counts.
+PREDICTION_CHECKS: dict[str, Callable[[np.ndarray], None]] = {"tissue-seg": _binary_mask, "m-optimus": _whole_counts}
+GENE_FAMILIES = {"m-optimus"}

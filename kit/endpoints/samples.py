@@ -6,7 +6,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from model_code.catalogue import MODELS, N_INPUT_GENES, canonical_name
+from kit.endpoints.client import request_record
+from model_code.catalogue import METADATA, MODELS, N_INPUT_GENES, canonical_name
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -24,23 +25,22 @@ def wire_record(
     bulk_rna: list[float] | None = None,
     patch_idx: int = 0,
 ) -> dict[str, Any]:
-    """A request record in the vendor client's layout for `model`, with the sample tile unless given one."""
+    """A request record for `model` as the vendor's client sends it, with the sample tile unless given one."""
     spec = MODELS[canonical_name(model) or model]
-    tile = b"" if mode == "metadata" else (png if png is not None else sample_png(spec.tile_size))
-    return {
-        "image_data": base64.b64encode(tile).decode(),
-        "bulk_rna": bulk_rna,
-        "slide_name": "demo-slide",
-        "x": 224 * patch_idx,
-        "y": 0,
-        "width": spec.tile_size,
-        "height": spec.tile_size,
-        "tissue_ratio": 1.0,
-        "patch_idx": patch_idx,
-        "resolution": spec.resolution,
-        "model_name": model,
-        "mode": mode,
-    }
+    tile = b"" if mode == METADATA else (png if png is not None else sample_png(spec.tile_size))
+    return request_record(
+        model,
+        mode,
+        base64.b64encode(tile).decode(),
+        spec.tile_size,
+        spec.tile_size,
+        bulk_rna=bulk_rna,
+        slide_name="demo-slide",
+        x=224 * patch_idx,
+        tissue_ratio=1.0,
+        patch_idx=patch_idx,
+        resolution=spec.resolution,
+    )
 
 
 def synthetic_counts(seed: int = 0) -> list[float]:

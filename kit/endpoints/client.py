@@ -60,6 +60,38 @@ class TilesFailed(Exception):
         self.results = results
 
 
+def request_record(
+    model_name: str,
+    mode: str,
+    image_data: str = "",
+    width: int = 0,
+    height: int = 0,
+    *,
+    bulk_rna: Sequence[float] | None = None,
+    slide_name: str = "",
+    x: int = 0,
+    y: int = 0,
+    tissue_ratio: float | None = None,
+    patch_idx: int = 0,
+    resolution: float | None = None,
+) -> dict[str, Any]:
+    """One request record in the vendor client's layout (image_data: base64 PNG; empty for metadata)."""
+    return {
+        "image_data": image_data,
+        "bulk_rna": list(bulk_rna) if bulk_rna is not None else None,
+        "slide_name": slide_name,
+        "x": x,
+        "y": y,
+        "width": width,
+        "height": height,
+        "tissue_ratio": tissue_ratio,
+        "patch_idx": patch_idx,
+        "resolution": resolution,
+        "model_name": model_name,
+        "mode": mode,
+    }
+
+
 def encode_tile(tile: Tile) -> tuple[str, int, int]:
     """base64 PNG and the tile's width and height."""
     if isinstance(tile, bytes):
@@ -115,7 +147,7 @@ class EndpointClient:
 
     def metadata(self) -> dict[str, Any]:
         """As the vendor's client asks: empty image and dummy tile fields."""
-        return self._invoke(self._fields("", 0, 0, METADATA, {}))
+        return self._invoke(request_record(self.model_name, METADATA))
 
     def embed_many(self, tiles: Sequence[Tile], concurrency: int = 8, **fields: Any) -> list[dict[str, Any]]:
         return self._many(tiles, EMBEDDING, None, concurrency, fields)
@@ -130,27 +162,9 @@ class EndpointClient:
         return self._many(tiles, PREDICTION, bulk_rna, concurrency, fields)
 
     def record(self, tile: Tile, mode: str, bulk_rna: Sequence[float] | None = None, **fields: Any) -> dict[str, Any]:
-        """The request record for one tile, in the vendor client's layout."""
+        """The request record for one tile; `fields` are request_record's tile fields (slide_name, x, ...)."""
         image_data, width, height = encode_tile(tile)
-        return self._fields(
-            image_data, width, height, mode, {"bulk_rna": list(bulk_rna) if bulk_rna else None, **fields}
-        )
-
-    def _fields(self, image_data: str, width: int, height: int, mode: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "image_data": image_data,
-            "bulk_rna": fields.get("bulk_rna"),
-            "slide_name": fields.get("slide_name", ""),
-            "x": fields.get("x", 0),
-            "y": fields.get("y", 0),
-            "width": width,
-            "height": height,
-            "tissue_ratio": fields.get("tissue_ratio"),
-            "patch_idx": fields.get("patch_idx", 0),
-            "resolution": fields.get("resolution"),
-            "model_name": self.model_name,
-            "mode": mode,
-        }
+        return request_record(self.model_name, mode, image_data, width, height, bulk_rna=bulk_rna, **fields)
 
     def _many(
         self,

@@ -1,0 +1,446 @@
+"""The GPU checks of shared/GPU.md in one run, on a CUDA machine: fp16 correctness, forward-pass
+variants, the server under load on a real-size model, AOTInductor CUDA packages. Every figure goes to one
+JSON file, rewritten after each step so that a run cut short still leaves what it measured.
+
+    python -m bench.gpu_check --out DIR [--budget-s 420]
+
+Steps (each skipped, with the reason recorded, once the time budget is spent):
+  correctness  fp16 autocast vs fp32 on ViT-g/14 and H0-mini's architecture (random weights, fixed seed):
+               per-tile cosine, finiteness; the same tile in batches of different make-up.
+  forward      bench.gpu_bench's measurement at batch 1..128 (tiles/s, MFU, peak memory), then the
+               choices that could raise it, side by side at batch 8 (what one vendor-SDK client gives)
+               and 64: fp16 weights, channels-last input, SDPA backends.
+  server       a random ViT-g checkpoint packaged through `kit package --timm-checkpoint`, served by
+               `python -m model_code.serve`, loaded at concurrency 8 and 64: tiles/s against the
+               forward-only figure at the batch size reached, p50/p95, GPU utilisation.
+  aoti         the demo models (and ViT-g when time allows) compiled into CUDA AOTInductor packages,
+               loaded with aoti_load_package, compared with the eager fp16 autocast forward.
+  compile      torch.compile (batch 64) and CUDA graphs (batch 8) on fp16 weights, against eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.gpu_bench import flops_per_tile, peak_for
+from kit.samples import wire_record
+from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMUS_TIMM
+from model_code.loaders import build_vit
+
+DEVICE = "cuda"  # --cpu-dry-run: "cpu", with tiny architectures, to check this script where there is no GPU
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 1536}  # served width
+SAME_RTOL = SAME_ATOL = 1e-2  # kit.smoke's tolerance for "the same tile gave the same output" on a GPU
+# H0-mini as published: ViT-B/14, SwiGLU hidden 2048 (mlp_ratio 5.33334), about 86 M parameters.
+H0_MINI = {**H0_MINI_TIMM, "mlp_ratio": 5.33334}
+
+
+class Check:
+    """The JSON report, written after every step, and the time budget."""
+
+    def __init__(self, out: Path, budget_s: float):
+        self.out = out
+        self.deadline = time.monotonic() + budget_s
+        self.report: dict[str, Any] = {"device": device_name(), "torch": torch.__version__}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def step(self, name: str, needs_s: float, fn: Callable[[], dict[str, Any]]) -> None:
+        if self.left() < needs_s:
+            self.report[name] = {"skipped": f"{self.left():.0f} s left, the step needs about {needs_s:.0f} s"}
+        else:
+            began = time.monotonic()
+            try:
+                self.report[name] = fn()
+            except Exception:
+                self.report[name] = {"error": traceback.format_exc()[-4000:]}
+            self.report[name]["seconds"] = round(time.monotonic() - began, 1)
+        print(f"== {name}: {json.dumps(self.report[name])[:3000]}", flush=True)
+        self.out.write_text(json.dumps(self.report, indent=2) + "\n")
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run)"
+
+
+def arch(config: dict[str, Any]) -> dict[str, Any]:
+    """The architecture as given on a GPU; a tiny one of the same kind in a CPU dry run."""
+    return dict(config) if DEVICE == "cuda" else {**config, **TINY}
+
+
+def build(config: dict[str, Any]) -> torch.nn.Module:
+    """A ViT with random weights (seeded), initialised on the device itself (fast for 1.1 B parameters)."""
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        return build_vit(arch(config)).eval()
+
+
+def autocast() -> torch.autocast:
+    return torch.autocast(DEVICE, dtype=torch.float16)
+
+
+def synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def normalised_tiles(count: int, seed: int) -> torch.Tensor:
+    """Random RGB tiles through H-Optimus's normalisation, N,3,224,224 on the GPU."""
+    pixels = torch.randint(0, 256, (count, 224, 224, 3), generator=torch.Generator().manual_seed(seed))
+    mean = torch.tensor(H_OPTIMUS_NORMALISATION["mean"]) * 255
+    std = torch.tensor(H_OPTIMUS_NORMALISATION["std"]) * 255
+    return ((pixels.float() - mean) / std).permute(0, 3, 1, 2).contiguous().to(DEVICE)
+
+
+def embed(model: torch.nn.Module, tiles: torch.Tensor, pooling: str) -> torch.Tensor:
+    """The served embedding: CLS, or CLS and the mean patch token (registers excluded)."""
+    if pooling == "cls":
+        return model(tiles)
+    tokens = model.forward_features(tiles)  # type: ignore[operator]
+    prefix = int(model.num_prefix_tokens)  # type: ignore[arg-type]
+    return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
+
+
+def correctness() -> dict[str, Any]:
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference is true fp32
+    torch.backends.cudnn.allow_tf32 = False
+    result: dict[str, Any] = {}
+    for name, config, pooling in (("vit_g14", H_OPTIMUS_TIMM, "cls"), ("h0_mini", H0_MINI, "cls+mean_patch")):
+        model = build(config)
+        tiles = normalised_tiles(32, seed=1)
+        with torch.inference_mode():
+            reference = embed(model, tiles[:16], pooling).float()
+            with autocast():
+                half = embed(model, tiles[:16], pooling).float()
+                alone = embed(model, tiles[:1], pooling).float()
+                in_8 = embed(model, tiles[:8], pooling).float()
+                shuffled = torch.cat([tiles[1:6], tiles[:1], tiles[6:32]])  # tile 0 at position 5 of 32
+                in_32 = embed(model, shuffled, pooling).float()
+        cosine = torch.nn.functional.cosine_similarity(reference, half, dim=1)
+        variants = [in_8[0], in_32[5]]
+        result[name] = {
+            "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+            "output_dim": int(half.shape[1]),
+            "min_cosine_fp16_vs_fp32": round(float(cosine.min()), 6),
+            "cosine_ok": bool(cosine.min() >= 0.999),
+            "finite": bool(torch.isfinite(half).all()),
+            "max_abs_diff_batch_makeup": float(max((v - alone[0]).abs().max() for v in variants)),
+            "batch_makeup_within_smoke_tolerance": all(
+                np.allclose(alone[0].cpu().numpy(), v.cpu().numpy(), rtol=SAME_RTOL, atol=SAME_ATOL) for v in variants
+            ),
+        }
+        del model
+    return result
+
+
+def timed(fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor, repeats: int) -> float:
+    """Tiles/s of `fn` on `tiles` after two warm-up calls (CUDA-synchronised)."""
+    with torch.inference_mode():
+        for _ in range(2):
+            fn(tiles)
+        synchronize()
+        began = time.perf_counter()
+        for _ in range(repeats):
+            fn(tiles)
+        synchronize()
+    return len(tiles) * repeats / (time.perf_counter() - began)
+
+
+def peak_memory_gb(fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor) -> float | None:
+    if DEVICE != "cuda":
+        return None
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        fn(tiles)
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def forward() -> dict[str, Any]:
+    per_tile = flops_per_tile(arch(H_OPTIMUS_TIMM))
+    peak = peak_for(device_name())
+    mfu = (lambda tps: round(tps * per_tile / (peak * 1e12), 4)) if peak else (lambda tps: None)
+    model = build(H_OPTIMUS_TIMM)
+
+    def autocast_fp32_master(tiles: torch.Tensor) -> torch.Tensor:  # what the server runs
+        with autocast():
+            return model(tiles)
+
+    rows = []
+    for batch in (1, 2, 4, 8, 16, 32, 64, 128) if DEVICE == "cuda" else (1, 8):
+        tiles = normalised_tiles(batch, seed=batch)
+        tps = timed(autocast_fp32_master, tiles, repeats=10 if batch >= 16 else 20)
+        rows.append(
+            {
+                "batch": batch,
+                "tiles_per_s": round(tps, 1),
+                "mfu": mfu(tps),
+                "peak_gb": peak_memory_gb(autocast_fp32_master, tiles),
+            }
+        )
+        print(rows[-1], flush=True)
+
+    half = copy.deepcopy(model).half()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def with_backend(backend: SDPBackend) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(tiles: torch.Tensor) -> torch.Tensor:
+            with sdpa_kernel([backend]):
+                return half(tiles)
+
+        return run
+
+    variants: dict[str, Callable[[torch.Tensor], Any]] = {
+        "fp32 master weights + fp16 autocast (served today)": autocast_fp32_master,
+        "fp16 weights": half,
+        "fp16 weights, channels-last input": lambda t: half(t.contiguous(memory_format=torch.channels_last)),
+        "fp16 weights, SDPA flash": with_backend(SDPBackend.FLASH_ATTENTION),
+        "fp16 weights, SDPA memory-efficient": with_backend(SDPBackend.EFFICIENT_ATTENTION),
+        "fp16 weights, SDPA cuDNN": with_backend(SDPBackend.CUDNN_ATTENTION),
+        "fp16 weights, SDPA math": with_backend(SDPBackend.MATH),
+    }
+    side_by_side: dict[str, dict[str, Any]] = {}
+    for batch in (8, 64):
+        tiles = normalised_tiles(batch, seed=100 + batch).half()
+        for name, fn in variants.items():
+            try:
+                tps = timed(fn, tiles.float() if "autocast" in name else tiles, repeats=10)
+                side_by_side.setdefault(name, {})[f"batch_{batch}"] = {"tiles_per_s": round(tps, 1), "mfu": mfu(tps)}
+            except Exception as exc:  # a backend this GPU or shape cannot use
+                side_by_side.setdefault(name, {})[f"batch_{batch}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"gflops_per_tile": round(per_tile / 1e9, 1), "peak_tflops": peak, "rows": rows, "variants": side_by_side}
+
+
+def compiled(check: Check) -> dict[str, Any]:
+    """torch.compile at batch 64 and CUDA graphs (reduce-overhead) at batch 8, where launches weigh most."""
+    half = build(H_OPTIMUS_TIMM).half()
+    peak = peak_for(device_name())
+    per_tile = flops_per_tile(arch(H_OPTIMUS_TIMM))
+    result: dict[str, Any] = {}
+    for name, mode, batch in (
+        ("fp16 weights, torch.compile", "default", 64),
+        ("fp16 weights, CUDA graphs (torch.compile reduce-overhead)", "reduce-overhead", 8),
+    ):
+        if check.left() < 90:
+            result[name] = {"skipped": "time budget"}
+            continue
+        torch._dynamo.reset()
+        model = torch.compile(half, mode=mode)
+        tiles = normalised_tiles(batch, seed=100 + batch).half()
+        began = time.monotonic()
+        with torch.inference_mode():
+            model(tiles)
+        compile_s = time.monotonic() - began
+        eager = timed(half, tiles, repeats=10)
+        tps = timed(model, tiles, repeats=10)
+        result[name] = {
+            "batch": batch,
+            "tiles_per_s": round(tps, 1),
+            "eager_fp16_weights_tiles_per_s": round(eager, 1),
+            "mfu": round(tps * per_tile / (peak * 1e12), 4) if peak else None,
+            "compile_s": round(compile_s, 1),
+        }
+        print(name, result[name], flush=True)
+    return result
+
+
+@contextlib.contextmanager
+def gpu_sampler() -> Iterator[list[float]]:
+    """GPU utilisation (%) sampled by nvidia-smi every 200 ms while the block runs."""
+    samples: list[float] = []
+    if DEVICE != "cuda":
+        yield samples
+        return
+    process = subprocess.Popen(
+        ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with contextlib.suppress(ValueError):
+                samples.append(float(line.strip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield samples
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def batch_histogram(url: str) -> tuple[float, float]:
+    """(sum, count) of the server's optimus_batch_size histogram."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    total = sum(float(v) for v in re.findall(r"^optimus_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
+    count = sum(float(v) for v in re.findall(r"^optimus_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
+    return total, count
+
+
+def server(work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from bench.http_load import build_request, run_load
+    from kit.local import serve_model
+
+    result: dict[str, Any] = {"loads": []}
+    if not (work / "h0" / "model" / "manifest.json").is_file():  # a rerun on the same machine reuses it
+        result["package_s"] = package_random_vit_g(work)
+    began = time.monotonic()
+    with serve_model(work / "h0" / "model", {"OPTIMUS_DEVICE": DEVICE}) as local:
+        result["start_to_healthy_s"] = round(time.monotonic() - began, 1)
+        request = build_request(
+            "127.0.0.1", local.port, "/invocations", json.dumps(wire_record("h0", "embedding")).encode()
+        )
+        for concurrency in (8, 64):
+            before = batch_histogram(local.url)
+            with gpu_sampler() as samples:
+                load = run_load("127.0.0.1", local.port, request, concurrency, warmup_s=2.0, duration_s=10.0)
+            after = batch_histogram(local.url)
+            mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            nearest = min(forward_rows, key=lambda row: abs(row["batch"] - mean_batch))
+            result["loads"].append(
+                {
+                    "concurrency": concurrency,
+                    "tiles_per_s": round(load.per_second, 1),
+                    "errors": load.errors,
+                    "p50_ms": round(load.percentile(50), 1),
+                    "p95_ms": round(load.percentile(95), 1),
+                    "mean_batch": round(mean_batch, 1),
+                    "forward_only_tiles_per_s_at_that_batch": nearest["tiles_per_s"],
+                    "serving_efficiency": round(load.per_second / nearest["tiles_per_s"], 3),
+                    "gpu_utilisation_mean_pct": round(float(np.mean(samples)), 1) if samples else None,
+                }
+            )
+            print(result["loads"][-1], flush=True)
+    return result
+
+
+def package_random_vit_g(work: Path) -> float:
+    """Seconds to package a random ViT-g checkpoint through `kit package --timm-checkpoint`."""
+    from safetensors.torch import save_file
+
+    checkpoint = work / "vit_g14_random.safetensors"
+    model = build(H_OPTIMUS_TIMM)
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    del model
+    command = [sys.executable, "-m", "kit", "package", "--models", "h0", "--timm-checkpoint", str(checkpoint)]
+    if DEVICE != "cuda":  # the tiny architecture is not the catalogue's
+        (work / "tiny.json").write_text(json.dumps(TINY))
+        command += ["--timm-config", str(work / "tiny.json")]
+    began = time.monotonic()
+    subprocess.run([*command, "--out", str(work / "h0")], check=True)
+    return round(time.monotonic() - began, 1)
+
+
+def aoti(work: Path, check: Check) -> dict[str, Any]:
+    """Demo models (and ViT-g if time allows) as CUDA AOTInductor packages vs eager fp16 autocast."""
+    from kit.demo_models import DEMO_VIT, TinyMOptimus, TinyTissueSeg
+    from model_code.catalogue import N_INPUT_GENES
+
+    torch.manual_seed(0)
+    rna = (torch.rand(8, N_INPUT_GENES, device=DEVICE), torch.zeros(8, dtype=torch.int64, device=DEVICE))
+    cases: list[tuple[str, torch.nn.Module, tuple[torch.Tensor, ...]]] = [
+        ("demo_vit", build({**H_OPTIMUS_TIMM, **DEMO_VIT}), (normalised_tiles(8, 3),)),
+        ("demo_m_optimus", TinyMOptimus(), (normalised_tiles(8, 4), *rna)),
+        ("demo_tissue_seg", TinyTissueSeg(), (torch.rand(8, 3, 512, 512, device=DEVICE),)),
+    ]
+    if check.left() > 300:
+        cases.append(("vit_g14", build(H_OPTIMUS_TIMM), (normalised_tiles(8, 5),)))
+    result: dict[str, Any] = {}
+    for name, module, example in cases:
+        if check.left() < 30:
+            result[name] = {"skipped": "time budget"}
+            continue
+        module = module.eval().to(DEVICE)
+        batch = torch.export.Dim("batch", min=1, max=128)
+        began = time.monotonic()
+        with torch.inference_mode():
+            program = torch.export.export(module, example, dynamic_shapes=tuple({0: batch} for _ in example))
+        path = torch._inductor.aoti_compile_and_package(program, package_path=str(work / f"{name}.pt2"))
+        compile_s = time.monotonic() - began
+        loaded = torch._inductor.aoti_load_package(path)
+        with torch.inference_mode():
+            eager = module(*example)
+            with autocast():
+                eager_half = module(*example)
+            compiled = loaded(*example)
+        first = lambda out: (out[0] if isinstance(out, (tuple, list)) else out).float().flatten(1)  # noqa: E731
+        cosine = torch.nn.functional.cosine_similarity(first(eager), first(compiled), dim=1)
+        cosine_half = torch.nn.functional.cosine_similarity(first(eager_half), first(compiled), dim=1)
+        tiles = example[0]
+
+        def run_eager(_: torch.Tensor, module: torch.nn.Module = module, example: tuple = example) -> Any:
+            with autocast():
+                return module(*example)
+
+        result[name] = {
+            "compile_s": round(compile_s, 1),
+            "package_mb": round(Path(path).stat().st_size / 1e6, 1),
+            "min_cosine_vs_eager_fp32": round(float(cosine.min()), 6),
+            "min_cosine_vs_eager_fp16_autocast": round(float(cosine_half.min()), 6),
+            "aoti_tiles_per_s_batch8": round(timed(partial(run_package, loaded, example), tiles, repeats=10), 1),
+            "eager_fp16_autocast_tiles_per_s_batch8": round(timed(run_eager, tiles, repeats=10), 1),
+        }
+        print(name, result[name], flush=True)
+    return result
+
+
+def run_package(package: Callable[..., Any], example: tuple[torch.Tensor, ...], _: torch.Tensor) -> Any:
+    return package(*example)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "build/bench")))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_check"))
+    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--steps", default="correctness,forward,server,aoti,compile")
+    parser.add_argument("--cpu-dry-run", action="store_true", help="tiny models on the CPU: check the script itself")
+    args = parser.parse_args(argv)
+    global DEVICE
+    if args.cpu_dry_run:
+        DEVICE = "cpu"
+    elif not torch.cuda.is_available():
+        print("no CUDA device: the GPU checks need one (or --cpu-dry-run)", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    check = Check(args.out / "gpu_check.json", args.budget_s)
+    steps = args.steps.split(",")
+    if "correctness" in steps:
+        check.step("correctness", 30, correctness)
+    if "forward" in steps:
+        check.step("forward", 60, forward)
+    if "server" in steps:
+        rows = check.report.get("forward", {}).get("rows") or [{"batch": 1, "tiles_per_s": float("nan")}]
+        check.step("server", 120, lambda: server(args.work, rows))
+    if "aoti" in steps:
+        check.step("aoti", 60, lambda: aoti(args.work, check))
+    if "compile" in steps:
+        check.step("compile", 90, lambda: compiled(check))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

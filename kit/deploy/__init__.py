@@ -1,0 +1,1 @@
+"""Deploying: checks before and waits after `cdk deploy`."""

@@ -1,0 +1,70 @@
+"""HTTP connections that cannot be held open by a client that stops sending.
+
+uvicorn closes a connection idle *between* requests (`timeout_keep_alive`), but not one that opened
+and sent nothing, sent part of its headers, or stopped in the middle of its body: each would hold a
+socket (and a request task) forever, and make SIGTERM wait for them. This protocol drops such a
+connection after `read_timeout` seconds without a byte, and on shutdown at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class StallGuardProtocol(HttpToolsProtocol):
+    read_timeout = 20.0  # set per server by `guarded_protocol`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._awaiting_client = True  # a request (or its rest) is still expected from the client
+        self._stall: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._awaiting_client = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_client = False  # the app has the whole request; idle time is uvicorn's keep-alive
+        self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self._awaiting_client and not self.transport.is_closing():
+            self.transport.close()  # nothing in flight can be answered before its request arrives
+            return
+        super().shutdown()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self._awaiting_client and not self.transport.is_closing():
+            self._stall = self.loop.call_later(self.read_timeout, self._stalled)
+
+    def _disarm(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        if self._awaiting_client and not self.transport.is_closing():
+            self.logger.info("closing a connection that sent nothing for %.0f s mid-request", self.read_timeout)
+            self.transport.close()
+
+
+def guarded_protocol(read_timeout: float) -> type[StallGuardProtocol]:
+    """The protocol class for uvicorn's `http=` option, with this server's read timeout."""
+    return type("StallGuard", (StallGuardProtocol,), {"read_timeout": read_timeout})

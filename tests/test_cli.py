@@ -1,0 +1,100 @@
+"""The CLI's shape: commands that only call AWS start without torch, README matches the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.__main__ import main
+from kit.cli import COMMANDS, build_parser, command_table
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "timm")
+PROBE = f"""
+import json, sys
+from kit.__main__ import main
+status = main(sys.argv[1:])
+print(json.dumps({{"status": status, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+
+
+def _probe(args: list[str], tmp_path: Path) -> tuple[dict[str, object], str]:
+    """Run the CLI in a fresh interpreter with no AWS configuration; its status and heavy modules loaded."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith("AWS_")
+    } | {  # no credentials or region from this machine, and no instance metadata to wait for
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "PYTHONPATH": str(REPO),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "said"),
+    [
+        (["upload", "--help"], 0, ""),
+        (["wait", "--help"], 0, ""),
+        (["smoke", "--help"], 0, ""),
+        (["smoke", "--endpoint", "x"], 2, "error: --endpoint needs --models"),
+        (["smoke", "--endpoint", "x", "--models", "h42"], 2, "unknown model 'h42'"),
+        (["wait", "--endpoint", "x"], 2, "error: no AWS region: pass --region or set AWS_REGION"),
+        (["wait", "--endpoint", "x", "--region", "eu-west-1"], 2, "error: no AWS credentials found"),
+        (
+            ["smoke", "--stack", "S", "--region", "eu-west-1", "--profile", "nope"],
+            2,
+            "profile (nope) could not be found",
+        ),
+        (["upload", "missing.tar.gz", "s3://bucket/key"], 2, "error: missing.tar.gz does not exist"),
+    ],
+)
+def test_aws_commands_start_without_torch(args: list[str], status: int, said: str, tmp_path: Path) -> None:
+    result, stderr = _probe(args, tmp_path)
+    assert result == {"status": status, "heavy": []}, stderr
+    assert said in stderr and "Traceback" not in stderr
+    if status:
+        assert len(stderr.strip().splitlines()) == 1 or stderr.startswith("usage:"), stderr
+
+
+def test_top_level_help_lists_every_command_without_torch(tmp_path: Path) -> None:
+    result, _ = _probe(["--help"], tmp_path)
+    assert result == {"status": 0, "heavy": []}
+
+
+def test_every_command_has_one_line_help_and_shared_debug(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    for name in COMMANDS:
+        assert re.search(rf"^\s+{name}\s+\S", listed, re.MULTILINE), f"{name} missing from --help"
+        assert main([*name.split(), "--help"]) == 0
+        assert "--debug" in capsys.readouterr().out
+
+
+def test_readme_command_table_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- commands:[^>]*-->\n(.*?)\n<!-- /commands -->", readme, re.DOTALL)
+    assert block is not None, "README has no <!-- commands --> block"
+    assert block.group(1) == command_table(), f"README's command table is stale; it should read:\n{command_table()}"
+
+
+def test_readme_examples_parse() -> None:
+    """Every `.venv/bin/python -m kit ...` command line in README is accepted by the CLI's parser as written."""
+    readme = (REPO / "README.md").read_text().replace("\\\n", " ")
+    examples = re.findall(r"^\.venv/bin/python -m kit ([^\n#]*)", readme, re.MULTILINE)
+    assert len(examples) >= 8
+    parser = build_parser()
+    for example in examples:
+        args = parser.parse_args(shlex.split(example))
+        assert callable(args.run), example

@@ -1,0 +1,250 @@
+"""Reliability over real HTTP: limits, stalled and vanished clients, poison tiles, negotiation, error layout."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import requests
+
+from kit.local import free_port, wait_healthy
+from kit.samples import wire_record
+from model_code.settings import Limits, Settings
+from tests.serving import REPO, Running, serve_in_thread
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def guarded(artifact: Path) -> Iterator[Running]:
+    """A server with small limits, a short read timeout and a poison slide whose tiles fail their forward."""
+    settings = Settings(
+        model_dir=artifact,
+        port=free_port(),
+        max_batch_wait_ms=20,
+        limits=Limits(max_records=40, max_response_bytes=3 * 1024 * 1024),
+        read_timeout_s=0.5,
+        simulated_poison_slide="poison",
+    )
+    with serve_in_thread(settings) as running:
+        yield running
+
+
+def tile(slide: str, patch_idx: int) -> dict[str, object]:
+    return {**wire_record("h1", "embedding", patch_idx=patch_idx), "slide_name": slide}
+
+
+def _metric(running: Running, name: str, **labels: str) -> float:
+    text = httpx.get(f"{running.url}/metrics").text
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    match = re.search(rf"^{name}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_a_poison_tile_fails_alone_and_its_batch_neighbours_are_answered(guarded: Running) -> None:
+    records = [tile("s", i) for i in range(9)]
+    records[4]["slide_name"] = "poison"
+    failures = _metric(guarded, "optimus_forward_failures_total", model="h1")
+    answers = httpx.post(f"{guarded.url}/invocations", json=records, timeout=60).json()
+    assert [len(a.get("output", [])) for a in answers] == [1536] * 4 + [0] + [1536] * 4
+    assert [a.get("patch_idx") for a in answers] == [0, 1, 2, 3, None, 5, 6, 7, 8]
+    assert answers[4]["status"] == 503 and answers[4]["retryable"] is True and "simulated" in answers[4]["error"]
+    assert _metric(guarded, "optimus_isolated_tiles_total", model="h1") >= 1
+    assert _metric(guarded, "optimus_forward_failures_total", model="h1") - failures >= 4  # 9 -> 4 -> 2 -> 1 (+1)
+    alone = httpx.post(f"{guarded.url}/invocations", json=records[4])
+    assert alone.status_code == 503 and alone.headers["retry-after"] == "1"
+
+
+def test_concurrent_requests_batched_with_a_poison_tile_are_answered(guarded: Running) -> None:
+    def body(i: int) -> bytes:
+        return orjson.dumps(tile("poison" if i == 5 else "s", i))
+
+    results: dict[int, httpx.Response] = {}
+
+    def send(i: int) -> None:
+        results[i] = httpx.post(f"{guarded.url}/invocations", content=body(i), headers=JSON, timeout=60)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert {i: r.status_code for i, r in results.items()} == {i: 503 if i == 5 else 200 for i in range(12)}
+    assert all(results[i].json()["patch_idx"] == i for i in range(12) if i != 5)
+
+
+def test_too_many_records_and_too_large_answers_are_413_with_the_reason(guarded: Running) -> None:
+    many = "\n".join(json.dumps({"model_name": "h1", "mode": "metadata"}) for _ in range(41))
+    refused = httpx.post(f"{guarded.url}/invocations", content=many, headers={"content-type": "application/jsonlines"})
+    assert refused.status_code == 413 and "MAX_RECORDS" in refused.json()["error"]
+    seg = [wire_record("tissue-seg", "prediction")] * 4  # at least 4 x 1 MB of answer: refused before decoding
+    assert httpx.post(f"{guarded.url}/invocations", json=seg).status_code == 413
+    metadata = [{"model_name": "m-optimus", "mode": "metadata"}] * 10  # 460 kB each once written
+    big = httpx.post(f"{guarded.url}/invocations", json=metadata)
+    assert big.status_code == 413 and "MAX_RESPONSE_MB" in big.json()["error"]
+    assert httpx.post(f"{guarded.url}/invocations", json=metadata[:5]).status_code == 200
+
+
+def test_a_stalled_connection_is_dropped_after_the_read_timeout(guarded: Running) -> None:
+    port = int(guarded.url.rsplit(":", 1)[1])
+    for opening in (
+        b"",
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nConte",
+        b"POST /invocations HTTP/1.1\r\n"
+        b'Host: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"model',
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(opening)
+            began = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the server, not answered
+            assert time.monotonic() - began < 5
+    assert httpx.get(f"{guarded.url}/ping").status_code == 200
+
+
+def test_over_limit_bodies_get_a_readable_413_from_clients_that_send_everything_first(running: Running) -> None:
+    big = b'{"image_data": "' + b"x" * 7_000_000 + b'"}'
+    request = urllib.request.Request(f"{running.url}/invocations", data=big, headers=JSON)  # Connection: close
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 413 and json.loads(caught.value.read())["field"] == "body"
+    answered = requests.post(f"{running.url}/invocations", data=big, headers=JSON, timeout=30)
+    assert answered.status_code == 413 and answered.json()["field"] == "body"
+
+
+def test_gzip_bodies_are_decoded_bounded_and_other_encodings_are_415(running: Running) -> None:
+    record = orjson.dumps(wire_record("h1", "embedding", patch_idx=7))
+    zipped = httpx.post(
+        f"{running.url}/invocations", content=gzip.compress(record), headers={**JSON, "content-encoding": "gzip"}
+    )
+    assert zipped.status_code == 200 and zipped.json()["patch_idx"] == 7
+    bomb = gzip.compress(b" " * (7 * 1024 * 1024))  # 7 kB that inflate past the 6 MB limit
+    inflated = httpx.post(f"{running.url}/invocations", content=bomb, headers={**JSON, "content-encoding": "gzip"})
+    assert inflated.status_code == 413 and inflated.json()["field"] == "body"
+    broken = httpx.post(
+        f"{running.url}/invocations", content=b"\x1f\x8bxx", headers={**JSON, "content-encoding": "gzip"}
+    )
+    assert broken.status_code == 400 and broken.json()["field"] == "content_encoding"
+    brotli = httpx.post(f"{running.url}/invocations", content=record, headers={**JSON, "content-encoding": "br"})
+    assert brotli.status_code == 415 and brotli.json()["field"] == "content_encoding"
+
+
+@pytest.mark.parametrize(
+    ("accept", "answer_type"),
+    [
+        ("application/json, text/plain, */*", "application/json"),
+        ("application/*", "application/json"),
+        ("text/html;q=0.9, application/jsonlines;q=0.8", "application/jsonlines"),
+        ("application/json;q=0.2, application/jsonlines;q=0.9", "application/jsonlines"),
+        ("*/*;q=0.1", "application/json"),
+    ],
+)
+def test_accept_is_negotiated(running: Running, accept: str, answer_type: str) -> None:
+    response = httpx.post(f"{running.url}/invocations", json=wire_record("h1", "embedding"), headers={"accept": accept})
+    assert response.status_code == 200 and response.headers["content-type"] == answer_type
+
+
+def test_an_unacceptable_accept_is_406_before_any_forward_pass(running: Running) -> None:
+    forwards = _metric(running, "optimus_batch_size_count", model="h1")
+    for accept in ("text/csv", "application/json;q=0, text/plain"):
+        refused = httpx.post(
+            f"{running.url}/invocations", json=wire_record("h1", "embedding"), headers={"accept": accept}
+        )
+        assert refused.status_code == 406 and refused.json()["field"] == "accept"
+    assert _metric(running, "optimus_batch_size_count", model="h1") == forwards
+
+
+def test_framework_errors_use_the_error_layout_and_head_ping_works(running: Running) -> None:
+    missing = httpx.get(f"{running.url}/nowhere")
+    assert missing.status_code == 404 and missing.json()["field"] == "path" and missing.json()["status"] == 404
+    wrong = httpx.get(f"{running.url}/invocations")
+    assert wrong.status_code == 405 and wrong.json()["field"] == "method" and "POST" in wrong.headers["allow"]
+    head = httpx.head(f"{running.url}/ping")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_record_errors_are_counted_for_single_records_and_unhosted_models_in_lists(artifact: Path) -> None:
+    from kit.package import package
+
+    h1_only = package(["h1"], artifact.parent.parent / "h1-only-server", demo=True)
+    with serve_in_thread(Settings(model_dir=h1_only, port=free_port())) as server:
+        errors_400 = _metric(server, "optimus_record_errors_total", status="400")
+        bad = httpx.post(f"{server.url}/invocations", json={**wire_record("h1", "embedding"), "image_data": "@"})
+        assert bad.status_code == 400
+        assert _metric(server, "optimus_record_errors_total", status="400") == errors_400 + 1
+        decoded = _metric(server, "optimus_decode_seconds_count")
+        assert httpx.post(f"{server.url}/invocations", content=b"{", headers=JSON).status_code == 400
+        assert _metric(server, "optimus_decode_seconds_count") == decoded + 1
+        answers = httpx.post(
+            f"{server.url}/invocations", json=[wire_record("h1", "embedding"), wire_record("tissue-seg", "prediction")]
+        ).json()
+        assert len(answers[0]["output"]) == 1536 and (answers[1]["status"], answers[1]["record"]) == (404, 1)
+        assert _metric(server, "optimus_record_errors_total", status="404") == 1
+        assert 'optimus_queue_wait_seconds_count{model="tissue-seg"}' not in httpx.get(f"{server.url}/metrics").text
+
+
+def test_work_of_a_client_that_went_away_leaves_the_queue(artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One forward at a time, 600 ms each: the second client hangs up while the first tile runs, so its tile
+    never runs; the disconnect is a 499 logged once, not a 500."""
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_size=1, simulated_forward_ms=(600, 0))
+    with serve_in_thread(settings) as slow:
+        port = int(slow.url.rsplit(":", 1)[1])
+        first = threading.Thread(
+            target=httpx.post,
+            args=(f"{slow.url}/invocations",),
+            kwargs={"json": wire_record("h1", "embedding"), "timeout": 30},
+        )
+        first.start()
+        time.sleep(0.2)
+        body = orjson.dumps(wire_record("h1", "embedding"))
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+            time.sleep(0.2)
+        first.join()
+        time.sleep(1.0)
+        assert _metric(slow, "optimus_batch_size_count", model="h1") == 1
+        assert _metric(slow, "optimus_requests_total", route="/invocations", status="499") == 1
+        assert _metric(slow, "optimus_requests_total", route="/invocations", status="500") == 0
+
+
+def test_sigterm_does_not_wait_for_a_stalled_upload(artifact: Path) -> None:
+    port = free_port()
+    env = {"PYTHONPATH": str(REPO), "READ_TIMEOUT_S": "120", "GRACEFUL_TIMEOUT_S": "60", "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model_code.serve", "--model-dir", str(artifact), "--port", str(port)], env=env, cwd=REPO
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b'POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n{"a')
+            time.sleep(0.3)
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
+            assert time.monotonic() - began < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_settings_limits_come_from_the_environment() -> None:
+    loaded = Settings.load({"MAX_RECORDS": "10", "MAX_RESPONSE_MB": "1.5", "READ_TIMEOUT_S": "3"})
+    assert loaded.limits == Limits(max_records=10, max_response_bytes=int(1.5 * 1024 * 1024))
+    assert loaded.read_timeout_s == 3.0 and replace(loaded, read_timeout_s=1).read_timeout_s == 1
