@@ -60,7 +60,7 @@ def run_demo(workdir: Path, requests: int = 10) -> int:
         latency = "; ".join(f"{k.split('/', 1)[1]} p50 {v['p50']:.1f} ms" for k, v in report.latency_ms.items())
         passed = len(report.checks) - failed
         print(f"  {name}: {passed}/{len(report.checks)} checks passed on a local CPU server ({latency})")
-    print(f"  slide: {slide.status}, {slide.tiles} tiles at {slide.tiles_per_s:.1f} tiles/s {slide.reason}")
+    print(f"  slide: {slide.status}, {slide.tiles} tiles at {slide.tiles_per_s:.1f} tiles/s {slide.reason}".rstrip())
     print(f"  picture: {picture}")
     print(f"  CDK: {synthesized}")
     ok = all(r.passed for r in reports.values()) and synthesized.startswith("synthesized") and picture is not None
