@@ -143,6 +143,14 @@ def test_corrupt_slides_are_4xx_and_the_server_carries_on(running: Running, slid
     assert tile_api(running, [np.full((224, 224, 3), 200, np.uint8)]).shape == (1, 1536)
 
 
+def test_boto3_path_answers_slide_errors_as_the_sagemaker_runtime(running: Running, slides: dict[str, Path]) -> None:
+    headers = {"content-type": "image/tiff", ATTRIBUTES: "model=h1"}
+    url = f"{running.url}/endpoints/optimus-h1/invocations"
+    answer = httpx.post(url, content=slides["no-mpp"].read_bytes(), headers=headers, timeout=60)
+    assert answer.status_code == 424 and answer.json()["OriginalStatusCode"] == 400
+    assert "slide_mpp" in answer.json()["OriginalMessage"]
+
+
 @pytest.mark.parametrize(
     ("attributes", "status", "field"),
     [
