@@ -40,13 +40,14 @@ import numpy as np
 import torch
 
 from bench.gpu_bench import flops_per_tile, peak_for
-from kit.samples import wire_record
+from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
+from kit.endpoints.samples import wire_record
 from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMUS_TIMM
 from model_code.loaders import build_vit
 
 DEVICE = "cuda"  # --cpu-dry-run: "cpu", with tiny architectures, to check this script where there is no GPU
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 1536}  # served width
-SAME_RTOL = SAME_ATOL = 1e-2  # kit.smoke's tolerance for "the same tile gave the same output" on a GPU
+
 # H0-mini as published: ViT-B/14, SwiGLU hidden 2048 (mlp_ratio 5.33334), about 86 M parameters.
 H0_MINI = {**H0_MINI_TIMM, "mlp_ratio": 5.33334}
 
@@ -355,7 +356,7 @@ def package_random_vit_g(work: Path) -> float:
 
 def aoti(work: Path, check: Check) -> dict[str, Any]:
     """Demo models (and ViT-g if time allows) as CUDA AOTInductor packages vs eager fp16 autocast."""
-    from kit.demo_models import DEMO_VIT, TinyMOptimus, TinyTissueSeg
+    from kit.artifacts.demo_models import DEMO_VIT, TinyMOptimus, TinyTissueSeg
     from model_code.catalogue import N_INPUT_GENES
 
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shared/GPU.md's checks in one command, on a CUDA machine with no internet:
 #   bash bench/gpu_check.sh OUT_DIR
-# Python packages the machine lacks travel as wheels in .whl/ (see README, Performance). Writes
+# Python packages the machine lacks travel as wheels in .whl/ (bench/gpu_wheels.sh makes them). Writes
 # OUT_DIR/gpu_check.json (bench/gpu_check.py), OUT_DIR/gpu_tests.xml and OUT_DIR/nvidia-smi.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -32,9 +32,9 @@ from typing import Any
 import httpx
 import orjson
 
+from kit.artifacts.builder import package
+from kit.endpoints.samples import sample_png, wire_record
 from kit.local import free_port, wait_healthy
-from kit.package import package
-from kit.samples import sample_png, wire_record
 
 POISON = "poison-slide"
 JSON = {"content-type": "application/json"}

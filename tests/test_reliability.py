@@ -22,8 +22,8 @@ import orjson
 import pytest
 import requests
 
+from kit.endpoints.samples import wire_record
 from kit.local import free_port, wait_healthy
-from kit.samples import wire_record
 from model_code.settings import Limits, Settings
 from tests.serving import REPO, Running, serve_in_thread
 
@@ -178,7 +178,7 @@ def test_framework_errors_use_the_error_layout_and_head_ping_works(running: Runn
 
 
 def test_record_errors_are_counted_for_single_records_and_unhosted_models_in_lists(artifact: Path) -> None:
-    from kit.package import package
+    from kit.artifacts.builder import package
 
     h1_only = package(["h1"], artifact.parent.parent / "h1-only-server", demo=True)
     with serve_in_thread(Settings(model_dir=h1_only, port=free_port())) as server:

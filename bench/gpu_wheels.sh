@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Wheels for a GPU machine with no internet whose Python (3.12, with torch) lacks the server's packages:
+#   bash bench/gpu_wheels.sh    # here, with the venv installed; then carry .whl/ to the GPU machine
+# Versions are the venv's own (pyproject.toml's pins and what they pulled in).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PACKAGES="fastapi starlette pydantic pydantic_core annotated-types annotated-doc typing-inspection typing_extensions
+uvicorn httptools orjson pybase64 boto3 botocore s3transfer jmespath timm opentelemetry-api"
+mkdir -p .whl
+for name in $PACKAGES; do
+    pin=$(.venv/bin/pip freeze 2>/dev/null | grep -i -E "^${name//[-_]/[-_]}==" | head -1)
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux1_x86_64 -d .whl "$pin"
+done
+du -sh .whl
