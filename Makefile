@@ -27,10 +27,11 @@ lint: install
 demo: install
 	$(PY) -m kit demo
 
-# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU), then
-# packaging and loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
+# Serving and whole-slide benchmarks on this machine, then the GPU benchmark (its CPU mode where there is no
+# GPU), then packaging and loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
 bench: install
 	$(PY) -m bench.serving
+	$(PY) -m bench.slides
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
 	$(PY) -m bench.load_bench
 
