@@ -27,9 +27,10 @@ lint: install
 demo: install
 	$(PY) -m kit demo
 
-# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU).
+# Serving and whole-slide benchmarks on this machine, then the GPU benchmark (its CPU mode where there is no GPU).
 bench: install
 	$(PY) -m bench.serving
+	$(PY) -m bench.slides
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
 
 # Soak and fault test: SOAK_MINUTES of mixed load with bad inputs and a poison tile; fails on memory growth,
