@@ -83,6 +83,9 @@ def test_container_pins_match_pyproject() -> None:
     assert set(image) <= set(project), "container/requirements.txt pins differ from pyproject.toml"
     torch_pins = {p.split("==")[0]: p.split("==")[1] for p in project if p.startswith(("torch==", "torchvision=="))}
     dockerfile = (REPO / "container" / "Dockerfile").read_text()
-    assert f"TORCH_VERSION={torch_pins['torch']}" in dockerfile
-    assert f"TORCHVISION_VERSION={torch_pins['torchvision']}" in dockerfile
+    assert f"ARG TORCH_VERSION={torch_pins['torch']}" in dockerfile
+    table = (REPO / "container" / "torch-versions.txt").read_text().splitlines()
+    rows = {line.split()[0]: line.split()[1:3] for line in table if line.strip() and line[0] != "#"}
+    assert rows[torch_pins["torch"]][0] == torch_pins["torchvision"], "the default row must be pyproject's pair"
+    assert all(cuda.startswith("cu12") for _, cuda in rows.values()), "ml.g5's driver 550 runs CUDA 12.x builds"
     assert 'CMD ["serve"]' in dockerfile and "USER optimus" in dockerfile
