@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "wait": "kit.deploy.wait",
     "smoke": "kit.endpoints.smoke",
     "plan": "kit.cohorts.plan",
+    "batch": "kit.cohorts.batch",
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
 }
