@@ -87,7 +87,7 @@ def test_a_ready_account_passes_every_check(aws: boto3.Session) -> None:
         ]
     )  # fmt: skip
     quota = next(c for c in checks if c.name.startswith("quota"))
-    assert quota.detail == "16 available, 8 needed (1 endpoint(s) x maxInstances 4 x 2 fleet(s) in an update)"
+    assert quota.detail == "16 available, 8 needed (h1: maxInstances 4 x 2 fleet(s) in an update)"
 
 
 def test_each_problem_fails_with_its_fix(aws: boto3.Session, artifact: Path) -> None:
@@ -175,3 +175,17 @@ def test_the_command_exits_1_with_json(aws: boto3.Session, tmp_path: Path, monke
     assert [c["passed"] for c in json.loads(report.read_text())].count(False) == 1
     assert main(["preflight", "-c", "maxInstance=4"]) == 2
     assert "unknown context key(s) maxInstance" in capsys.readouterr().err
+
+
+def test_quota_counts_an_async_endpoints_own_maximum_and_its_blue_green_updates(aws: boto3.Session) -> None:
+    endpoints = {
+        "h1": {"models": ["h1", "tissue-seg"], "artifact": "kit://h1/v1/"},
+        "slides": {"models": ["h1", "tissue-seg"], "artifact": "kit://h1/v1/", "async": {"maxInstances": 10}},
+    }
+    checks = preflight(config(endpoints=endpoints, deployment="rolling", minInstances=2), aws, stubbed(aws))
+    quota = next(c for c in checks if c.name.startswith("quota"))
+    assert not quota.passed  # 4 + 1 (rolling) + 10 x 2 (the async endpoint updates blue/green) = 25 > 16
+    assert quota.detail == (
+        "16 available, 25 needed (h1: maxInstances 4 x 1 fleet(s) + slides: maxInstances 10 x 2 fleet(s) "
+        "in an update (+1 each, rolling))"
+    )

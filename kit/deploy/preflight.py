@@ -107,8 +107,9 @@ class Context:
 
 def quota(context: Context) -> Check:
     config = context.config
-    fleets = 2 if config.deployment in ("blue-green", "canary") else 1  # an update runs the new fleet beside the old
-    need = len(config.endpoints) * (config.maxInstances * fleets + (1 if config.deployment == "rolling" else 0))
+    # An update runs the new fleet beside the old (async endpoints always update blue/green), rolling one more.
+    fleets = {n: 2 if e.serving_async or config.deployment != "rolling" else 1 for n, e in config.endpoints.items()}
+    need = sum(config.max_instances(e) * fleets[n] + (fleets[n] == 1) for n, e in config.endpoints.items())
     name = f"{config.instanceType} for endpoint usage"
     pages = context.client("service-quotas").get_paginator("list_service_quotas").paginate(ServiceCode="sagemaker")
     found = next((q for page in pages for q in page["Quotas"] if q["QuotaName"] == name), None)
@@ -118,7 +119,10 @@ def quota(context: Context) -> Check:
             check, False, "not listed for this account and region", f"pick another instanceType in {context.region}"
         )
     have = int(found["Value"])
-    why = f"{len(config.endpoints)} endpoint(s) x maxInstances {config.maxInstances} x {fleets} fleet(s) in an update"
+    why = " + ".join(
+        f"{n}: maxInstances {config.max_instances(e)} x {fleets[n]} fleet(s)" for n, e in config.endpoints.items()
+    )
+    why += " in an update" + (" (+1 each, rolling)" if 1 in fleets.values() else "")
     fix = (
         f"aws service-quotas request-service-quota-increase --service-code sagemaker "
         f"--quota-code {found['QuotaCode']} --desired-value {need}"
