@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import posixpath
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,8 @@ class BearerAuth:
         if scope["type"] != "http" or is_under(scope["path"], self.open_paths):
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization")
-        refusal = self._refusal(header)
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        refusal = self._refusal(headers)
         if refusal is None:
             await self.app(scope, receive, send)
             return
@@ -95,11 +96,14 @@ class BearerAuth:
         body = inference.dumps(ClientError(reason, field="authorization", status=401).to_dict())
         await Response(body, 401, {"WWW-Authenticate": challenge}, media_type=JSON)(scope, receive, send)
 
-    def _refusal(self, header: bytes | None) -> tuple[str, str] | None:
-        """None for a valid token; else the reason and the WWW-Authenticate challenge (RFC 6750)."""
+    def _refusal(self, headers: list[bytes]) -> tuple[str, str] | None:
+        """None for one valid token; else the reason and the WWW-Authenticate challenge (RFC 6750)."""
         realm = 'Bearer realm="optimus"'
-        if header is None:
+        if not headers:
             return "this server needs a token: send 'Authorization: Bearer <token>'", realm
+        if len(headers) > 1:
+            return "send one Authorization header", f'{realm}, error="invalid_request"'
+        header = headers[0]
         scheme, _, token = header.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             return "must be 'Bearer <token>'", f'{realm}, error="invalid_request"'
@@ -109,6 +113,10 @@ class BearerAuth:
 
 
 def is_under(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether `path` is one of `prefixes` or below one; a path with `.`, `..` or empty segments never is
+    (`/ping/../metrics` must not pass as under /ping, whatever a router or proxy later makes of it)."""
+    if posixpath.normpath(path) != path and path != "/":
+        return False
     return any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
 
 

@@ -128,7 +128,7 @@ class Server:
         """An HTTP request: content type and Accept checked first, body read up to the limit, then answered."""
         content_type = request.headers.get("content-type") or JSON
         if is_slide(content_type):  # a whole slide in, its features file out (model_code.slides)
-            return await self.slides.answer(request, self.models)
+            return await self.slides.answer(request, self.models, overrides)
         check_content_type(content_type)
         accept = request.headers.get("accept")
         negotiate(accept, "object")  # a 406 before the body is read or any tile runs

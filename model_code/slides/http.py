@@ -23,6 +23,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from model_code.catalogue import MODELS
 from model_code.errors import ClientError
@@ -38,6 +39,9 @@ TAR = "application/x-tar"
 SLIDE_TYPES = frozenset({"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", TAR})
 BULK_RNA_FILE = "bulk_rna.json"
 DEFAULT_SLIDE_MB = 1024
+MAX_PENDING = 4  # slides received or running at once (one runs, the rest wait on disk); more get a 503
+MAX_TAR_MEMBERS = 16  # a slide, bulk_rna.json, and room for folders and the like
+ROUTE_OPTIONS = {"model_name": "model", "mode": "mode"}  # the REST routes' overrides -> slide options
 
 
 def is_slide(content_type: str | None) -> bool:
@@ -50,29 +54,58 @@ class SlideService:
     def __init__(self) -> None:
         self.max_bytes = int(float(os.environ.get("MAX_SLIDE_MB") or DEFAULT_SLIDE_MB) * 1024 * 1024)
         self.running = asyncio.Semaphore(1)
+        self.pending = 0
+        self.max_pending = MAX_PENDING
 
-    async def answer(self, request: Request, models: Models | None) -> Response:
+    async def answer(
+        self, request: Request, models: Models | None, overrides: dict[str, str] | None = None
+    ) -> Response:
+        """`overrides`: the REST route's model_name and mode, which the options must agree with."""
         if models is None:
             return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
-        options = slide_options(request.headers, request.query_params)
-        choose_runner(models, options)  # a wrong model or mode is refused before the body is read
+        route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
+        options = slide_options(request.headers, request.query_params.multi_items(), route)
+        runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
+        kind = media_type(request.headers.get("content-type"))
+        if kind == TAR and runner.entry.name != "m-optimus":
+            raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
+        if self.pending >= self.max_pending:
+            return JSONResponse(
+                {"error": f"{self.pending} slides are already here (one runs at a time); retry later", "status": 503},
+                status_code=503,
+                headers={"Retry-After": "60", "connection": "close"},
+            )
+        self.pending += 1
         workdir = Path(tempfile.mkdtemp(prefix="optimus-slide-"))
         try:
             body = await _save_body(request, workdir / "body", self.max_bytes)
-            kind = media_type(request.headers.get("content-type"))
             slide, rna = await asyncio.to_thread(_unpack, body, workdir) if kind == TAR else (body, None)
             out = workdir / f"features{SUFFIXES[options.format]}"
-            async with self.running:
-                summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna)
+            gone = asyncio.ensure_future(_disconnected(request))  # while it waits its turn
+            try:
+                async with self.running:
+                    if gone.done():  # nobody left to run it for
+                        raise ClientDisconnect()
+                    gone.cancel()
+                    summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna)
+            finally:
+                gone.cancel()
         except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             log.warning("slide request failed: %s: %s", type(exc).__name__, exc)
             raise
+        finally:
+            self.pending -= 1
         headers = {"X-Optimus-Tiles": str(summary.tiles), "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}"}
         return FileResponse(
             out, media_type=MEDIA_TYPES[options.format], headers=headers,
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
         )  # fmt: skip
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _save_body(request: Request, path: Path, limit: int) -> Path:
@@ -100,11 +133,11 @@ def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
     """A tar of one slide and bulk_rna.json -> the slide's path and the log1p counts."""
     try:
         with tarfile.open(body, "r:") as archive:
-            files = [member for member in archive.getmembers() if member.isfile()]
-            names = [member.name for member in files]
+            files = _files(archive, body.stat().st_size)
             rna = next((m for m in files if Path(m.name).name == BULK_RNA_FILE), None)
             slides = [m for m in files if m is not rna]
             if rna is None or len(slides) != 1:
+                names = [member.name for member in files]
                 raise ClientError(f"a tar must hold one slide and {BULK_RNA_FILE}; it holds {names}", field="body")
             with archive.extractfile(slides[0]) as source, (workdir / "slide").open("wb") as target:  # type: ignore[union-attr]
                 shutil.copyfileobj(source, target, 1 << 20)
@@ -116,11 +149,26 @@ def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
         raise ClientError(f"{BULK_RNA_FILE} is not JSON ({exc})", field="bulk_rna") from None
     if not isinstance(counts, list):
         raise ClientError(f"{BULK_RNA_FILE} must be a JSON list of counts", field="bulk_rna")
-    try:
-        bulk = bulk_rna_vector(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
-    except ClientError:
-        raise
-    except (TypeError, ValueError):
-        raise ClientError(f"{BULK_RNA_FILE} must hold numbers only", field="bulk_rna") from None
+    if not all(isinstance(count, int | float) and not isinstance(count, bool) for count in counts):
+        raise ClientError(f"{BULK_RNA_FILE} must hold numbers only", field="bulk_rna")
+    bulk = bulk_rna_vector(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
     assert bulk is not None
     return workdir / "slide", bulk
+
+
+def _files(archive: tarfile.TarFile, size: int) -> list[tarfile.TarInfo]:
+    """The regular files of a tar (links, devices and folders ignored), refusing more than MAX_TAR_MEMBERS
+    entries and sparse files (whose holes would unpack to more than the body: a disk bomb)."""
+    files = []
+    for count, member in enumerate(archive, start=1):
+        if count > MAX_TAR_MEMBERS:
+            raise ClientError(
+                f"a tar must hold one slide and {BULK_RNA_FILE}; it holds over {MAX_TAR_MEMBERS} entries", field="body"
+            )
+        if member.issparse() or member.size > size:
+            raise ClientError(
+                f"tar member '{member.name}' is sparse or larger than the tar; tar without --sparse", field="body"
+            )
+        if member.isfile():
+            files.append(member)
+    return files

@@ -83,12 +83,12 @@ def run_slide(
     slide = Slide(path, options.slide_mpp)
     workers = workers or os.cpu_count() or 1
     try:
+        mpp = options.mpp or runner.entry.resolution
+        grid = tissue.grid(slide.geometry, mpp, options.tile_size or runner.entry.tile_size)
         with ThreadPoolExecutor(workers, thread_name_prefix="slide-read") as pool:
             prefetch = 2 * workers
             mask, mask_mpp = tissue.tissue_mask(slide, models.runners[TISSUE_SEG], pool, prefetch)
             summary.seconds["tissue"] = time.perf_counter() - began
-            mpp = options.mpp or runner.entry.resolution
-            grid = tissue.grid(slide.geometry, mpp, options.tile_size or runner.entry.tile_size)
             ratios = tissue.tissue_ratios(mask, mask_mpp, slide.geometry, grid)
             kept, kept_ratios = tissue.select(grid, ratios, options.min_tissue)
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)

@@ -3,14 +3,16 @@ SageMaker async and batch transform pass through) and, on the local server, quer
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from model_code.catalogue import canonical_name
 from model_code.errors import ClientError
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
+MIN_MPP, MAX_MPP = 0.05, 64.0  # um/px: finer than any scanner's level 0, coarser than any tile worth embedding
 
 
 class SlideOptions(BaseModel):
@@ -18,35 +20,50 @@ class SlideOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="model to run; default: the endpoint's one model besides tissue-seg")
+    model: str | None = Field(
+        None, max_length=64, description="model to run; default: the endpoint's one model besides tissue-seg"
+    )
     mode: Literal["embedding", "prediction", "prediction_with_embedding"] = "embedding"
-    mpp: float | None = Field(None, gt=0, le=64, description="um/px the tiles are cut at; default: the model's (0.5)")
+    mpp: float | None = Field(
+        None, ge=MIN_MPP, le=MAX_MPP, description="um/px the tiles are cut at; default: the model's (0.5)"
+    )
     tile_size: int | None = Field(
         None, ge=16, le=4096, description="tile side in pixels at `mpp`; default: the model's"
     )
     min_tissue: float = Field(0.5, ge=0, le=1, description="keep a tile when its tissue ratio reaches this")
     format: Literal["h5", "zarr"] = "h5"
     dtype: Literal["float16", "float32"] = "float16"
-    slide_mpp: float | None = Field(None, gt=0, le=64, description="um/px of level 0, for slides without it")
-    slide_name: str | None = Field(None, max_length=256, description="recorded in the output's attributes")
+    slide_mpp: float | None = Field(None, ge=MIN_MPP, le=MAX_MPP, description="um/px of level 0, for slides without it")
+    slide_name: str | None = Field(
+        None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="recorded in the output's attributes"
+    )
 
 
-def parse_attributes(text: str | None) -> dict[str, str]:
-    """`model=h1;mpp=0.5` (`,` also separates) -> {"model": "h1", "mpp": "0.5"}; a pair without `=` is refused."""
-    pairs: dict[str, str] = {}
+def parse_attributes(text: str | None) -> list[tuple[str, str]]:
+    """`model=h1;mpp=0.5` (`,` also separates) -> [("model", "h1"), ("mpp", "0.5")]; a pair without `=` is refused."""
+    pairs: list[tuple[str, str]] = []
     for part in (text or "").replace(",", ";").split(";"):
         if not part.strip():
             continue
         key, sep, value = part.partition("=")
         if not sep:
             raise ClientError(f"'{part.strip()}' is not key=value", field="X-Amzn-SageMaker-Custom-Attributes")
-        pairs[key.strip()] = value.strip()
+        pairs.append((key.strip(), value.strip()))
     return pairs
 
 
-def slide_options(headers: Mapping[str, str], query: Mapping[str, str]) -> SlideOptions:
-    """The options of a request: custom attributes, then query parameters (which win)."""
-    raw = {**parse_attributes(headers.get(ATTRIBUTES_HEADER)), **query}
+def slide_options(
+    headers: Mapping[str, str], query: Iterable[tuple[str, str]], route: Mapping[str, str] | None = None
+) -> SlideOptions:
+    """The options of a request: custom attributes, then query parameters (which win), then the REST route's
+    model and mode, which fill in or must agree. An option given twice in one place is refused."""
+    raw = _unique(parse_attributes(headers.get(ATTRIBUTES_HEADER)), "X-Amzn-SageMaker-Custom-Attributes")
+    raw.update(_unique(query, "query"))
+    for name, value in (route or {}).items():
+        sent = raw.get(name, value)
+        if sent != value and (name != "model" or canonical_name(sent) != canonical_name(value)):
+            raise ClientError(f"'{sent}' contradicts '{value}' in the route", field=name)
+        raw[name] = value
     try:
         return SlideOptions.model_validate(raw)
     except ValidationError as exc:
@@ -55,3 +72,12 @@ def slide_options(headers: Mapping[str, str], query: Mapping[str, str]) -> Slide
         known = ", ".join(SlideOptions.model_fields)
         reason = f"unknown option (known: {known})" if first["type"] == "extra_forbidden" else first["msg"]
         raise ClientError(reason, field=field) from None
+
+
+def _unique(pairs: Iterable[tuple[str, str]], where: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for key, value in pairs:
+        if key in options:
+            raise ClientError(f"is given twice in the {where}", field=key)
+        options[key] = value
+    return options

@@ -14,9 +14,11 @@ import openslide
 from PIL import Image
 
 from model_code.errors import ClientError
+from model_code.slides.options import MAX_MPP, MIN_MPP
 
 LEVEL_TOLERANCE = 1.01  # a level 1% finer than asked for is used as it is, without resampling
-MAX_READ_SIDE = 2048  # larger regions (a slide without a pyramid) are read in quarters: memory stays bounded
+MAX_READ_SIDE = 2048  # larger regions (a slide without a pyramid) are read in pieces: memory stays bounded
+MAX_SIDE_MM = 100.0  # no glass slide is longer (75 mm, 75 x 50 for double-width): a larger claim is a bomb
 
 
 class SlideReadError(ClientError):
@@ -48,6 +50,14 @@ class Slide:
             raise SlideReadError(f"the slide is corrupt or truncated: {exc}") from None
         width, height = self._slide.dimensions
         self.geometry = Geometry(width, height, *_mpp(self._slide.properties, slide_mpp))
+        side_mm = max(width, height) * self.geometry.mpp / 1000
+        if side_mm > MAX_SIDE_MM:
+            self.close()
+            raise ClientError(
+                f"the slide is {width} x {height} px at {self.geometry.mpp:g} um/px ({self.geometry.mpp_source}): "
+                f"{side_mm:.0f} mm, over the {MAX_SIDE_MM:g} mm of any glass slide",
+                field="slide_mpp" if slide_mpp is not None else "body",
+            )
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
 
     def close(self) -> None:
@@ -55,29 +65,46 @@ class Slide:
 
     def read(self, x: int, y: int, extent: float, size: int) -> np.ndarray:
         """The level-0 square at (x, y) of side `extent` pixels, as a size x size x 3 uint8 array."""
-        downsample = extent / size
+        return self._read(x, y, extent, extent, size, size)
+
+    def _read(self, x: float, y: float, width: float, height: float, w: int, h: int) -> np.ndarray:
+        """The level-0 box (x, y, width, height) as an h x w x 3 array; a box over MAX_READ_SIDE pixels at its
+        level (no level near the scale asked for, as in a slide without a pyramid) is read in halves."""
+        downsample = min(width / w, height / h)
         level = max(
             (i for i, d in enumerate(self._slide.level_downsamples) if d <= downsample * LEVEL_TOLERANCE), default=0
         )
         level_downsample = self._slide.level_downsamples[level]
-        side = round(extent / level_downsample)
-        if abs(side - size) <= size * (LEVEL_TOLERANCE - 1):
-            side = size
-        if side > MAX_READ_SIDE and size % 2 == 0:  # no level near the scale asked for: read it in quarters
-            half, step = size // 2, extent / 2
-            rows = [
-                np.concatenate([self.read(round(x + i * step), round(y + j * step), step, half) for i in (0, 1)], 1)
-                for j in (0, 1)
+        side_w, side_h = _snap(round(width / level_downsample), w), _snap(round(height / level_downsample), h)
+        if max(side_w, side_h) > MAX_READ_SIDE and max(w, h) > 1:
+            if side_w >= side_h and w > 1:
+                left = w // 2
+                split = width * left / w
+                pieces = [
+                    self._read(x, y, split, height, left, h),
+                    self._read(x + split, y, width - split, height, w - left, h),
+                ]
+                return np.concatenate(pieces, 1)
+            top = h // 2
+            split = height * top / h
+            pieces = [
+                self._read(x, y, width, split, w, top),
+                self._read(x, y + split, width, height - split, w, h - top),
             ]
-            return np.concatenate(rows, 0)
+            return np.concatenate(pieces, 0)
         try:
-            region = self._slide.read_region((x, y), level, (side, side))
+            region = self._slide.read_region((round(x), round(y)), level, (max(side_w, 1), max(side_h, 1)))
         except openslide.OpenSlideError as exc:
-            raise SlideReadError(f"the slide's pixels at ({x}, {y}) cannot be decoded: {exc}") from None
+            raise SlideReadError(f"the slide's pixels at ({round(x)}, {round(y)}) cannot be decoded: {exc}") from None
         rgb = _on_white(region)
-        if side != size:
-            rgb = rgb.resize((size, size), Image.Resampling.BICUBIC)
+        if rgb.size != (w, h):
+            rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
         return np.asarray(rgb)
+
+
+def _snap(side: int, size: int) -> int:
+    """A side within LEVEL_TOLERANCE of the size asked for is read as that size, without resampling."""
+    return size if abs(side - size) <= size * (LEVEL_TOLERANCE - 1) else side
 
 
 def _on_white(region: Image.Image) -> Image.Image:
@@ -101,6 +128,11 @@ def _mpp(properties: Mapping[str, str], override: float | None) -> tuple[float, 
             "level 0> in X-Amzn-SageMaker-Custom-Attributes (or as a query parameter)",
             field="slide_mpp",
         ) from None
-    if x <= 0 or abs(x - y) > 0.01 * x:
+    if not MIN_MPP <= x <= MAX_MPP:
+        raise ClientError(
+            f"the slide's mpp ({x:g} um/px) is not between {MIN_MPP} and {MAX_MPP:g}; send slide_mpp=<um/px>",
+            field="slide_mpp",
+        )
+    if abs(x - y) > 0.01 * x:
         raise ClientError(f"the slide's mpp ({x} x {y}) is not square; send slide_mpp=<um/px>", field="slide_mpp")
     return x, "metadata"

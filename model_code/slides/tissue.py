@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model_code.errors import ClientError
 from model_code.records import Record
 from model_code.runners import Runner
 from model_code.slides.reader import Geometry, Slide
 
 Read = Callable[[tuple[int, int]], np.ndarray]
+MAX_TILE_UM = 8192  # a tile's side: 8 mm, far above any model's field of view (224 px at 0.5 um/px: 112 um)
+MAX_GRID_TILES = 4_000_000  # a 100 mm square slide in 224 px tiles at 0.25 um/px has 3.2 million
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,20 @@ class Grid:
 
 
 def grid(geometry: Geometry, mpp: float, size: int) -> Grid:
-    """Every whole tile of `size` pixels at `mpp` um/px that fits in the slide, row by row."""
+    """Every whole tile of `size` pixels at `mpp` um/px that fits in the slide, row by row; a tile over
+    MAX_TILE_UM or a grid over MAX_GRID_TILES is refused."""
+    if size * mpp > MAX_TILE_UM:
+        raise ClientError(
+            f"tiles of {size} px at {mpp:g} um/px span {size * mpp:g} um, over {MAX_TILE_UM} um", field="tile_size"
+        )
     extent = size * mpp / geometry.mpp
     cols, rows = int(geometry.width // extent), int(geometry.height // extent)
+    if cols * rows > MAX_GRID_TILES:
+        raise ClientError(
+            f"tiles of {size} px at {mpp:g} um/px lay a grid of {cols * rows} tiles on this slide, over "
+            f"{MAX_GRID_TILES}; raise tile_size or mpp",
+            field="tile_size",
+        )
     ys, xs = np.mgrid[0:rows, 0:cols]
     coords = np.stack([np.round(xs.ravel() * extent), np.round(ys.ravel() * extent)], axis=1).astype(np.int64)
     return Grid(coords, extent, size)
@@ -81,8 +95,8 @@ def tissue_mask(slide: Slide, seg: Runner, pool: Executor, prefetch: int) -> tup
 def tissue_ratios(mask: np.ndarray, mask_mpp: float, geometry: Geometry, tiles: Grid) -> np.ndarray:
     """The fraction of each tile's area that the mask marks as tissue (float32, [N])."""
     scale = geometry.mpp / mask_mpp  # mask pixels per level-0 pixel
-    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int32)  # masks are under 2**31 px
+    integral[1:, 1:] = mask.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32)
     x0 = np.clip(np.round(tiles.coords[:, 0] * scale).astype(np.int64), 0, mask.shape[1] - 1)
     y0 = np.clip(np.round(tiles.coords[:, 1] * scale).astype(np.int64), 0, mask.shape[0] - 1)
     side = max(round(tiles.extent * scale), 1)
