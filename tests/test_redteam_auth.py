@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ def guarded(artifact: Path) -> Iterator[Running]:
         yield running
 
 
-def raw(running: Running, method: str, path: str, headers: list[str] = ()) -> tuple[int, bytes]:  # type: ignore[assignment]
+def raw(running: Running, method: str, path: str, headers: Sequence[str] = ()) -> tuple[int, bytes]:
     """Status and body of a request sent byte for byte as written."""
     port = int(running.url.rsplit(":", 1)[1])
     lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close", "Content-Length: 0", *headers]

@@ -26,10 +26,11 @@ import pytest
 
 from kit.artifacts.builder import package
 from kit.endpoints.samples import synthetic_counts
-from kit.slides.synthetic import make_slide
+from kit.slides.synthetic import make_slide, write_svs
 from model_code.settings import Settings
 from model_code.slides import job
 from model_code.slides.http import MAX_TAR_MEMBERS
+from model_code.slides.reader import MAX_READ_SIDE, Slide
 from tests.serving import Running, free_port, serve_in_thread
 from tests.test_slides import ATTRIBUTES, post_slide, tile_api
 
@@ -174,6 +175,24 @@ def test_body_over_max_slide_mb_is_413(
 ) -> None:
     monkeypatch.setattr(running.server.slides, "max_bytes", len(slide) // 2)
     assert "MAX_SLIDE_MB" in refused(post_slide(running, slide, "model=h1"), "body", 413)
+
+
+def test_reads_without_a_near_level_stay_in_bounded_pieces(tmp_path: Path) -> None:
+    """An odd output size used to stop the splitting: 7 px of a 4096 px region was one 4096 px read."""
+    flat = write_svs(tmp_path / "flat.svs", np.full((4096, 4096, 3), 180, np.uint8), 0.25, pyramid=False)
+    slide = Slide(flat)
+    sides: list[tuple[int, int]] = []
+    plain = slide._slide.read_region
+
+    def recording(location: tuple[int, int], level: int, size: tuple[int, int]) -> object:
+        sides.append(size)
+        return plain(location, level, size)
+
+    with mock.patch.object(slide._slide, "read_region", recording):
+        tile = slide.read(0, 0, 4096, 7)
+    slide.close()
+    assert tile.shape == (7, 7, 3) and (tile == 180).all()
+    assert max(max(side) for side in sides) <= MAX_READ_SIDE and sum(w * h for w, h in sides) > 0.99 * 4096**2
 
 
 # --- tars ------------------------------------------------------------------------------------------------------
