@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# `make image-check`: build container/Dockerfile with podman and run the image as SageMaker runs it.
+#
+# From a fresh clone on a Debian machine, as root: installs podman, runc and debootstrap; builds a stand-in for
+# python:3.11-slim-bookworm (container/base_image.sh, cached); builds the Dockerfile with only build arguments
+# differing (the base image and where torch comes from); packages the two demo artifacts; then, for each of the
+# vendor's packages, runs the image with the command `serve`, the artifact read-only at /opt/ml/model, the image's
+# own user, a read-only root with a tmpfs at /tmp, all capabilities dropped and no network, and checks it from
+# inside its network namespace (container/probe.py: /ping, the vendor payloads, a bad input's 4xx, then
+# `kit smoke`). Last, SIGTERM: the server must exit 0 within the grace period.
+#
+# Environment: IMAGE_CHECK_TORCH_INDEX (default PyPI's, https://pypi.org/simple), IMAGE_CHECK_IMAGE,
+# IMAGE_CHECK_BASE, IMAGE_CHECK_GRACE_S (default 30, the server's GRACEFUL_TIMEOUT_S).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PY=${PY:-$REPO/.venv/bin/python}
+IMAGE=${IMAGE_CHECK_IMAGE:-localhost/optimus-serving:check}
+BASE=${IMAGE_CHECK_BASE:-localhost/python-3.11-slim-bookworm-standin}
+TORCH_INDEX=${IMAGE_CHECK_TORCH_INDEX:-https://pypi.org/simple}
+GRACE_S=${IMAGE_CHECK_GRACE_S:-30}
+WORK=$REPO/build/image-check
+PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
+began=$(date +%s)
+step() { printf '\n[image-check %4ds] %s\n' $(($(date +%s) - began)) "$*"; }
+
+step "tools: podman, runc, debootstrap"
+missing=()
+for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# This machine refuses to raise RLIMIT_NOFILE, which podman does by default (see DESIGN.md).
+if ! grep -qs '^default_ulimits' /etc/containers/containers.conf; then
+    mkdir -p /etc/containers
+    if grep -qs '^\[containers\]' /etc/containers/containers.conf; then
+        sed -i 's/^\[containers\]/[containers]\ndefault_ulimits = []/' /etc/containers/containers.conf
+    else
+        printf '[containers]\ndefault_ulimits = []\n' >>/etc/containers/containers.conf
+    fi
+fi
+
+step "base image: $BASE"
+container/base_image.sh "$BASE"
+
+step "build $IMAGE (torch from $TORCH_INDEX)"
+# pip inside the build trusts the host's CA bundle and pip.conf (this machine's network needs them).
+mounts=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
+[[ -f /etc/pip.conf ]] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
+build_began=$(date +%s)
+"${PODMAN[@]}" build --pull=never --network host "${mounts[@]}" \
+    --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL="$TORCH_INDEX" \
+    -f container/Dockerfile -t "$IMAGE" .
+echo "build: $(($(date +%s) - build_began)) s"
+"${PODMAN[@]}" image inspect "$IMAGE" --format 'image size: {{.Size}} bytes' |
+    awk '{printf "image size: %.2f GB (%s bytes)\n", $3 / 1e9, $3}'
+echo "biggest layers:"
+"${PODMAN[@]}" history --human=false --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | sort -rn | head -5 |
+    awk -F'\t' '{printf "  %8.1f MB  %s\n", $1 / 1e6, substr($2, 1, 110)}'
+
+step "demo artifacts, unpacked from model.tar.gz as SageMaker does into /opt/ml/model"
+declare -A MODELS=([H1]=h1,tissue-seg [M]=m-optimus,tissue-seg)
+for package in H1 M; do
+    [[ -f $WORK/$package/model.tar.gz ]] ||
+        PYTHONPATH=$REPO "$PY" -m kit package --demo --models "${MODELS[$package]}" --out "$WORK/$package"
+    rm -rf "$WORK/$package/opt-ml-model" && mkdir "$WORK/$package/opt-ml-model"
+    tar -C "$WORK/$package/opt-ml-model" -xzf "$WORK/$package/model.tar.gz"
+done
+
+failed=0
+# H1 takes its port from SAGEMAKER_BIND_TO_PORT, M the default 8080.
+declare -A PORTS=([H1]=9081 [M]=8080)
+for package in H1 M; do
+    name=image-check-${package,,}
+    port=${PORTS[$package]}
+    env=()
+    [[ $port != 8080 ]] && env=(-e SAGEMAKER_BIND_TO_PORT="$port")
+    step "run $package: serve on port $port, --network none, read-only root"
+    "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
+    started=$(date +%s.%N)
+    "${PODMAN[@]}" run -d --name "$name" --network none --read-only --read-only-tmpfs=false \
+        --tmpfs /tmp:rw,nosuid,nodev,size=512m --cap-drop all --security-opt no-new-privileges \
+        -v "$WORK/$package/opt-ml-model:/opt/ml/model:ro" "${env[@]}" "$IMAGE" serve >/dev/null
+    pid=$("${PODMAN[@]}" inspect "$name" --format '{{.State.Pid}}')
+    # The checks run on this machine's tools, inside the container's network namespace: only its loopback.
+    if nsenter --net="/proc/$pid/ns/net" env PYTHONPATH="$REPO" "$PY" container/probe.py \
+        --url "http://127.0.0.1:$port" --package "$package" --started "$started" --pid "$pid" \
+        --payloads "${VENDOR_PAYLOADS:-$REPO/../shared/fixtures/vendor-payloads}"; then
+        :
+    else
+        failed=1
+    fi
+    user=$("${PODMAN[@]}" exec "$name" id -un)
+    echo "runs as: $user; written under /tmp: $("${PODMAN[@]}" exec "$name" du -sh /tmp | cut -f1)"
+    [[ $user != root ]] || { echo "FAIL: the server runs as root"; failed=1; }
+    stopping=$(date +%s.%N)
+    "${PODMAN[@]}" kill --signal TERM "$name" >/dev/null
+    code=$(timeout "$GRACE_S" "${PODMAN[@]}" wait "$name" || echo timeout)
+    took=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $stopping}")
+    echo "SIGTERM: exit $code after ${took} s (grace ${GRACE_S} s)"
+    [[ $code == 0 ]] || { echo "FAIL: no clean exit within the grace period"; failed=1; }
+    if "${PODMAN[@]}" logs "$name" 2>&1 | grep -E 'Traceback|Read-only file system|Permission denied|WARNING'; then
+        echo "FAIL: the server's log above shows errors or warnings"
+        failed=1
+    fi
+    "${PODMAN[@]}" rm -f "$name" >/dev/null
+done
+
+step "image check $([[ $failed == 0 ]] && echo passed || echo FAILED) in $(($(date +%s) - began)) s"
+exit $failed
