@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install tools test lint demo bench soak synth clean
+.PHONY: install tools test lint demo bench soak synth image-check clean
 
 install: $(STAMP)
 
@@ -58,6 +58,11 @@ build/demo/H1/model.tar.gz: $(STAMP)
 
 build/demo/M/model.tar.gz: $(STAMP)
 	$(PY) -m kit package --demo --models m-optimus,tissue-seg --out build/demo/M
+
+# The serving image built with podman (a Debian stand-in for its base, PyPI's torch) and run as SageMaker runs it:
+# read-only root, no network, the demo artifacts at /opt/ml/model; vendor payloads, kit smoke, SIGTERM. Needs root.
+image-check: install
+	container/image_check.sh
 
 clean:
 	rm -rf $(VENV) build cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -95,7 +95,8 @@ def check_payload(client: httpx.Client, path: Path) -> list[str]:
     got = [json.loads(line) for line in answer.text.splitlines()] if path.suffix == ".jsonl" else [answer.json()]
     expected = records(path.with_name(path.name + ".out"))
     shapes = len(got) == len(expected) and all(
-        set(want) <= set(have) and len(have["output"]) == len(want["output"]) for have, want in zip(got, expected)
+        set(want) <= set(have) and len(have["output"]) == len(want["output"])
+        for have, want in zip(got, expected, strict=True)
     )
     print(f"{path.name}: {len(got)} answer(s), {'vendor shapes' if shapes else 'SHAPES DIFFER'}")
     return [] if shapes else [f"{path.name}: keys or output sizes differ from {path.name}.out"]
