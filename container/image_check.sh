@@ -55,8 +55,10 @@ echo "build: $(($(date +%s) - build_began)) s"
 "${PODMAN[@]}" image inspect "$IMAGE" --format 'image size: {{.Size}} bytes' |
     awk '{printf "image size: %.2f GB (%s bytes)\n", $3 / 1e9, $3}'
 echo "biggest layers:"
-"${PODMAN[@]}" history --human=false --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | sort -rn | head -5 |
-    awk -F'\t' '{printf "  %8.1f MB  %s\n", $1 / 1e6, substr($2, 1, 110)}'
+"${PODMAN[@]}" history --format json "$IMAGE" | "$PY" -c '
+import json, sys
+for layer in sorted(json.load(sys.stdin), key=lambda layer: -layer["size"])[:4]:
+    print("  %8.1f MB  %s" % (layer["size"] / 1e6, layer["CreatedBy"][:100]))'
 
 step "demo artifacts, unpacked from model.tar.gz as SageMaker does into /opt/ml/model"
 declare -A MODELS=([H1]=h1,tissue-seg [M]=m-optimus,tissue-seg)
