@@ -47,11 +47,16 @@ step "build $IMAGE (torch from $TORCH_INDEX)"
 # pip inside the build trusts the host's CA bundle and pip.conf (this machine's network needs them).
 mounts=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
 [[ -f /etc/pip.conf ]] && mounts+=(-v /etc/pip.conf:/etc/pip.conf:ro)
+previous=$("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Id}}' 2>/dev/null || true)
 build_began=$(date +%s)
 "${PODMAN[@]}" build --pull=never --network host "${mounts[@]}" \
     --build-arg BASE_IMAGE="$BASE" --build-arg TORCH_INDEX_URL="$TORCH_INDEX" \
     -f container/Dockerfile -t "$IMAGE" .
 echo "build: $(($(date +%s) - build_began)) s"
+# A rebuild leaves the previous image untagged (6 GB): remove it.
+if [[ -n $previous && $previous != $("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Id}}') ]]; then
+    "${PODMAN[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi
 "${PODMAN[@]}" image inspect "$IMAGE" --format 'image size: {{.Size}} bytes' |
     awk '{printf "image size: %.2f GB (%s bytes)\n", $3 / 1e9, $3}'
 echo "biggest layers:"
