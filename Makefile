@@ -27,10 +27,13 @@ lint: install
 demo: install
 	$(PY) -m kit demo
 
-# Serving benchmark on this machine, then the GPU benchmark (its CPU mode where there is no GPU).
+# Serving and whole-slide benchmarks on this machine, then the GPU benchmark (its CPU mode where there is no
+# GPU), then packaging and loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
 bench: install
 	$(PY) -m bench.serving
+	$(PY) -m bench.slides
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
+	$(PY) -m bench.load_bench
 
 # Soak and fault test: SOAK_MINUTES of mixed load with bad inputs and a poison tile; fails on memory growth,
 # stray 5xx or mismatched answers (report in build/soak/soak.json).

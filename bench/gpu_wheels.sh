@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACKAGES="fastapi starlette pydantic pydantic_core annotated-types annotated-doc typing-inspection typing_extensions
-uvicorn httptools orjson pybase64 boto3 botocore s3transfer jmespath timm opentelemetry-api"
+uvicorn httptools orjson pybase64 boto3 botocore s3transfer jmespath timm opentelemetry-api
+openslide-python openslide-bin h5py zarr numcodecs donfig google-crc32c pyyaml"
 mkdir -p .whl
 for name in $PACKAGES; do
     pin=$(.venv/bin/pip freeze 2>/dev/null | grep -i -E "^${name//[-_]/[-_]}==" | head -1)

@@ -22,9 +22,11 @@ COMMANDS: dict[str, str] = {
     "package": "kit.artifacts.package",
     "verify": "kit.artifacts.verify",
     "upload": "kit.artifacts.upload",
+    "preflight": "kit.deploy.preflight",
     "wait": "kit.deploy.wait",
     "smoke": "kit.endpoints.smoke",
     "demo": "kit.demo",
+    "slides run": "kit.slides.run",
 }
 
 

@@ -1,8 +1,9 @@
 """`python -m kit demo` (`make demo`): the whole path offline, on a CPU, in a few minutes.
 
 Packages the demo models of the vendor's two packages, starts the real server for each on a local
-port, runs the smoke test against both through boto3, synthesizes the CDK stacks (cdk-nag and cfn-lint
-included), prints what ran where, and stops the servers.
+port, runs the smoke test against both through boto3 and a generated whole slide through H1's slide
+path (a picture of its features), synthesizes the CDK stacks (cdk-nag and cfn-lint included), prints
+what ran where, and stops the servers.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def run_demo(workdir: Path, requests: int = 10) -> int:
     from kit.artifacts.builder import package
     from kit.endpoints.checks import Report, smoke
     from kit.local import serve_model
+    from kit.slides.demo import slide_demo
 
     workdir = workdir.resolve()
     reports: dict[str, Report] = {}
@@ -47,6 +49,8 @@ def run_demo(workdir: Path, requests: int = 10) -> int:
             reports[name] = smoke(
                 {endpoint: list(models)}, endpoint_url=server.url, requests=requests, region="us-east-1"
             )
+            if name == "H1":  # a whole slide through the same server's slide path
+                slide, picture = slide_demo(workdir / "slides", server.url)
         print(f"[smoke]   {name}: boto3 sagemaker-runtime -> {server.url}")
         print("          " + reports[name].text().replace("\n", "\n          "))
     synthesized = _synth(workdir)
@@ -56,8 +60,10 @@ def run_demo(workdir: Path, requests: int = 10) -> int:
         latency = "; ".join(f"{k.split('/', 1)[1]} p50 {v['p50']:.1f} ms" for k, v in report.latency_ms.items())
         passed = len(report.checks) - failed
         print(f"  {name}: {passed}/{len(report.checks)} checks passed on a local CPU server ({latency})")
+    print(f"  slide: {slide.status}, {slide.tiles} tiles at {slide.tiles_per_s:.1f} tiles/s {slide.reason}".rstrip())
+    print(f"  picture: {picture}")
     print(f"  CDK: {synthesized}")
-    ok = all(r.passed for r in reports.values()) and synthesized.startswith("synthesized")
+    ok = all(r.passed for r in reports.values()) and synthesized.startswith("synthesized") and picture is not None
     print("demo " + ("passed" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -42,7 +42,7 @@ H0_MINI_TIMM = {
     "embed_dim": 768,
     "depth": 12,
     "num_heads": 12,
-    "mlp_ratio": 4.0,
+    "mlp_ratio": 5.33334,  # SwiGLU hidden 2048: about 86 M parameters (4.0 would give about 72 M)
 }
 
 
@@ -58,9 +58,12 @@ class ModelSpec:
     outputs: dict[str, int]  # output name -> length per tile
     normalisation: dict[str, tuple[float, float, float]] | None
     timm_config: dict[str, object] | None = None
+    timm_architecture: str | None = None  # the name in timm's registry a checkpoint's config.json gives
     pooling: str = "cls"  # encoders: "cls" or "cls+mean_patch"
     bulk_rna_genes: int = 0  # length of the optional bulk_rna input; 0: the model takes none
     aliases: tuple[str, ...] = field(default=())
+    licence: str = "the vendor's licence agreement"
+    weights_source: str = "delivered by Bioptimus under contract"
 
     @property
     def embedding_dim(self) -> int | None:
@@ -76,14 +79,25 @@ H1 = ModelSpec(
     outputs={EMBEDDING: 1536},
     normalisation=H_OPTIMUS_NORMALISATION,
     timm_config=H_OPTIMUS_TIMM,
+    timm_architecture="vit_giant_patch14_reg4_dinov2",
+    licence="CC-BY-NC-ND-4.0 for the public weights (non-commercial); commercial use under the vendor's licence",
+    weights_source="https://huggingface.co/bioptimus/H-optimus-1, or the vendor's delivery (AWS Marketplace)",
 )
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         H1,
-        replace(H1, name="h0"),  # H-optimus-0: the same architecture, public weights
-        replace(H1, name="h0-mini", timm_config=H0_MINI_TIMM, pooling="cls+mean_patch"),
+        replace(H1, name="h0", licence="Apache-2.0", weights_source="https://huggingface.co/bioptimus/H-optimus-0"),
+        replace(
+            H1,
+            name="h0-mini",
+            timm_config=H0_MINI_TIMM,
+            timm_architecture="vit_base_patch14_reg4_dinov2",
+            pooling="cls+mean_patch",
+            licence="CC-BY-NC-ND-4.0",
+            weights_source="https://huggingface.co/bioptimus/H0-mini",
+        ),
         ModelSpec(
             name="m-optimus",
             family="m-optimus",
@@ -111,6 +125,59 @@ ALIASES: dict[str, str] = {alias: spec.name for spec in MODELS.values() for alia
 
 # The vendor's two model packages; one endpoint hosts one package.
 PACKAGES: dict[str, tuple[str, ...]] = {"H1": ("h1", "tissue-seg"), "M": ("m-optimus", "tissue-seg")}
+
+
+# What a program (torch.export or AOTInductor package) of each family takes and returns, per tile: the
+# batch axis comes first and is left out here. Kinds: "float" (the package's precision) or "int64".
+PROGRAM_INPUTS: dict[str, tuple[tuple[str, tuple[int, ...], str], ...]] = {
+    "encoder": (("tiles", (3, 224, 224), "float"),),
+    "m-optimus": (
+        ("tiles", (3, 224, 224), "float"),
+        ("bulk_rna", (N_INPUT_GENES,), "float"),
+        ("probe_groups", (), "int64"),
+    ),
+    "tissue-seg": (("tiles", (3, 512, 512), "float"),),
+}
+PROGRAM_OUTPUTS: dict[str, tuple[tuple[str, tuple[int, ...]], ...]] = {
+    "encoder": (("embedding", (1536,)),),
+    "m-optimus": (("predictions", (N_OUTPUT_GENES,)), ("embedding", (1536,))),
+    "tissue-seg": (("logits", (1, 512, 512)),),
+}
+
+# The GPU of each SageMaker instance family and its CUDA architecture (compute capability).
+INSTANCE_GPUS: dict[str, tuple[str, str]] = {
+    "ml.g4dn": ("NVIDIA T4", "sm_75"),
+    "ml.g5": ("NVIDIA A10G", "sm_86"),
+    "ml.g6": ("NVIDIA L4", "sm_89"),
+    "ml.g6e": ("NVIDIA L40S", "sm_89"),
+    "ml.p3": ("NVIDIA V100", "sm_70"),
+    "ml.p4d": ("NVIDIA A100", "sm_80"),
+    "ml.p4de": ("NVIDIA A100", "sm_80"),
+    "ml.p5": ("NVIDIA H100", "sm_90"),
+    "ml.p5e": ("NVIDIA H200", "sm_90"),
+    "ml.p5en": ("NVIDIA H200", "sm_90"),
+    "ml.p6-b200": ("NVIDIA B200", "sm_100"),
+}
+
+
+def instance_gpu(instance_type: str) -> tuple[str, str] | None:
+    """(GPU name, CUDA architecture) of an instance type such as ml.g5.xlarge; None for CPU instances."""
+    return INSTANCE_GPUS.get(instance_type.rsplit(".", 1)[0])
+
+
+def arch_runs_on(compiled: str, gpu: str) -> bool:
+    """Whether kernels compiled for `compiled` (sm_86, sm_90a) run on a `gpu` (sm_89): CUDA binaries run on
+    the same major architecture at an equal or higher minor; arch-specific ("a") code only on its own."""
+    code, here = compiled.removeprefix("sm_"), gpu.removeprefix("sm_")
+    if code.endswith("a"):
+        return code[:-1] == here.rstrip("a")
+    want, have = int(code), int(here.rstrip("a"))
+    return want // 10 == have // 10 and want % 10 <= have % 10
+
+
+def instances_for(arch: str) -> list[str]:
+    """Instance families whose GPU runs kernels compiled for `arch`."""
+    return [family for family, (_, gpu) in INSTANCE_GPUS.items() if arch_runs_on(arch, gpu)]
 
 
 def canonical_name(name: str) -> str | None:

@@ -11,6 +11,7 @@ split in halves and retried, so only the tile that fails gets a 503 entry.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -21,6 +22,7 @@ import numpy as np
 import orjson
 import torch
 
+from model_code import aoti
 from model_code.catalogue import (
     EMBEDDING,
     MODELS,
@@ -31,7 +33,7 @@ from model_code.catalogue import (
 )
 from model_code.errors import ArtifactError, ClientError, ForwardError
 from model_code.loaders import load_program, load_vit
-from model_code.manifest import read_gene_csv, read_manifest
+from model_code.manifest import ModelEntry, read_gene_csv, read_manifest
 from model_code.records import (
     JSONLINES,
     Layout,
@@ -43,6 +45,8 @@ from model_code.records import (
 )
 from model_code.runners import RUNNERS, ForwardHooks, Runner
 from model_code.settings import Limits, max_batch_size
+
+log = logging.getLogger(__name__)
 
 RecordMap = Callable[
     [Callable[[tuple[int, Any]], "Record | ClientError"], list[tuple[int, Any]]], Iterable["Record | ClientError"]
@@ -72,8 +76,9 @@ def model_fn(model_dir: str | Path) -> Models:
     return load_models(model_dir)
 
 
-def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None) -> Models:
-    """model_fn, with the server's callbacks around each forward pass."""
+def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None, only: Iterable[str] | None = None) -> Models:
+    """model_fn, with the server's callbacks around each forward pass; optionally for some of the artifact's
+    models (`kit package` checks those it can run here)."""
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     expected = os.environ.get("OPTIMUS_MODELS")  # set by the CDK stack: the models this endpoint must host
@@ -86,13 +91,10 @@ def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None) -> Mod
     max_batch = max_batch_size()
     runners: dict[str, Runner] = {}
     for entry in manifest.models:
+        if only is not None and entry.name not in only:
+            continue
         files = {role: model_dir / path for role, path in entry.files.items()}
-        module: torch.nn.Module
-        if entry.format == "timm-safetensors":
-            module = load_vit(dict(entry.timm_config or {}), files["weights"])
-        else:
-            module = load_program(files["program"])
-        runner = RUNNERS[MODELS[entry.name].family](entry, module, device, max_batch, hooks)
+        runner = _load_runner(entry, files, device, max_batch, hooks)
         if entry.name == "m-optimus":
             runner.extra_metadata = {
                 "input_genes": read_gene_csv(files["input_genes"], N_INPUT_GENES),
@@ -100,6 +102,31 @@ def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None) -> Mod
             }
         runners[entry.name] = runner
     return Models(runners, model_dir)
+
+
+def _load_runner(
+    entry: ModelEntry, files: dict[str, Path], device: torch.device, max_batch: int, hooks: ForwardHooks | None
+) -> Runner:
+    """One model's module on its device, in the runner of its family. An AOTInductor package is probed
+    first (precision, batch bounds, output shapes) under this torch, and its batches capped at its bound."""
+    family = MODELS[entry.name].family
+    module: torch.nn.Module
+    if entry.format == "timm-safetensors":
+        module = load_vit(dict(entry.timm_config or {}), files["weights"], device)
+    elif entry.format == "torch-export":
+        module = load_program(files["program"], device)
+    else:
+        facts = aoti.read_facts(files["program"])
+        device = aoti.check_device(files["program"], facts, device)
+        module = aoti.load_package(files["program"], device)
+        probed = aoti.probe(module, family, device, max_batch, entry.name)
+        max_batch = min(max_batch, probed.batch_max or max_batch)
+        log.info(
+            "model %s: AOTInductor package for %s%s, runs in %s as compiled (no autocast), batches of %d to %d tiles",
+            entry.name, facts.device, f" {facts.cuda_arch}" if facts.cuda_arch else "", probed.precision,
+            probed.batch_min, max_batch,
+        )  # fmt: skip
+    return RUNNERS[family](entry, module, device, max_batch, hooks)
 
 
 def input_fn(input_data: bytes | str, content_type: str) -> Batch:

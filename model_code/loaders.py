@@ -1,5 +1,6 @@
 """Torch modules from artifact files: timm ViTs from a config plus a safetensors state dict, and
-exported programs (`.pt2`). The packager uses the same functions, so what it checks is what serves."""
+exported programs (`.pt2`; AOTInductor packages are model_code.aoti's). The packager uses the same
+functions, so what it checks is what serves."""
 
 from __future__ import annotations
 
@@ -38,25 +39,37 @@ def build_vit(config: dict[str, Any]) -> VisionTransformer:
         raise ArtifactError(f"timm_config is not valid for timm's VisionTransformer: {exc}") from None
 
 
-def load_vit(config: dict[str, Any], weights: Path) -> VisionTransformer:
-    """Build the ViT and load its state dict strictly: any missing or unexpected key is refused."""
-    model = build_vit(config)
-    state = load_file(str(weights))
-    load_state_dict_strict(model, state, str(weights))
+def load_vit(config: dict[str, Any], weights: Path, device: torch.device) -> VisionTransformer:
+    """Build the ViT on the meta device and put the safetensors' tensors straight into place, on `device`
+    and in their stored dtype: no random initialisation and no full copy on the host (safetensors maps
+    the file). Any missing, unexpected or misshapen key is refused."""
+    with torch.device("meta"):
+        model = build_vit(config)
+    state = load_file(str(weights), device=str(device))
+    check_state_dict(model, state, str(weights))
+    model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every tensor into the model; missing, unexpected or misshapen keys are refused."""
-    try:
-        model.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"{source} does not fit the architecture: {str(exc)[:1500]}") from None
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a state dict whose names or shapes differ from the model's (which may live on the meta device)."""
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    given = {key: tuple(value.shape) for key, value in state.items()}
+    problems = [f"missing {sorted(set(expected) - set(given))}"] if set(expected) - set(given) else []
+    if set(given) - set(expected):
+        problems.append(f"unexpected {sorted(set(given) - set(expected))}")
+    problems += [
+        f"{key}: shape {list(given[key])}, the architecture needs {list(shape)}"
+        for key, shape in expected.items()
+        if key in given and given[key] != shape
+    ]
+    if problems:
+        raise ArtifactError(f"{source} does not fit the architecture: {'; '.join(problems)[:1500]}")
 
 
-def load_program(path: Path) -> torch.nn.Module:
+def load_program(path: Path, device: torch.device) -> torch.nn.Module:
     """An exported program saved with torch.export.save, as a callable module."""
     try:
-        return torch.export.load(str(path)).module()
+        return torch.export.load(str(path)).module().to(device)
     except Exception as exc:  # torch raises many types for a bad archive
         raise ArtifactError(f"{path} is not a loadable torch.export program: {exc}") from None

@@ -26,21 +26,41 @@ class Normalisation(BaseModel):
     std: tuple[float, float, float]
 
 
+class AotiPackage(BaseModel):
+    """What `kit package` found out about an AOTInductor package (see model_code.aoti)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Literal["cpu", "cuda"]
+    cuda_arch: str | None  # "sm_86": the kernels' architecture
+    cpu_isa: str | None
+    batch_min: int = 1
+    batch_max: int | None = None  # None: no bound found
+    shapes_from: Literal["model_metadata.json", "probe"]
+    probed_with_torch: str | None  # the torch release that loaded and ran it when packaged; None: not run
+
+
 class ModelEntry(BaseModel):
-    """One model of an artifact; `files` maps a role (weights, program, input_genes, output_genes) to a path."""
+    """One model of an artifact; `files` maps a role (weights, program, input_genes, output_genes) to a path.
+
+    `dtype` is the stored weights' dtype, or for an AOTInductor package the precision compiled in.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    format: Literal["timm-safetensors", "torch-export"]
+    format: Literal["timm-safetensors", "torch-export", "aoti-package"]
     files: dict[str, str]
     tile_size: int
     resolution: float
     normalisation: Normalisation | None
     outputs: dict[str, int]
-    dtype: Literal["float32", "float16"]
+    dtype: Literal["float32", "float16", "bfloat16"]
     timm_config: dict[str, object] | None = None
+    package: AotiPackage | None = None
     pooling: Literal["cls", "cls+mean_patch"] = "cls"
+    licence: str = ""
+    source: str = ""  # where the weights came from
     demo: bool = False
 
     @classmethod
@@ -60,6 +80,8 @@ class ModelEntry(BaseModel):
                 "outputs": spec.outputs,
                 "dtype": dtype,
                 "pooling": spec.pooling,
+                "licence": "demo weights, no licence needed" if demo else spec.licence,
+                "source": "random weights built by the kit (kit/demo_models.py)" if demo else spec.weights_source,
                 "demo": demo,
                 **extra,
             }

@@ -235,7 +235,7 @@ def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
     if wire.mode == METADATA:
         return Record(index, model, wire.mode, echo, None, None)
     pixels = decode_tile(wire.image_data, spec.tile_size, model)
-    bulk = _bulk_rna(wire.bulk_rna, model, spec.bulk_rna_genes)
+    bulk = bulk_rna_vector(wire.bulk_rna, model, spec.bulk_rna_genes)
     return Record(index, model, wire.mode, echo, pixels, bulk)
 
 
@@ -279,7 +279,7 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
     return pixels
 
 
-def _bulk_rna(values: list[float] | None, model: str, genes: int) -> np.ndarray | None:
+def bulk_rna_vector(values: list[float] | None, model: str, genes: int) -> np.ndarray | None:
     """Raw counts -> log1p float32, checked for length, finiteness and sign.
 
     -1 is the vendor SDK's marker for a gene the sample did not measure: it reaches the model as -1

@@ -1,7 +1,8 @@
 """Batched forward passes: uint8 tiles in, per-tile numpy outputs out, one forward per chunk of tiles.
 
 Tiles travel to the device as uint8 (a quarter of float32's bytes) and are normalised there. On a GPU
-the forward runs under fp16 autocast (the vendor's advice); on a CPU it runs in fp32.
+the forward runs under fp16 autocast (the vendor's advice); on a CPU in the weights' dtype. An
+AOTInductor package runs in the precision compiled into it (no autocast), on the device it was built for.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Runner:
         self.device = device
         self.max_batch = max_batch
         self.module = module.to(device)  # loaders hand over modules already in eval mode
+        self.autocast = device.type == "cuda" and entry.format != "aoti-package"
+        weights = next(iter(module.parameters()), None)
+        self.input_dtype = weights.dtype if weights is not None and not self.autocast else torch.float32
         norm = entry.normalisation
         mean, std = (norm.mean, norm.std) if norm else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         # Applied to N,H,W,3 pixels in 0..255: the channel is the last, contiguous axis.
@@ -73,6 +77,10 @@ class Runner:
             },
             "normalisation": self.entry.normalisation.model_dump() if self.entry.normalisation else None,
             "dtype": self.entry.dtype,
+            "format": self.entry.format,
+            **({"pooling": self.entry.pooling} if self.spec.family == "encoder" else {}),
+            "licence": self.entry.licence,
+            "weights_source": self.entry.source,
             "demo": self.entry.demo,
             **self.extra_metadata,
         }
@@ -98,8 +106,8 @@ class Runner:
     def _run_chunk(self, chunk: Sequence[Record]) -> dict[str, np.ndarray]:
         pixels = torch.from_numpy(np.stack([r.pixels for r in chunk if r.pixels is not None]))  # N,H,W,3 uint8
         tiles = pixels.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        tiles = tiles.permute(0, 3, 1, 2)  # N,3,H,W view in channels-last memory
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"):
+        tiles = tiles.permute(0, 3, 1, 2).to(self.input_dtype)  # N,3,H,W view in channels-last memory
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
             outputs = self.forward(tiles, chunk)
         return {name: value.float().cpu().numpy() for name, value in outputs.items()}
 
@@ -111,7 +119,7 @@ class EncoderRunner(Runner):
     """H-Optimus family: a timm ViT; the CLS token, or CLS and mean patch token (H0-mini)."""
 
     def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
-        if self.entry.pooling == "cls":
+        if self.entry.pooling == "cls" or self.entry.format != "timm-safetensors":  # a program pools itself
             return {EMBEDDING: self.module(tiles)}
         tokens = self.module.forward_features(tiles)  # type: ignore[operator]
         prefix = int(self.module.num_prefix_tokens)  # type: ignore[arg-type]  # CLS + registers

@@ -35,6 +35,7 @@ from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
 from model_code.runners import ForwardHooks
 from model_code.settings import Settings
+from model_code.slides.http import SlideService, is_slide
 
 log = logging.getLogger("optimus.server")
 
@@ -65,6 +66,7 @@ class Server:
         self.decode_pool: ThreadPoolExecutor | None = None  # decodes tiles
         self.batcher: Batcher | None = None
         self.decoding = 0  # requests in the decode pool: tiles that may still join a batch
+        self.slides = SlideService()
 
     async def start(self) -> None:
         """Start the decode pool and load the models, while /ping answers 503.
@@ -125,6 +127,8 @@ class Server:
     async def invoke(self, request: Request, overrides: dict[str, str] | None = None) -> Response:
         """An HTTP request: content type and Accept checked first, body read up to the limit, then answered."""
         content_type = request.headers.get("content-type") or JSON
+        if is_slide(content_type):  # a whole slide in, its features file out (model_code.slides)
+            return await self.slides.answer(request, self.models)
         check_content_type(content_type)
         accept = request.headers.get("accept")
         negotiate(accept, "object")  # a 406 before the body is read or any tile runs

@@ -1,7 +1,7 @@
 """The kit's deployment configuration: cdk.json context, overridable with `-c key=value`, validated.
 
 Context values given on the command line arrive as strings; numbers and JSON objects are parsed here.
-Every error names the context key and says what is expected.
+Every error names the context key and says what is expected; a key the kit does not know is refused.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -21,24 +21,31 @@ ECR_URI = re.compile(
 )
 S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
 INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/[0-9a-f-]{36}$")
 GPU_FAMILIES = ("ml.g4dn.", "ml.g5.", "ml.g6.", "ml.g6e.", "ml.p3.", "ml.p4d.", "ml.p5.")
-KEYS = (
-    "endpoints", "instanceType", "minInstances", "maxInstances", "tilesPerSecondPerInstance", "targetUtilisation",
-    "scaleInCooldownS", "scaleOutCooldownS", "image", "vpcSubnetIds", "vpcSecurityGroupIds", "kmsKeyArn",
-    "alarmEmail", "latencyAlarmMs", "errorAlarmCount", "inferenceAmiVersion", "startupTimeoutS", "tags",
-    "account", "region",
-)  # fmt: skip
+# Families whose instance storage is local NVMe, encrypted by a hardware module: a KMS key on the endpoint config
+# buys nothing there. The others (ml.p3) keep their model on an EBS volume, which the kit's key then encrypts.
+LOCAL_NVME_FAMILIES = ("ml.g4dn.", "ml.g5.", "ml.g6.", "ml.g6e.", "ml.p4d.", "ml.p5.")
+KIT_BUCKET = "kit://"  # an artifact in the foundation stack's own bucket: kit://KEY
+SSE_S3 = "sse-s3"  # artifactKmsKeyArn for another bucket encrypted with S3-managed keys
+# Context keys that belong to the CDK and its CLI, not to the kit (feature flags and lookups all contain ':').
+CDK_KEYS = frozenset({"acknowledged-issue-numbers", "cli-telemetry"})
 
 
 class ConfigError(ValueError):
     """A context value the kit cannot deploy; the message names the key."""
 
 
+class MissingArtifactError(ConfigError):
+    """A local artifact that has not been packaged yet: an error only for the stack that deploys it."""
+
+
 class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str]
-    artifact: str  # kit package output (directory or model.tar.gz), or s3://bucket/key.tar.gz, or s3://bucket/prefix/
+    # kit package output (directory or model.tar.gz), kit://key (the kit's bucket), or s3://bucket/key[.tar.gz|/]
+    artifact: str
 
     @field_validator("models")
     @classmethod
@@ -55,7 +62,11 @@ class EndpointConfig(BaseModel):
 
     @property
     def artifact_in_s3(self) -> bool:
-        return self.artifact.startswith("s3://")
+        return self.artifact.startswith(("s3://", KIT_BUCKET))
+
+    @property
+    def artifact_in_kit_bucket(self) -> bool:
+        return self.artifact.startswith(KIT_BUCKET)
 
     def local_tarball(self, root: Path) -> Path:
         """model.tar.gz of a local artifact, after checking it holds this endpoint's models."""
@@ -63,7 +74,7 @@ class EndpointConfig(BaseModel):
         tarball = path if path.suffix == ".gz" else path / "model.tar.gz"
         model_dir = tarball.parent / "model"
         if not tarball.is_file() or not (model_dir / MANIFEST).is_file():
-            raise ConfigError(
+            raise MissingArtifactError(
                 f"artifact '{self.artifact}': no model.tar.gz and model/manifest.json there; "
                 f"run `python -m kit package --models {','.join(self.models)} --out {self.artifact}`"
             )
@@ -75,28 +86,56 @@ class EndpointConfig(BaseModel):
 
 
 class KitConfig(BaseModel):
+    """Every context key the kit reads; its fields are the keys (README, "Configuration")."""
+
     model_config = ConfigDict(extra="forbid")
 
     endpoints: dict[str, EndpointConfig]
+    prefix: str = "optimus"  # names every physical resource (and the stacks): two copies side by side differ here
     instanceType: str = "ml.g5.xlarge"
     minInstances: int = Field(1, ge=1)
     maxInstances: int = Field(4, ge=1)
-    tilesPerSecondPerInstance: float = Field(50.0, gt=0)  # measure with bench/gpu_bench.py
+    tilesPerSecondPerInstance: float = Field(40.0, gt=0)  # estimate from an H200 (README, Performance); measure
     targetUtilisation: float = Field(0.7, gt=0, le=1)
     scaleInCooldownS: int = Field(600, ge=0)
     scaleOutCooldownS: int = Field(120, ge=0)
+    # Second, high-resolution target (requests in flight per instance): 0.7 x the server's batch of 32; 0 turns it off
+    concurrentRequestsPerInstance: float = Field(22, ge=0)
+    autoscaling: bool = True  # off for the first step of an instance-type change (README)
+    deployment: Literal["blue-green", "canary", "rolling"] = "blue-green"
+    deploymentBakeS: int = Field(600, ge=0, le=3600)  # alarms watched before the old fleet goes
     image: str = "asset"  # "asset" (built from container/), or an ECR image URI
+    torchVersion: str | None = None  # Docker build argument TORCH_VERSION of the image asset
+    networkIsolation: bool = True
     vpcSubnetIds: list[str] = []
     vpcSecurityGroupIds: list[str] = []
     kmsKeyArn: str | None = None
+    artifactKmsKeyArn: str | None = None  # key of an s3:// artifact outside the kit's bucket, or "sse-s3"
     alarmEmail: str | None = None
     latencyAlarmMs: float = Field(5000, gt=0)
     errorAlarmCount: int = Field(5, ge=1)
+    gpuMemoryAlarmPercent: float = Field(90, gt=0)
     inferenceAmiVersion: str = "al2-ami-sagemaker-inference-gpu-3-1"  # NVIDIA driver 550, CUDA 12.4
     startupTimeoutS: int = Field(1800, ge=60, le=3600)
     tags: dict[str, str] = {"project": "optimus-sagemaker-kit"}
     account: str = "123456789012"  # placeholders for offline synthesis
     region: str = "eu-west-1"
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,23}", value) or value.endswith("-"):
+            raise ValueError(
+                f"'{value}': lower-case letters, digits and '-', up to 24 characters, starting with a letter"
+            )
+        return value
+
+    @field_validator("torchVersion")
+    @classmethod
+    def _torch_version(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d+\.\d+\.\d+", value):
+            raise ValueError(f"'{value}' is not a torch release such as 2.9.1")
+        return value
 
     @field_validator("endpoints")
     @classmethod
@@ -135,12 +174,13 @@ class KitConfig(BaseModel):
                 raise ValueError(f"'{value}' is not an ID of the form {prefix}-0123456789abcdef0")
         return values
 
-    @field_validator("kmsKeyArn")
+    @field_validator("kmsKeyArn", "artifactKmsKeyArn")
     @classmethod
-    def _kms(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}$", value):
-            raise ValueError(f"'{value}' is not a KMS key ARN")
-        return value
+    def _kms(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or KMS_KEY_ARN.match(value) or (info.field_name == "artifactKmsKeyArn" and value == SSE_S3):
+            return value
+        also = f" or '{SSE_S3}'" if info.field_name == "artifactKmsKeyArn" else ""
+        raise ValueError(f"'{value}' is not a KMS key ARN{also}")
 
     @model_validator(mode="after")
     def _consistent(self) -> KitConfig:
@@ -148,10 +188,41 @@ class KitConfig(BaseModel):
             raise ValueError(f"minInstances ({self.minInstances}) is more than maxInstances ({self.maxInstances})")
         if bool(self.vpcSubnetIds) != bool(self.vpcSecurityGroupIds):
             raise ValueError("vpcSubnetIds and vpcSecurityGroupIds go together: give both or neither")
+        if len(set(self.vpcSubnetIds)) == 1:
+            raise ValueError("vpcSubnetIds: SageMaker needs at least two subnets, in different Availability Zones")
+        if self.deployment in ("canary", "rolling") and self.minInstances < 2:
+            raise ValueError(
+                f"deployment '{self.deployment}' moves one instance of at least two at a time: set minInstances >= 2, "
+                "or use deployment 'blue-green'"
+            )
         for name, endpoint in self.endpoints.items():
-            if endpoint.artifact_in_s3 and not S3_URI.match(endpoint.artifact):
-                raise ValueError(f"endpoints.{name}.artifact: '{endpoint.artifact}' is not s3://BUCKET/KEY")
+            self._check_artifact(name, endpoint)
         return self
+
+    def _check_artifact(self, name: str, endpoint: EndpointConfig) -> None:
+        where = f"endpoints.{name}.artifact"
+        if endpoint.artifact_in_kit_bucket:
+            if not endpoint.artifact.removeprefix(KIT_BUCKET).strip("/"):
+                raise ValueError(f"{where}: '{endpoint.artifact}' names no key: kit://PREFIX/ or kit://KEY.tar.gz")
+        elif endpoint.artifact.startswith("s3://"):
+            if not S3_URI.match(endpoint.artifact):
+                raise ValueError(f"{where}: '{endpoint.artifact}' is not s3://BUCKET/KEY")
+            if self.artifactKmsKeyArn is None:
+                raise ValueError(
+                    f"{where}: '{endpoint.artifact}' is outside the kit's bucket, so the endpoint's role cannot know "
+                    f"its key: set artifactKmsKeyArn to the KMS key that encrypts it (or '{SSE_S3}'), "
+                    "or upload it to the kit's bucket and write kit://KEY"
+                )
+
+    @property
+    def local_nvme(self) -> bool:
+        """Whether the instance type keeps the model on hardware-encrypted NVMe (no KMS key on the config)."""
+        return self.instanceType.startswith(LOCAL_NVME_FAMILIES)
+
+    @property
+    def stack_prefix(self) -> str:
+        """'optimus-stage' -> 'OptimusStage': the stacks are OptimusStageFoundation and OptimusStageEndpoints."""
+        return "".join(part.capitalize() for part in self.prefix.split("-"))
 
     @property
     def target_invocations_per_instance(self) -> int:
@@ -159,14 +230,30 @@ class KitConfig(BaseModel):
         return max(1, round(self.tilesPerSecondPerInstance * 60 * self.targetUtilisation))
 
 
+KEYS = tuple(KitConfig.model_fields)
+
+
 def load_config(context: dict[str, Any]) -> KitConfig:
-    """Validate the kit's context keys (strings from `-c` are parsed as numbers or JSON)."""
+    """Validate the kit's context keys (strings from `-c` are parsed as numbers or JSON); refuse unknown ones."""
+    unknown = sorted(key for key in context if key not in KEYS and key not in CDK_KEYS and ":" not in key)
+    if unknown:
+        raise ConfigError(f"unknown context key(s) {', '.join(unknown)}; the kit's keys are: {', '.join(KEYS)}")
     values = {key: _parse(context[key]) for key in KEYS if key in context and context[key] is not None}
     try:
         return KitConfig.model_validate(values)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc']) or 'context'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid cdk.json context:\n  " + "\n  ".join(problems)) from None
+
+
+def cdk_context(root: Path, argv: list[str]) -> dict[str, Any]:
+    """cdk.json's context with `-c key=value` pairs over it, as `python app.py` and `python -m kit` read it."""
+    context: dict[str, Any] = json.loads((root / "cdk.json").read_text())["context"]
+    pairs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-c", "--context")]
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        context[key] = value
+    return context
 
 
 def _parse(value: Any) -> Any:

@@ -1,9 +1,12 @@
 """One SageMaker endpoint serving one model package: execution role, model, endpoint config, endpoint,
-log group, autoscaling on invocations per instance, and alarms.
+log group, autoscaling, and alarms (which also guard every update: a tripped alarm rolls it back).
 
 L1 resources for the SageMaker model, endpoint config and endpoint: the L2 constructs (in the alpha
-module) cannot set InferenceAmiVersion, the model-download timeout or uncompressed S3 model data,
-which these endpoints need. Everything around them uses the stable L2 constructs.
+module) cannot set InferenceAmiVersion, the model-download timeout, uncompressed S3 model data or a
+deployment config, which these endpoints need. Everything around them uses the stable L2 constructs.
+
+Physical names all start with the endpoint's name (PREFIX-NAME): alarms too, so that the role, the alarm
+topic and the key can name them by pattern.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from constructs import Construct
 from stacks.config import KitConfig
 from stacks.nag import acknowledge
 
+ROLLBACK_ALARMS = ("Errors5xx", "ModelErrors", "Latency")  # an update that trips one of these is rolled back
 VARIANT = "AllTraffic"
+INSTANCE_METRICS = "/aws/sagemaker/Endpoints"  # CPU, memory, disk, GPU and GPU memory of the instances
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ArtifactRef:
 
     bucket: str
     key: str
+    kms_key_arn: str | None  # the key that encrypts it, where the role needs kms:Decrypt on another key
 
     @property
     def is_prefix(self) -> bool:
@@ -66,22 +72,27 @@ class ModelEndpoint(Construct):
         alarm_topic: sns.ITopic,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.endpoint_name = f"optimus-{name}"
+        self.endpoint_name = f"{config.prefix}-{name}"
         self.models = models
+        # SageMaker writes to this fixed name, so the log group is named. Kept on update and delete (audit logs),
+        # deleted when its own creation rolls back, so a failed first deploy never blocks the next one. After a
+        # destroy, `cdk deploy --import-existing-resources` adopts it (README, "Removal").
         self.log_group = logs.LogGroup(
             self,
             "Logs",
             log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
             encryption_key=key,
             retention=logs.RetentionDays.ONE_YEAR,
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
         )
+        self.alarms = self._alarms(config, alarm_topic)
+        self.rollback_alarms = [a for a in self.alarms if a.node.id in ROLLBACK_ALARMS]
         self.role = self._role(config, image, artifact, key)
         model = sagemaker.CfnModel(
             self,
             "Model",
             execution_role_arn=self.role.role_arn,
-            enable_network_isolation=True,
+            enable_network_isolation=config.networkIsolation,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri,
                 environment={"OPTIMUS_MODELS": ",".join(models)},
@@ -107,28 +118,40 @@ class ModelEndpoint(Construct):
                     inference_ami_version=config.inferenceAmiVersion,
                     container_startup_health_check_timeout_in_seconds=config.startupTimeoutS,
                     model_data_download_timeout_in_seconds=config.startupTimeoutS,
+                    # A batching GPU server: send each request to the instance with the fewest in flight.
+                    routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
+                        routing_strategy="LEAST_OUTSTANDING_REQUESTS"
+                    ),
                 )
             ],
+            kms_key_id=None if config.local_nvme else key.key_arn,
         )
-        acknowledge(
-            endpoint_config,
-            "HIPAA.Security-SageMakerEndpointConfigurationKMSKeyConfigured",
-            reason=f"{config.instanceType} has local NVMe storage encrypted by a hardware module; "
-            "CreateEndpointConfig fails when KmsKeyId is set for such an instance type.",
-        )
+        if config.local_nvme:
+            acknowledge(
+                endpoint_config,
+                "HIPAA.Security-SageMakerEndpointConfigurationKMSKeyConfigured",
+                reason=f"{config.instanceType} keeps the model on local NVMe storage encrypted by a hardware module, "
+                "which a KMS key on the endpoint config does not encrypt (SageMaker's API reference once said "
+                "CreateEndpointConfig refuses one there); types without local storage get the kit's key.",
+            )
         endpoint = sagemaker.CfnEndpoint(
             self,
             "Endpoint",
             endpoint_name=self.endpoint_name,
             endpoint_config_name=endpoint_config.attr_endpoint_config_name,
+            # Updates keep the instance count autoscaling reached, and roll back when an alarm trips.
+            retain_all_variant_properties=True,
+            deployment_config=_deployment(config, self.rollback_alarms),
         )
-        endpoint.node.add_dependency(self.log_group)
-        self._autoscaling(config, endpoint)
-        self.alarms = self._alarms(config, alarm_topic)
+        endpoint.node.add_dependency(self.log_group)  # the alarms: by Ref, in the deployment config
+        if config.autoscaling:
+            self._autoscaling(config, endpoint)
 
     def _role(self, config: KitConfig, image: ImageRef, artifact: ArtifactRef, key: kms.IKey) -> iam.Role:
-        """Only what SageMaker needs to start this model: pull its image, read its data, write its logs."""
-        bucket = f"arn:{Stack.of(self).partition}:s3:::{artifact.bucket}"
+        """Only what SageMaker needs to start this model and watch its updates: pull its image, read its data,
+        write its logs and instance metrics, read its rollback alarms."""
+        stack = Stack.of(self)
+        bucket = f"arn:{stack.partition}:s3:::{artifact.bucket}"
         model_objects = f"{bucket}/{artifact.key}*" if artifact.is_prefix else f"{bucket}/{artifact.key}"
         statements = [
             iam.PolicyStatement(
@@ -145,10 +168,33 @@ class ModelEndpoint(Construct):
             iam.PolicyStatement(sid="DecryptModelDataAndImage", actions=["kms:Decrypt"], resources=[key.key_arn]),
             iam.PolicyStatement(
                 sid="WriteLogs",
-                actions=["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                actions=["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
                 resources=[self.log_group.log_group_arn],
             ),
+            iam.PolicyStatement(
+                sid="InstanceMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": INSTANCE_METRICS}},
+            ),
+            iam.PolicyStatement(
+                sid="RollbackAlarms",
+                actions=["cloudwatch:DescribeAlarms"],
+                resources=[
+                    f"arn:{stack.partition}:cloudwatch:{stack.region}:{stack.account}:alarm:{alarm.alarm_name}"
+                    for alarm in self.rollback_alarms
+                ],
+            ),
         ]
+        if artifact.kms_key_arn:
+            statements.append(
+                iam.PolicyStatement(
+                    sid="DecryptModelDataKey",
+                    actions=["kms:Decrypt"],
+                    resources=[artifact.kms_key_arn],
+                    conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
+                )
+            )
         if artifact.is_prefix:
             statements.append(
                 iam.PolicyStatement(
@@ -187,13 +233,14 @@ class ModelEndpoint(Construct):
         acknowledge(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
-            reason="ecr:GetAuthorizationToken has no resource-level permissions, nor (with a VPC) do the EC2 "
-            "network-interface actions SageMaker needs before the interfaces exist.",
+            reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) have "
+            "no resource-level permissions, nor (with a VPC) do the EC2 network-interface actions SageMaker needs "
+            "before the interfaces exist.",
         )
         if artifact.is_prefix:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::{artifact.bucket}/{artifact.key}*]",
+                f"AwsSolutions-IAM5[Resource::{_nag_resource(stack.resolve(model_objects))}]",
                 reason="An uncompressed model is every object under this endpoint's own model prefix.",
             )
         return role
@@ -225,21 +272,38 @@ class ModelEndpoint(Construct):
             scale_in_cooldown=Duration.seconds(config.scaleInCooldownS),
             scale_out_cooldown=Duration.seconds(config.scaleOutCooldownS),
         )
+        if config.concurrentRequestsPerInstance:
+            # Requests in flight, sampled every 10 s: scales out within a minute of a burst, where invocations per
+            # instance (1-minute metric, 3 breaching minutes) takes several. Scale-in needs both policies to agree.
+            target.scale_to_track_metric(
+                "ConcurrentRequests",
+                target_value=config.concurrentRequestsPerInstance,
+                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION,
+                scale_in_cooldown=Duration.seconds(config.scaleInCooldownS),
+                scale_out_cooldown=Duration.seconds(config.scaleOutCooldownS),
+            )
 
-    def metric(self, name: str, statistic: str, minutes: int = 1) -> cloudwatch.Metric:
+    def metric(
+        self, name: str, statistic: str, minutes: int = 1, namespace: str = "AWS/SageMaker"
+    ) -> cloudwatch.Metric:
         return cloudwatch.Metric(
-            namespace="AWS/SageMaker",
+            namespace=namespace,
             metric_name=name,
             dimensions_map={"EndpointName": self.endpoint_name, "VariantName": VARIANT},
             statistic=statistic,
             period=Duration.minutes(minutes),
         )
 
+    def instance_metric(self, name: str) -> cloudwatch.Metric:
+        """CPU, memory, disk, GPU, GPU memory: percent, of one core or GPU (so up to 100 x cores or GPUs)."""
+        return self.metric(name, "Average", namespace=INSTANCE_METRICS)
+
     def _alarms(self, config: KitConfig, topic: sns.ITopic) -> list[cloudwatch.Alarm]:
         alarms = [
             cloudwatch.Alarm(
                 self,
                 "Errors5xx",
+                alarm_name=f"{self.endpoint_name}-5xx",
                 alarm_description=f"{self.endpoint_name}: 5xx answers (failed forward passes or crashes)",
                 metric=self.metric("Invocation5XXErrors", "Sum", minutes=5),
                 threshold=config.errorAlarmCount,
@@ -249,7 +313,19 @@ class ModelEndpoint(Construct):
             ),
             cloudwatch.Alarm(
                 self,
+                "ModelErrors",
+                alarm_name=f"{self.endpoint_name}-model-errors",
+                alarm_description=f"{self.endpoint_name}: invocations the container answered with an error",
+                metric=self.metric("InvocationModelErrors", "Sum", minutes=5),
+                threshold=config.errorAlarmCount,
+                evaluation_periods=1,
+                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            cloudwatch.Alarm(
+                self,
                 "Latency",
+                alarm_name=f"{self.endpoint_name}-latency",
                 alarm_description=f"{self.endpoint_name}: p95 model latency above {config.latencyAlarmMs:g} ms",
                 metric=self.metric("ModelLatency", "p95"),
                 threshold=config.latencyAlarmMs * 1000,  # ModelLatency is in microseconds
@@ -259,7 +335,20 @@ class ModelEndpoint(Construct):
             ),
             cloudwatch.Alarm(
                 self,
+                "GpuMemory",
+                alarm_name=f"{self.endpoint_name}-gpu-memory",
+                alarm_description=(
+                    f"{self.endpoint_name}: GPU memory over {config.gpuMemoryAlarmPercent:g}% (of one GPU), 5 minutes"
+                ),
+                metric=self.instance_metric("GPUMemoryUtilization"),
+                threshold=config.gpuMemoryAlarmPercent,
+                evaluation_periods=5,
+                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            ),
+            cloudwatch.Alarm(
+                self,
                 "AtMaxInstances",
+                alarm_name=f"{self.endpoint_name}-at-max-instances",
                 alarm_description=(
                     f"{self.endpoint_name}: invocations per instance 20% over the scaling target for 15 minutes: "
                     f"the endpoint is at maxInstances ({config.maxInstances}) or cannot scale out"
@@ -274,6 +363,51 @@ class ModelEndpoint(Construct):
             alarm.add_alarm_action(actions.SnsAction(topic))
             alarm.add_ok_action(actions.SnsAction(topic))
         return alarms
+
+
+def _deployment(config: KitConfig, alarms: list[cloudwatch.Alarm]) -> sagemaker.CfnEndpoint.DeploymentConfigProperty:
+    """How an update rolls out: a new fleet beside the old (blue/green, all traffic at once or a one-instance
+    canary first) or one instance at a time (rolling); either way the rollback alarms are watched for
+    deploymentBakeS after each step, and a tripped one rolls everything back."""
+    one = sagemaker.CfnEndpoint.CapacitySizeProperty(type="INSTANCE_COUNT", value=1)
+    bake = config.deploymentBakeS
+    timeout = min(28800, max(600, 2 * config.startupTimeoutS + 2 * bake))
+    rollback = sagemaker.CfnEndpoint.AutoRollbackConfigProperty(
+        alarms=[sagemaker.CfnEndpoint.AlarmProperty(alarm_name=a.alarm_name) for a in alarms]
+    )
+    if config.deployment == "rolling":
+        rolling = sagemaker.CfnEndpoint.RollingUpdatePolicyProperty(
+            maximum_batch_size=one, wait_interval_in_seconds=bake, maximum_execution_timeout_in_seconds=timeout
+        )
+        return sagemaker.CfnEndpoint.DeploymentConfigProperty(
+            rolling_update_policy=rolling, auto_rollback_configuration=rollback
+        )
+    canary = config.deployment == "canary"
+    routing = sagemaker.CfnEndpoint.TrafficRoutingConfigProperty(
+        type="CANARY" if canary else "ALL_AT_ONCE", wait_interval_in_seconds=bake, canary_size=one if canary else None
+    )
+    blue_green = sagemaker.CfnEndpoint.BlueGreenUpdatePolicyProperty(
+        traffic_routing_configuration=routing,
+        termination_wait_in_seconds=bake,
+        maximum_execution_timeout_in_seconds=timeout,
+    )
+    return sagemaker.CfnEndpoint.DeploymentConfigProperty(
+        blue_green_update_policy=blue_green, auto_rollback_configuration=rollback
+    )
+
+
+def _nag_resource(resolved: object) -> str:
+    """A resource as cdk-nag writes it in a finding: Fn::Join flattened, a Ref in <>, an import by its name."""
+    if isinstance(resolved, str):
+        return resolved
+    if isinstance(resolved, dict) and "Fn::Join" in resolved:
+        separator, parts = resolved["Fn::Join"]
+        return separator.join(_nag_resource(part) for part in parts)
+    if isinstance(resolved, dict) and "Ref" in resolved:
+        return f"<{resolved['Ref']}>"
+    if isinstance(resolved, dict) and "Fn::ImportValue" in resolved:
+        return str(resolved["Fn::ImportValue"])
+    raise ValueError(f"cannot name {resolved!r} as cdk-nag does")
 
 
 def _uncompressed(artifact: ArtifactRef) -> sagemaker.CfnModel.ModelDataSourceProperty:

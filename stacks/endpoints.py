@@ -1,22 +1,47 @@
 """The endpoints of the configured model packages, their image and model data, a dashboard, and where
-operators find them (stack outputs, SSM parameters)."""
+operators find them (stack outputs, SSM parameters).
+
+A local artifact not packaged yet is an error annotation of this stack, not an exception: the CDK CLI
+refuses to deploy (or synthesize) this stack with the message, and the foundation stack is unaffected."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Annotations, CfnOutput, Fn, Stack, Token
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks.config import ECR_URI, S3_URI, EndpointConfig, KitConfig
+from stacks.config import (
+    ECR_URI,
+    KIT_BUCKET,
+    S3_URI,
+    SSE_S3,
+    ConfigError,
+    EndpointConfig,
+    KitConfig,
+    MissingArtifactError,
+)
 from stacks.endpoint import ArtifactRef, ImageRef, ModelEndpoint
 from stacks.foundation import FoundationStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def image_asset(scope: Construct, directory: Path, torch_version: str | None) -> ecr_assets.DockerImageAsset:
+    """The serving image, built from container/Dockerfile. The build context is what .dockerignore lets through
+    (container/ and model_code/ only), so no other edit changes the image's hash or replaces the endpoints."""
+    return ecr_assets.DockerImageAsset(
+        scope,
+        "Image",
+        directory=str(directory),
+        file="container/Dockerfile",
+        platform=ecr_assets.Platform.LINUX_AMD64,
+        build_args={"TORCH_VERSION": torch_version} if torch_version else None,
+    )
 
 
 class EndpointsStack(Stack):
@@ -24,9 +49,16 @@ class EndpointsStack(Stack):
         self, scope: Construct, construct_id: str, config: KitConfig, foundation: FoundationStack, **kwargs: object
     ) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.problems: list[str] = []
         image = self._image(config)
         self.endpoints: dict[str, ModelEndpoint] = {}
         for name, endpoint_config in config.endpoints.items():
+            try:
+                artifact = self._artifact(name, endpoint_config, config, foundation)
+            except MissingArtifactError as exc:
+                self.problems.append(f"endpoints.{name}: {exc}")
+                Annotations.of(self).add_error(f"endpoints.{name}: {exc}")
+                continue
             endpoint = ModelEndpoint(
                 self,
                 _title(name),
@@ -34,7 +66,7 @@ class EndpointsStack(Stack):
                 models=endpoint_config.models,
                 config=config,
                 image=image,
-                artifact=self._artifact(name, endpoint_config),
+                artifact=artifact,
                 key=foundation.key,
                 alarm_topic=foundation.alarms,
             )
@@ -44,43 +76,50 @@ class EndpointsStack(Stack):
             ssm.StringParameter(
                 self,
                 f"{_title(name)}NameParameter",
-                parameter_name=f"/optimus/{name}/endpoint-name",
+                parameter_name=f"/{config.prefix}/{name}/endpoint-name",
                 string_value=endpoint.endpoint_name,
             )
             ssm.StringParameter(
                 self,
                 f"{_title(name)}ModelsParameter",
-                parameter_name=f"/optimus/{name}/models",
+                parameter_name=f"/{config.prefix}/{name}/models",
                 string_value=",".join(endpoint.models),
             )
-        self._dashboard()
+        self._dashboard(config)
 
     def _image(self, config: KitConfig) -> ImageRef:
         if config.image == "asset":
-            asset = ecr_assets.DockerImageAsset(
-                self,
-                "Image",
-                directory=str(REPO_ROOT),
-                file="container/Dockerfile",
-                platform=ecr_assets.Platform.LINUX_AMD64,
-            )
+            asset = image_asset(self, REPO_ROOT, config.torchVersion)
             return ImageRef(asset.image_uri, asset.repository.repository_arn)
         match = ECR_URI.match(config.image)
         assert match is not None  # validated in KitConfig
         account, region, _, repository, _ = match.groups()
+        if not Token.is_unresolved(self.region) and region != self.region:
+            raise ConfigError(
+                f"image: '{config.image}' is in {region}, the endpoints deploy to {self.region}; SageMaker pulls "
+                f"only from its own region: push the image to {self.region} (or enable ECR replication)"
+            )
         return ImageRef(config.image, f"arn:{self.partition}:ecr:{region}:{account}:repository/{repository}")
 
-    def _artifact(self, name: str, endpoint: EndpointConfig) -> ArtifactRef:
-        """An s3:// URI as given, or the local model.tar.gz uploaded as a CDK file asset."""
+    def _artifact(
+        self, name: str, endpoint: EndpointConfig, config: KitConfig, foundation: FoundationStack
+    ) -> ArtifactRef:
+        """kit://KEY in the foundation's bucket, s3://BUCKET/KEY elsewhere (with its key), or the local
+        model.tar.gz uploaded as a CDK file asset (to the bootstrap bucket, whose key S3 itself uses)."""
+        if endpoint.artifact_in_kit_bucket:
+            self.add_dependency(foundation)
+            bucket = Fn.import_value(foundation.artifact_bucket_export)
+            return ArtifactRef(bucket, endpoint.artifact.removeprefix(KIT_BUCKET), None)
         match = S3_URI.match(endpoint.artifact)
         if match:
-            return ArtifactRef(match.group(1), match.group(2))
+            key = None if config.artifactKmsKeyArn == SSE_S3 else config.artifactKmsKeyArn
+            return ArtifactRef(match.group(1), match.group(2), key)
         tarball = endpoint.local_tarball(REPO_ROOT)
         asset = s3_assets.Asset(self, f"{_title(name)}ModelData", path=str(tarball))
-        return ArtifactRef(asset.s3_bucket_name, asset.s3_object_key)
+        return ArtifactRef(asset.s3_bucket_name, asset.s3_object_key, None)
 
-    def _dashboard(self) -> None:
-        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name="optimus-endpoints")
+    def _dashboard(self, config: KitConfig) -> None:
+        dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{config.prefix}-endpoints")
         for endpoint in self.endpoints.values():
             title = endpoint.endpoint_name
             dashboard.add_widgets(
@@ -101,6 +140,22 @@ class EndpointsStack(Stack):
                         endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
                     ],
                     width=8,
+                ),
+            )
+            dashboard.add_widgets(
+                cloudwatch.GraphWidget(
+                    title=f"{title}: GPU and GPU memory (% of one GPU)",
+                    left=[endpoint.instance_metric("GPUUtilization"), endpoint.instance_metric("GPUMemoryUtilization")],
+                    width=12,
+                ),
+                cloudwatch.GraphWidget(
+                    title=f"{title}: CPU (% of one core), memory, disk (%)",
+                    left=[
+                        endpoint.instance_metric("CPUUtilization"),
+                        endpoint.instance_metric("MemoryUtilization"),
+                        endpoint.instance_metric("DiskUtilization"),
+                    ],
+                    width=12,
                 ),
             )
             dashboard.add_widgets(

@@ -1,6 +1,6 @@
 """What outlives any one endpoint: the KMS key, the artifact bucket (and its access-log bucket), the ECR
 repository and the alarm topic. Deployed first, so artifacts and images can be put there before the
-endpoints that use them."""
+endpoints that use them. None of them is named: a retained bucket, repository or key never blocks a redeploy."""
 
 from __future__ import annotations
 
@@ -14,12 +14,16 @@ from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
 from stacks.config import KitConfig
+from stacks.key_policy import alarm_pattern, key_policy_statements
 from stacks.nag import acknowledge
+
+MULTIPART_ABORT = Duration.days(7)  # an interrupted multi-GB upload leaves parts that are billed until aborted
 
 
 class FoundationStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, config: KitConfig, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.config = config
         self.key = self._key(config)
         self.access_logs = s3.Bucket(
             self,
@@ -29,7 +33,13 @@ class FoundationStack(Stack):
             block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
             enforce_ssl=True,
             versioned=True,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))],
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    expiration=Duration.days(365),
+                    noncurrent_version_expiration=Duration.days(30),
+                    abort_incomplete_multipart_upload_after=MULTIPART_ABORT,
+                )
+            ],
             removal_policy=RemovalPolicy.RETAIN,
         )
         acknowledge(
@@ -49,6 +59,7 @@ class FoundationStack(Stack):
             versioned=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="artifacts/",
+            lifecycle_rules=[s3.LifecycleRule(abort_incomplete_multipart_upload_after=MULTIPART_ABORT)],
             removal_policy=RemovalPolicy.RETAIN,
         )
         acknowledge(
@@ -65,15 +76,38 @@ class FoundationStack(Stack):
             image_tag_mutability=ecr.TagMutability.IMMUTABLE,
             encryption=ecr.RepositoryEncryption.KMS,
             encryption_key=self.key,
+            # Never expires an image a deployed endpoint can use: tags are immutable and only untagged images and
+            # CI's throwaway `ci-*` builds expire. Deploy release tags (or stage tags), never `ci-*`.
             lifecycle_rules=[
                 ecr.LifecycleRule(
-                    description="untagged layers", tag_status=ecr.TagStatus.UNTAGGED, max_image_age=Duration.days(7)
+                    description="untagged images", tag_status=ecr.TagStatus.UNTAGGED, max_image_age=Duration.days(7)
                 ),
-                ecr.LifecycleRule(description="keep the last 20 images", max_image_count=20),
+                ecr.LifecycleRule(
+                    description="CI's ci-* test builds: the last 20",
+                    tag_status=ecr.TagStatus.TAGGED,
+                    tag_prefix_list=["ci-"],
+                    max_image_count=20,
+                ),
             ],
             removal_policy=RemovalPolicy.RETAIN,
         )
-        self.alarms = sns.Topic(self, "Alarms", master_key=self.key, display_name="Optimus endpoint alarms")
+        self.alarms = sns.Topic(self, "Alarms", master_key=self.key, display_name=f"{config.prefix} endpoint alarms")
+        # A topic policy replaces SNS's default one: without this Allow, CloudWatch alarms cannot publish.
+        self.alarms.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="CloudWatchAlarmsPublish",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.alarms.topic_arn],
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": self.account},
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{self.partition}:cloudwatch:{self.region}:{self.account}:alarm:"
+                        + alarm_pattern(config)
+                    },
+                },
+            )
+        )
         self.alarms.add_to_resource_policy(
             iam.PolicyStatement(
                 sid="DenyInsecureTransport",
@@ -84,11 +118,11 @@ class FoundationStack(Stack):
                 conditions={"Bool": {"aws:SecureTransport": "false"}},
             )
         )
-        # CloudWatch alarms publish to the encrypted topic.
-        self.key.grant_encrypt_decrypt(iam.ServicePrincipal("cloudwatch.amazonaws.com"))
         if config.alarmEmail:
             self.alarms.add_subscription(subscriptions.EmailSubscription(config.alarmEmail))
-        CfnOutput(self, "ArtifactBucket", value=self.artifacts.bucket_name)
+        # Exported under a name of ours: the endpoints stack reads it for kit:// artifacts (and cdk-nag can name it).
+        self.artifact_bucket_export = f"{config.prefix}-artifact-bucket"
+        CfnOutput(self, "ArtifactBucket", value=self.artifacts.bucket_name, export_name=self.artifact_bucket_export)
         CfnOutput(self, "ImageRepositoryUri", value=self.repository.repository_uri)
         CfnOutput(self, "KeyArn", value=self.key.key_arn)
         CfnOutput(self, "AlarmTopicArn", value=self.alarms.topic_arn)
@@ -103,7 +137,8 @@ class FoundationStack(Stack):
             enable_key_rotation=True,
             removal_policy=RemovalPolicy.RETAIN,
         )
-        key.add_alias("alias/optimus-sagemaker-kit")
-        # Endpoint log groups are encrypted with this key.
-        key.grant_encrypt_decrypt(iam.ServicePrincipal(f"logs.{self.region}.amazonaws.com"))
+        key.add_alias(f"alias/{config.prefix}-sagemaker-kit")
+        # The endpoint log groups and the alarm topic use this key; the CDK's own statement delegates to IAM.
+        for statement in key_policy_statements(config, self.account, self.region)[1:]:
+            key.add_to_resource_policy(iam.PolicyStatement.from_json(statement))
         return key

@@ -110,15 +110,20 @@ def test_cli_package_and_verify(tmp_path: Path) -> None:
     )
     assert "model.tar.gz" in done.stdout
     verified = subprocess.run(
-        [sys.executable, "-m", "kit", "verify", str(tmp_path / "model"), "--json", str(tmp_path / "sizes.json")],
+        [sys.executable, "-m", "kit", "verify", str(tmp_path / "model"), "--json", str(tmp_path / "report.json")],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert verified.returncode == 0, verified.stderr
-    assert "ok   tissue-seg  prediction: 262144 values" in verified.stdout
-    sizes = json.loads((tmp_path / "sizes.json").read_text())
-    assert sizes == {"h1": {"embedding": 1536}, "tissue-seg": {"prediction": 262144}}
+    assert "ok   tissue-seg  torch-export float32: prediction 262144 values" in verified.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {name: row["outputs"] for name, row in report.items()} == {
+        "h1": {"embedding": 1536},
+        "tissue-seg": {"prediction": 262144},
+    }
+    assert report["h1"]["format"] == "timm-safetensors" and report["tissue-seg"]["format"] == "torch-export"
+    assert report["h1"]["precision"] == "float32" and report["h1"]["ran_with_torch"] == torch.__version__
 
 
 def test_cli_refuses_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -253,7 +258,7 @@ def test_gene_set_of_wrong_length_is_refused(tmp_path: Path, vendor_like_files: 
 def test_program_that_is_not_an_archive_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "fake.pt2"
     fake.write_bytes(b"not a zip")
-    with pytest.raises(ArtifactError, match=r"not a loadable torch\.export program"):
+    with pytest.raises(ArtifactError, match=r"is not a \.pt2 archive \(a zip file\)"):
         package(["tissue-seg"], tmp_path / "out", demo=False, sources=Sources(tissue_seg_program=fake))
 
 

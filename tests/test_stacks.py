@@ -15,12 +15,13 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
-from aws_cdk import App
-from aws_cdk.assertions import Match, Template
+from aws_cdk import App, Stack
+from aws_cdk.assertions import Annotations, Match, Template
 
 from app import build
 from kit.artifacts.builder import package
-from stacks.config import ConfigError, load_config
+from stacks.config import KEYS, ConfigError, KitConfig, load_config
+from stacks.endpoints import image_asset
 
 REPO = Path(__file__).resolve().parents[1]
 ECR_IMAGE = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/optimus-serving:0.1.0"
@@ -158,9 +159,18 @@ def test_execution_roles_are_least_privilege(synthesized: tuple[Template, Templa
         actions = [a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
         assert not [a for a in actions if "*" in a], "no wildcard actions"
         by_sid = {s["Sid"]: s for s in statements}
-        assert set(by_sid) == {"PullImage", "EcrLogin", "ReadModelData", "DecryptModelDataAndImage", "WriteLogs"}
+        assert set(by_sid) == {
+            "PullImage", "EcrLogin", "ReadModelData", "DecryptModelDataAndImage", "WriteLogs", "InstanceMetrics",
+            "RollbackAlarms",
+        }  # fmt: skip
         assert by_sid["EcrLogin"]["Resource"] == "*" and by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
         assert "GetAtt" in json.dumps(by_sid["WriteLogs"]["Resource"])  # this endpoint's log group only
+        assert "logs:CreateLogGroup" in by_sid["WriteLogs"]["Action"]
+        assert by_sid["InstanceMetrics"]["Condition"] == {
+            "StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/Endpoints"}
+        }
+        assert by_sid["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
+        assert len(by_sid["RollbackAlarms"]["Resource"]) == 3 and ":alarm:" in json.dumps(by_sid["RollbackAlarms"])
         model_object = json.dumps(by_sid["ReadModelData"]["Resource"])  # this endpoint's model object only
         assert "*" not in model_object and model_object.endswith('.gz"]]}')
     roles = resources(endpoints, "AWS::IAM::Role")
@@ -192,13 +202,28 @@ def test_models_endpoint_configs_and_endpoints(synthesized: tuple[Template, Temp
         assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-3-1"
         assert variant["ContainerStartupHealthCheckTimeoutInSeconds"] >= 600
         assert variant["ModelDataDownloadTimeoutInSeconds"] >= 600
-        assert "KmsKeyId" not in config["Properties"]  # ml.g5 NVMe: CreateEndpointConfig refuses a key
-    names = sorted(e["Properties"]["EndpointName"] for e in resources(endpoints, "AWS::SageMaker::Endpoint").values())
-    assert names == ["optimus-h1", "optimus-m"]
-    endpoints.has_resource_properties(
-        "AWS::Logs::LogGroup",
-        {"LogGroupName": "/aws/sagemaker/Endpoints/optimus-h1", "RetentionInDays": 365, "KmsKeyId": Match.any_value()},
-    )
+        assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+        assert "KmsKeyId" not in config["Properties"]  # ml.g5: local NVMe, hardware-encrypted
+    found = resources(endpoints, "AWS::SageMaker::Endpoint")
+    assert sorted(e["Properties"]["EndpointName"] for e in found.values()) == ["optimus-h1", "optimus-m"]
+    for endpoint in found.values():
+        assert endpoint["Properties"]["RetainAllVariantProperties"] is True  # updates keep the scaled count
+        deployment = endpoint["Properties"]["DeploymentConfig"]
+        routing = deployment["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+        assert routing == {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600}
+        alarms = [a["AlarmName"]["Ref"] for a in deployment["AutoRollbackConfiguration"]["Alarms"]]
+        names = sorted(endpoints.to_json()["Resources"][a]["Properties"]["AlarmName"] for a in alarms)
+        name = endpoint["Properties"]["EndpointName"]
+        assert names == [f"{name}-5xx", f"{name}-latency", f"{name}-model-errors"]
+    logs = resources(endpoints, "AWS::Logs::LogGroup")
+    assert sorted(g["Properties"]["LogGroupName"] for g in logs.values()) == [
+        "/aws/sagemaker/Endpoints/optimus-h1", "/aws/sagemaker/Endpoints/optimus-m",
+    ]  # fmt: skip
+    for group in logs.values():
+        assert group["Properties"]["RetentionInDays"] == 365 and group["Properties"]["KmsKeyId"]
+        # Kept on update and delete, but removed when its own creation rolls back: a failed first deploy
+        # leaves nothing that blocks the next one.
+        assert (group["DeletionPolicy"], group["UpdateReplacePolicy"]) == ("RetainExceptOnCreate", "Retain")
 
 
 def test_autoscaling_follows_tiles_per_second(synthesized: tuple[Template, Template, Path]) -> None:
@@ -223,7 +248,7 @@ def test_autoscaling_follows_tiles_per_second(synthesized: tuple[Template, Templ
             "PolicyType": "TargetTrackingScaling",
             "TargetTrackingScalingPolicyConfiguration": {
                 "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-                "TargetValue": 2100,  # 50 tiles/s x 60 s x 0.7
+                "TargetValue": 1680,  # 40 tiles/s x 60 s x 0.7
                 "ScaleInCooldown": 600,
                 "ScaleOutCooldown": 120,
             },
@@ -235,11 +260,26 @@ def test_alarms_dashboard_outputs_and_parameters(synthesized: tuple[Template, Te
     endpoints = synthesized[1]
     alarms = resources(endpoints, "AWS::CloudWatch::Alarm")
     metrics = sorted(a["Properties"]["MetricName"] for a in alarms.values())
-    assert metrics == sorted(["Invocation5XXErrors", "ModelLatency", "InvocationsPerInstance"] * 2)
+    assert metrics == sorted(
+        [
+            "Invocation5XXErrors",
+            "InvocationModelErrors",
+            "ModelLatency",
+            "GPUMemoryUtilization",
+            "InvocationsPerInstance",
+        ]
+        * 2
+    )
     assert all(a["Properties"]["AlarmActions"] and a["Properties"]["OKActions"] for a in alarms.values())
+    assert all(a["Properties"]["AlarmName"].startswith(("optimus-h1-", "optimus-m-")) for a in alarms.values())
     latency = next(a for a in alarms.values() if a["Properties"]["MetricName"] == "ModelLatency")
     assert latency["Properties"]["ExtendedStatistic"] == "p95" and latency["Properties"]["Threshold"] == 5_000_000
+    gpu = next(a for a in alarms.values() if a["Properties"]["MetricName"] == "GPUMemoryUtilization")
+    assert gpu["Properties"]["Namespace"] == "/aws/sagemaker/Endpoints" and gpu["Properties"]["Threshold"] == 90
     endpoints.resource_count_is("AWS::CloudWatch::Dashboard", 1)
+    dashboard = json.dumps(endpoints.to_json()["Resources"])
+    for metric in ("GPUUtilization", "GPUMemoryUtilization", "CPUUtilization", "MemoryUtilization", "DiskUtilization"):
+        assert f'\\"{metric}\\"' in dashboard, metric
     outputs = endpoints.to_json()["Outputs"]
     assert outputs["H1EndpointName"]["Value"] == "optimus-h1" and outputs["MModels"]["Value"] == "m-optimus,tissue-seg"
     endpoints.has_resource_properties(
@@ -256,16 +296,22 @@ def _stacks(ctx: dict[str, Any], tmp_path: Path) -> tuple[Template, Template]:
     return Template.from_stack(foundation), Template.from_stack(endpoints)
 
 
+ARTIFACT_KEY = "arn:aws:kms:eu-west-1:111122223333:key/99999999-1111-2222-3333-444455556666"
+SUBNETS = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+
+
 def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_path: Path) -> None:
     ctx = context(
         artifacts,
         image=ECR_IMAGE,
         endpoints={"h1": {"models": ["h1", "tissue-seg"], "artifact": "s3://my-models/h1/v1/"}},
-        vpcSubnetIds=["subnet-0123456789abcdef0"],
+        artifactKmsKeyArn=ARTIFACT_KEY,
+        vpcSubnetIds=SUBNETS,
         vpcSecurityGroupIds=["sg-0123456789abcdef0"],
         kmsKeyArn="arn:aws:kms:eu-west-1:111122223333:key/0a1b2c3d-1111-2222-3333-444455556666",
         minInstances="2",
         maxInstances="6",
+        networkIsolation="false",
     )
     foundation, endpoints = _stacks(ctx, tmp_path)
     foundation.resource_count_is("AWS::KMS::Key", 0)
@@ -283,7 +329,8 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
                 },
                 "Environment": Match.any_value(),
             },
-            "VpcConfig": {"Subnets": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]},
+            "VpcConfig": {"Subnets": SUBNETS, "SecurityGroupIds": ["sg-0123456789abcdef0"]},
+            "EnableNetworkIsolation": False,
         },
     )
     statements = next(iter(resources(endpoints, "AWS::IAM::ManagedPolicy").values()))["Properties"]["PolicyDocument"][
@@ -295,6 +342,10 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
     )
     assert by_sid["ListModelPrefix"]["Condition"] == {"StringLike": {"s3:prefix": ["h1/v1/*"]}}
     assert "VpcNetworkInterfaces" in by_sid
+    assert by_sid["DecryptModelDataKey"]["Resource"] == ARTIFACT_KEY
+    assert by_sid["DecryptModelDataKey"]["Condition"] == {
+        "StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}
+    }
     endpoints.has_resource_properties(
         "AWS::ApplicationAutoScaling::ScalableTarget", {"MinCapacity": 2, "MaxCapacity": 6}
     )
@@ -310,7 +361,23 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
         ({"image": "docker.io/library/python:3"}, "neither 'asset' nor an ECR image URI"),
         ({"vpcSubnetIds": ["subnet-0123456789abcdef0"]}, "vpcSubnetIds and vpcSecurityGroupIds go together"),
         ({"vpcSubnetIds": ["subnet-1"], "vpcSecurityGroupIds": ["sg-12345678"]}, "'subnet-1' is not an ID"),
+        (
+            {"vpcSubnetIds": SUBNETS[:1], "vpcSecurityGroupIds": ["sg-0123456789abcdef0"]},
+            "vpcSubnetIds: SageMaker needs at least two subnets, in different Availability Zones",
+        ),
         ({"endpoints": {"h1": {"models": ["h1"], "artifact": "s3://"}}}, "is not s3://BUCKET/KEY"),
+        (
+            {"endpoints": {"h1": {"models": ["h1"], "artifact": "s3://theirs/h1/"}}},
+            "endpoints.h1.artifact: 's3://theirs/h1/' is outside the kit's bucket, so the endpoint's role cannot know "
+            "its key: set artifactKmsKeyArn",
+        ),
+        ({"endpoints": {"h1": {"models": ["h1"], "artifact": "kit://"}}}, "names no key"),
+        ({"artifactKmsKeyArn": "mine"}, "is not a KMS key ARN or 'sse-s3'"),
+        ({"deployment": "canary"}, "deployment 'canary' moves one instance of at least two at a time"),
+        ({"deployment": "linear"}, "deployment: Input should be 'blue-green', 'canary' or 'rolling'"),
+        ({"prefix": "Optimus Stage"}, "prefix: Value error, 'Optimus Stage': lower-case letters"),
+        ({"torchVersion": "latest"}, "'latest' is not a torch release"),
+        ({"maxInstance": "4"}, "unknown context key(s) maxInstance; the kit's keys are: endpoints, prefix,"),
         ({"endpoints": {"H 1": {"models": ["h1"], "artifact": "s3://b/k"}}}, "endpoint name 'H 1'"),
         ({"maxInstances": "many"}, "maxInstances"),
         ({"kmsKeyArn": "alias/mine"}, "is not a KMS key ARN"),
@@ -322,13 +389,26 @@ def test_config_errors_name_the_key(artifacts: dict[str, str], overrides: dict[s
     assert message in str(caught.value)
 
 
-def test_missing_or_wrong_artifact_is_refused(artifacts: dict[str, str], tmp_path: Path) -> None:
+def test_missing_artifact_is_an_error_of_the_endpoints_stack_only(artifacts: dict[str, str], tmp_path: Path) -> None:
     missing = context(artifacts, endpoints={"h1": {"models": ["h1"], "artifact": str(tmp_path / "nothing")}})
-    with pytest.raises(ConfigError, match="run `python -m kit package --models h1"):
-        _stacks(missing, tmp_path / "a")
+    app = App(context=missing, outdir=str(tmp_path / "a"))
+    foundation, endpoints = build(app)
+    app.synth()  # cdk-nag passes; the CLI refuses to deploy the stack carrying the error
+    Annotations.from_stack(endpoints).has_error("*", Match.string_like_regexp("run `python -m kit package --models h1"))
+    assert not Annotations.from_stack(foundation).find_error("*", Match.any_value())
+    Template.from_stack(foundation).resource_count_is("AWS::S3::Bucket", 2)
+
+
+def test_wrong_artifact_is_refused(artifacts: dict[str, str], tmp_path: Path) -> None:
     wrong = context(artifacts, endpoints={"h1": {"models": ["h1", "m-optimus"], "artifact": artifacts["H1"]}})
     with pytest.raises(ConfigError, match=r"does not hold \['m-optimus'\]"):
         _stacks(wrong, tmp_path / "b")
+
+
+def test_keys_are_the_config_model_fields() -> None:
+    assert list(KEYS) == list(KitConfig.model_fields)
+    documented = (REPO / "README.md").read_text()
+    assert [key for key in KEYS if f"`{key}`" not in documented] == [], "every key in README's configuration table"
 
 
 def test_app_py_synthesizes_offline_with_overrides(artifacts: dict[str, str], tmp_path: Path) -> None:
@@ -352,3 +432,179 @@ def test_app_py_synthesizes_offline_with_overrides(artifacts: dict[str, str], tm
         timeout=600,
     )
     assert bad.returncode == 2 and "minInstances (9) is more than maxInstances (4)" in bad.stderr
+
+
+def test_alarm_topic_and_key_policies_let_cloudwatch_and_logs_in_for_this_kit_only(
+    synthesized: tuple[Template, Template, Path],
+) -> None:
+    foundation = synthesized[0]
+    topic_policy = next(iter(resources(foundation, "AWS::SNS::TopicPolicy").values()))
+    statements = {s["Sid"]: s for s in topic_policy["Properties"]["PolicyDocument"]["Statement"]}
+    publish = statements["CloudWatchAlarmsPublish"]
+    assert publish["Effect"] == "Allow" and publish["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert publish["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"}
+    assert json.dumps(publish["Condition"]["ArnLike"]).endswith(
+        ':cloudwatch:eu-west-1:123456789012:alarm:optimus-*"]]}}'
+    )
+    assert statements["DenyInsecureTransport"]["Effect"] == "Deny"
+    key = next(iter(resources(foundation, "AWS::KMS::Key").values()))
+    by_sid = {s.get("Sid"): s for s in key["Properties"]["KeyPolicy"]["Statement"]}
+    logs = by_sid["EndpointLogGroups"]
+    assert logs["Principal"] == {"Service": "logs.eu-west-1.amazonaws.com"}
+    assert logs["Condition"] == {
+        "ArnLike": {
+            "kms:EncryptionContext:aws:logs:arn": (
+                "arn:aws:logs:eu-west-1:123456789012:log-group:/aws/sagemaker/Endpoints/optimus-*"
+            )
+        }
+    }
+    alarms = by_sid["AlarmsToEncryptedTopic"]
+    assert alarms["Condition"]["StringEquals"] == {"aws:SourceAccount": "123456789012"}
+    assert alarms["Condition"]["ArnLike"] == {
+        "aws:SourceArn": "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:optimus-*"
+    }
+    unconditioned = [s for s in key["Properties"]["KeyPolicy"]["Statement"] if "Service" in s["Principal"]]
+    assert all("Condition" in s for s in unconditioned), "no service principal without a confused-deputy condition"
+
+
+def test_buckets_abort_uploads_and_expire_old_log_versions_repository_keeps_deployable_images(
+    synthesized: tuple[Template, Template, Path],
+) -> None:
+    foundation = synthesized[0]
+    buckets = resources(foundation, "AWS::S3::Bucket")
+    for bucket in buckets.values():
+        rules = bucket["Properties"]["LifecycleConfiguration"]["Rules"]
+        assert any(r.get("AbortIncompleteMultipartUpload") == {"DaysAfterInitiation": 7} for r in rules)
+    logs = next(b for b in buckets.values() if "LoggingConfiguration" not in b["Properties"])
+    assert logs["Properties"]["LifecycleConfiguration"]["Rules"][0]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": 30
+    }
+    repository = next(iter(resources(foundation, "AWS::ECR::Repository").values()))
+    rules = json.loads(repository["Properties"]["LifecyclePolicy"]["LifecyclePolicyText"])["rules"]
+    for rule in rules:  # only untagged images or CI's ci-* builds ever expire
+        selection = rule["selection"]
+        assert selection["tagStatus"] == "untagged" or selection.get("tagPrefixList") == ["ci-"], selection
+
+
+def _all_physical_names(foundation: Template, endpoints: Template) -> list[str]:
+    names = []
+    for template in (foundation, endpoints):
+        for resource in template.to_json()["Resources"].values():
+            for key in ("EndpointName", "DashboardName", "AliasName", "Name", "LogGroupName", "AlarmName"):
+                value = resource.get("Properties", {}).get(key)
+                if isinstance(value, str):
+                    names.append(value)
+    return names
+
+
+def test_prefix_names_every_physical_name(artifacts: dict[str, str], tmp_path: Path) -> None:
+    """stage and prod side by side in one account and region: no physical name in common."""
+    stage_app = App(context=context(artifacts, prefix="optimus-stage"), outdir=str(tmp_path / "stage"))
+    stage = build(stage_app)
+    prod = _stacks(context(artifacts), tmp_path / "prod")
+    assert [s.stack_name for s in stage] == ["OptimusStageFoundation", "OptimusStageEndpoints"]
+    stage_names = _all_physical_names(*(Template.from_stack(s) for s in stage))
+    prod_names = _all_physical_names(*prod)
+    assert len(stage_names) == len(prod_names) == 1 + 2 * (1 + 2 + 1 + 5) + 1  # alias; per endpoint; dashboard
+    assert not set(stage_names) & set(prod_names)
+    assert all("optimus-stage" in name for name in stage_names), stage_names
+
+
+def test_instance_types_without_local_storage_get_the_key_canary_and_rolling(
+    artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    _, endpoints = _stacks(
+        context(artifacts, instanceType="ml.p3.2xlarge", deployment="canary", minInstances="2"), tmp_path / "a"
+    )
+    for config in resources(endpoints, "AWS::SageMaker::EndpointConfig").values():
+        assert "Fn::ImportValue" in json.dumps(config["Properties"]["KmsKeyId"])  # the kit's key, from the foundation
+    for endpoint in resources(endpoints, "AWS::SageMaker::Endpoint").values():
+        routing = endpoint["Properties"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+        assert routing["Type"] == "CANARY" and routing["CanarySize"] == {"Type": "INSTANCE_COUNT", "Value": 1}
+    _, endpoints = _stacks(context(artifacts, deployment="rolling", minInstances="2"), tmp_path / "b")
+    for endpoint in resources(endpoints, "AWS::SageMaker::Endpoint").values():
+        deployment = endpoint["Properties"]["DeploymentConfig"]
+        assert deployment["RollingUpdatePolicy"]["MaximumBatchSize"] == {"Type": "INSTANCE_COUNT", "Value": 1}
+        assert len(deployment["AutoRollbackConfiguration"]["Alarms"]) == 3
+
+
+def test_scaling_has_a_high_resolution_concurrency_policy_and_can_be_turned_off(
+    synthesized: tuple[Template, Template, Path], artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    policies = resources(synthesized[1], "AWS::ApplicationAutoScaling::ScalingPolicy")
+    fast = [
+        p["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        for p in policies.values()
+        if p["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"][
+            "PredefinedMetricType"
+        ]
+        == "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+    ]
+    assert len(fast) == 2 and all(p["TargetValue"] == 22 for p in fast)
+    _, endpoints = _stacks(context(artifacts, autoscaling="false"), tmp_path)
+    endpoints.resource_count_is("AWS::ApplicationAutoScaling::ScalableTarget", 0)
+
+
+def test_image_context_is_container_and_model_code_only(tmp_path: Path) -> None:
+    """README.md or cdk.json edits change no image hash (so replace no endpoint); a model_code edit does."""
+    for part in ("container", "model_code"):
+        subprocess.run(["cp", "-r", str(REPO / part), str(tmp_path / part)], check=True)
+    for name in (".dockerignore", "README.md", "cdk.json"):
+        (tmp_path / name).write_text((REPO / name).read_text())
+
+    def image_hash(torch_version: str | None = None) -> str:
+        return image_asset(Stack(App()), tmp_path, torch_version).asset_hash
+
+    before = image_hash()
+    (tmp_path / "README.md").write_text("edited\n")
+    (tmp_path / "cdk.json").write_text("{}\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_new.py").write_text("x = 1\n")
+    assert image_hash() == before
+    assert image_hash("2.9.1") != before  # TORCH_VERSION is a build argument
+    (tmp_path / "model_code" / "catalogue.py").write_text("# changed\n")
+    assert image_hash() != before
+
+
+def test_torch_version_is_the_image_build_argument(artifacts: dict[str, str], tmp_path: Path) -> None:
+    app = App(context=context(artifacts, torchVersion="2.9.1"), outdir=str(tmp_path))
+    build(app)
+    assembly = app.synth()
+    assets = json.loads((Path(assembly.directory) / "OptimusEndpoints.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    assert image["source"]["dockerBuildArgs"] == {"TORCH_VERSION": "2.9.1"}
+    assert image["source"]["dockerFile"] == "container/Dockerfile"
+
+
+def test_image_in_another_region_is_refused(artifacts: dict[str, str], tmp_path: Path) -> None:
+    ctx = context(artifacts, image=ECR_IMAGE.replace("eu-west-1", "us-east-1"))
+    with pytest.raises(ConfigError, match=r"image: .* is in us-east-1, the endpoints deploy to eu-west-1"):
+        _stacks(ctx, tmp_path)
+
+
+def test_kit_bucket_artifact_reads_the_foundation_bucket(artifacts: dict[str, str], tmp_path: Path) -> None:
+    ctx = context(artifacts, endpoints={"h0": {"models": ["h0", "tissue-seg"], "artifact": "kit://h0/v1/"}})
+    app = App(context=ctx, outdir=str(tmp_path))
+    _, endpoints = build(app)
+    app.synth()  # cdk-nag: the prefix acknowledgement matches the cross-stack bucket reference
+    model = next(iter(resources(Template.from_stack(endpoints), "AWS::SageMaker::Model").values()))
+    uri = json.dumps(model["Properties"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"])
+    assert "Fn::ImportValue" in uri and "/h0/v1/" in uri
+
+
+def test_app_without_artifacts_synthesizes_and_prints_an_imported_keys_statements(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh clone (no build/) synthesizes: the foundation is deployable, the endpoints stack carries the error."""
+    import app
+
+    key = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-1111-2222-3333-444455556666"
+    endpoints = json.dumps({"h1": {"models": ["h1"], "artifact": str(tmp_path / "not-built")}})
+    monkeypatch.setenv("CDK_OUTDIR", str(tmp_path / "out"))
+    monkeypatch.setattr(sys, "argv", ["app.py", "-c", f"endpoints={endpoints}", "-c", f"kmsKeyArn={key}"])
+    assert app.main() == 0
+    err = capsys.readouterr().err
+    assert "error (OptimusEndpoints only, not deployable until fixed): endpoints.h1: artifact" in err
+    statements = json.loads(err[err.index("[") :])
+    assert [s["Sid"] for s in statements] == ["AllowIamPolicies", "EndpointLogGroups", "AlarmsToEncryptedTopic"]
+    assert (tmp_path / "out" / "OptimusFoundation.template.json").is_file()

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.artifacts.exporting import export_program, save_state_dict
+from kit.artifacts.exporting import compile_aoti_package, export_program, save_state_dict, vendor_metadata
+from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.loaders import build_vit
 from model_code.manifest import ModelEntry
@@ -42,14 +43,38 @@ class TinyMOptimus(nn.Module):
 
 
 class TinyTissueSeg(nn.Module):
-    """tiles [N,3,512,512] in [0, 1] -> logits [N,1,512,512]."""
+    """tiles [N,3,512,512] in [0, 1] -> logits [N,1,512,512]: a fixed colour rule that finds real H&E tissue.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    Stained tissue is coloured (HSV saturation well above 0.1 at 8 um/px) while glass, background and
+    dust are grey (saturation near 0): the logit is the saturation, smoothed over 7x7 pixels (as CLAM
+    smooths before thresholding), minus 0.05, scaled so the sigmoid is sharp.
+    """
+
+    threshold = 0.05
+    smoothing = 7
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        return self.body(tiles - 0.75)
+        brightest = tiles.amax(dim=1, keepdim=True)
+        saturation = (brightest - tiles.amin(dim=1, keepdim=True)) / (brightest + 1e-3)
+        smooth = F.avg_pool2d(saturation, self.smoothing, 1, self.smoothing // 2, count_include_pad=False)
+        return (smooth - self.threshold) * 100
+
+
+class EncoderProgram(nn.Module):
+    """A timm ViT as an encoder program: tiles [N,3,224,224] -> embedding [N,1536] (CLS, or CLS and mean
+    patch token), the shape of the vendor's h1_optimus_cls_token.pt2."""
+
+    def __init__(self, vit: nn.Module, pooling: str = "cls"):
+        super().__init__()
+        self.vit = vit
+        self.pooling = pooling
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(tiles)  # type: ignore[operator]
+        if self.pooling == "cls":
+            return self.vit.forward_head(tokens)  # type: ignore[operator]
+        prefix = int(self.vit.num_prefix_tokens)  # type: ignore[arg-type]
+        return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
 
 
 def demo_gene_ids(count: int, role: str) -> list[str]:
@@ -63,37 +88,53 @@ def write_gene_csv(path: Path, genes: list[str]) -> None:
     path.write_text("ensembl_gene_id\n" + "".join(f"{gene}\n" for gene in genes))
 
 
-def build_demo_model(name: str, model_dir: Path) -> ModelEntry:
-    """Write a tiny model `name` under model_dir (seeded: the same files every time) and describe it."""
+def build_demo_model(
+    name: str,
+    model_dir: Path,
+    format: str = "native",
+    device: str = "cpu",
+    instance_type: str = DEFAULT_INSTANCE_TYPE,
+) -> ModelEntry:
+    """Write a tiny model `name` under model_dir (seeded: the same files every time) and describe it.
+
+    format "native": encoders as timm safetensors, the others as torch.export programs; "aoti": every
+    model as an AOTInductor package compiled for `device`, with the vendor's model_metadata.json.
+    """
     torch.manual_seed(0)
     spec = MODELS[name]
     program = f"{name}/program.pt2"
+    files = {"program": program}
+    module: nn.Module
+    example: tuple[torch.Tensor, ...]
     if spec.family == "encoder":
         assert spec.timm_config is not None
         tiny = DEMO_VIT_MEAN_POOLED if spec.pooling == "cls+mean_patch" else DEMO_VIT
         config = {**spec.timm_config, **tiny}
-        weights = f"{name}/weights.safetensors"
-        save_state_dict(build_vit(config), model_dir / weights, "float32")
-        return ModelEntry.for_model(
-            name,
-            format="timm-safetensors",
-            files={"weights": weights},
-            dtype="float32",
-            demo=True,
-            timm_config=config,
-        )
-    if spec.family == "m-optimus":
-        example = (
-            torch.rand(2, 3, 224, 224),
-            torch.rand(2, N_INPUT_GENES),
-            torch.zeros(2, dtype=torch.int64),
-        )
-        export_program(TinyMOptimus(), example, model_dir / program)
-        genes = {"input_genes": N_INPUT_GENES, "output_genes": N_OUTPUT_GENES}
-        files = {"program": program}
-        for role, count in genes.items():
+        vit = build_vit(config)
+        if format == "native":
+            weights = f"{name}/weights.safetensors"
+            save_state_dict(vit, model_dir / weights, "float32")
+            return ModelEntry.for_model(
+                name,
+                format="timm-safetensors",
+                files={"weights": weights},
+                dtype="float32",
+                demo=True,
+                timm_config=config,
+            )
+        module, example = EncoderProgram(vit.eval(), spec.pooling), (torch.rand(2, 3, 224, 224),)
+    elif spec.family == "m-optimus":
+        module = TinyMOptimus()
+        example = (torch.rand(2, 3, 224, 224), torch.rand(2, N_INPUT_GENES), torch.zeros(2, dtype=torch.int64))
+        for role, count in {"input_genes": N_INPUT_GENES, "output_genes": N_OUTPUT_GENES}.items():
             files[role] = f"{name}/{role}.csv"
             write_gene_csv(model_dir / files[role], demo_gene_ids(count, role))
-        return ModelEntry.for_model(name, format="torch-export", files=files, dtype="float32", demo=True)
-    export_program(TinyTissueSeg(), (torch.rand(2, 3, 512, 512),), model_dir / program)
-    return ModelEntry.for_model(name, format="torch-export", files={"program": program}, dtype="float32", demo=True)
+    else:
+        module, example = TinyTissueSeg(), (torch.rand(2, 3, 512, 512),)
+    if format == "aoti":
+        metadata = vendor_metadata(spec.family)
+        compile_aoti_package(module, example, model_dir / program, device=device, metadata=metadata)
+    else:
+        export_program(module, example, model_dir / program)
+    described = describe_program(name, model_dir / program, instance_type)
+    return ModelEntry.for_model(name, files=files, demo=True, **described)

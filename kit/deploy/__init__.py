@@ -1,1 +1,1 @@
-"""Deploying: checks before and waits after `cdk deploy`."""
+"""Deploying: checks before (preflight) and waits after (wait) `cdk deploy`."""

@@ -1,0 +1,307 @@
+"""`kit preflight`: before `cdk deploy`, check the account in the environment for what only a real deploy
+would otherwise reveal. Each check passes or fails with the fix; any failure exits 1.
+
+It reads the same context as `cdk` (cdk.json, then `-c key=value`), so it checks the deploy about to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from kit import REPO, KitError
+from kit.cli import add_aws, add_json, session, write_output
+
+if TYPE_CHECKING:
+    import boto3
+
+    from stacks.config import EndpointConfig, KitConfig
+
+HELP = "check the account before `cdk deploy`: quotas, roles, bootstrap, image, key, artifacts"
+SCALING_ROLE = "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+BUILDX = (
+    "docker buildx build --platform linux/amd64 --provenance=false -f container/Dockerfile "
+    "--output type=image,name=IMAGE,oci-mediatypes=false,push=true ."
+)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    fix: str = ""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--context", action="append", default=[], metavar="KEY=VALUE", help="as for cdk: over cdk.json's context"
+    )
+    add_json(parser, "the checks")
+    add_aws(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from stacks.config import ConfigError, cdk_context, load_config
+
+    try:
+        config = load_config(cdk_context(REPO, [part for pair in args.context for part in ("-c", pair)]))
+    except ConfigError as exc:
+        raise KitError(str(exc)) from None
+    checks = preflight(config, session(args))
+    for check in checks:
+        print(f"{'PASS' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+        if not check.passed:
+            print(f"     fix: {check.fix}")
+    write_output(args.json, json.dumps([asdict(c) for c in checks], indent=2).encode())
+    failed = [c.name for c in checks if not c.passed]
+    print(
+        f"{len(checks) - len(failed)}/{len(checks)} checks passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return 1 if failed else 0
+
+
+def preflight(config: KitConfig, aws: boto3.Session, clients: dict[str, Any] | None = None) -> list[Check]:
+    """Every check for this configuration; `clients` replaces some of the session's (tests)."""
+    context = Context(config, aws, clients or {})
+    checks = [quota(context), bootstrap(context)]
+    if config.autoscaling:
+        checks.append(scaling_role(context))
+    if config.image != "asset":
+        checks.append(image(context))
+    if config.kmsKeyArn:
+        checks.append(key_policy(context))
+    if config.vpcSubnetIds:
+        checks.append(subnets(context))
+    for name, endpoint in config.endpoints.items():
+        checks += [artifact(context, name, endpoint), leftover_log_group(context, name), instance_type(context, name)]
+    return checks
+
+
+class Context:
+    def __init__(self, config: KitConfig, aws: boto3.Session, clients: dict[str, Any]) -> None:
+        self.config, self.aws, self.clients = config, aws, clients
+        self.region = aws.region_name or config.region
+
+    def client(self, name: str) -> Any:
+        if name not in self.clients:
+            self.clients[name] = self.aws.client(name, region_name=self.region)
+        return self.clients[name]
+
+    def stack_outputs(self, suffix: str) -> dict[str, str] | None:
+        """The outputs of the kit's stack PREFIX+suffix, or None where it is not deployed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            stacks = self.client("cloudformation").describe_stacks(StackName=self.config.stack_prefix + suffix)
+        except ClientError as exc:
+            if "does not exist" in str(exc):
+                return None
+            raise
+        return {o["OutputKey"]: o["OutputValue"] for o in stacks["Stacks"][0].get("Outputs", [])}
+
+
+def quota(context: Context) -> Check:
+    config = context.config
+    fleets = 2 if config.deployment in ("blue-green", "canary") else 1  # an update runs the new fleet beside the old
+    need = len(config.endpoints) * (config.maxInstances * fleets + (1 if config.deployment == "rolling" else 0))
+    name = f"{config.instanceType} for endpoint usage"
+    pages = context.client("service-quotas").get_paginator("list_service_quotas").paginate(ServiceCode="sagemaker")
+    found = next((q for page in pages for q in page["Quotas"] if q["QuotaName"] == name), None)
+    check = f"quota '{name}'"
+    if found is None:
+        return Check(
+            check, False, "not listed for this account and region", f"pick another instanceType in {context.region}"
+        )
+    have = int(found["Value"])
+    why = f"{len(config.endpoints)} endpoint(s) x maxInstances {config.maxInstances} x {fleets} fleet(s) in an update"
+    fix = (
+        f"aws service-quotas request-service-quota-increase --service-code sagemaker "
+        f"--quota-code {found['QuotaCode']} --desired-value {need}"
+    )
+    return Check(check, have >= need, f"{have} available, {need} needed ({why})", "" if have >= need else fix)
+
+
+def bootstrap(context: Context) -> Check:
+    from botocore.exceptions import ClientError
+
+    try:
+        status = context.client("cloudformation").describe_stacks(StackName="CDKToolkit")["Stacks"][0]["StackStatus"]
+    except ClientError:
+        status = None
+    ok = status is not None and status.endswith("_COMPLETE") and "ROLLBACK" not in status and "DELETE" not in status
+    detail = f"CDKToolkit is {status}" if status else "no CDKToolkit stack"
+    return Check(
+        "CDK bootstrap", ok, detail, "" if ok else f"node_modules/.bin/cdk bootstrap (region {context.region})"
+    )
+
+
+def scaling_role(context: Context) -> Check:
+    from botocore.exceptions import ClientError
+
+    try:
+        context.client("iam").get_role(RoleName=SCALING_ROLE)
+        return Check("autoscaling service-linked role", True, f"{SCALING_ROLE} exists")
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "NoSuchEntity":
+            raise
+    return Check(
+        "autoscaling service-linked role",
+        False,
+        f"{SCALING_ROLE} does not exist: registering the scalable target fails",
+        "aws iam create-service-linked-role --aws-service-name sagemaker.application-autoscaling.amazonaws.com",
+    )
+
+
+def image(context: Context) -> Check:
+    from botocore.exceptions import ClientError
+
+    from stacks.config import ECR_URI
+
+    match = ECR_URI.match(context.config.image)
+    assert match is not None  # validated by KitConfig
+    account, region, _, repository, reference = match.groups()
+    name = f"image {context.config.image}"
+    if region != context.region:
+        return Check(
+            name, False, f"in {region}, the endpoints deploy to {context.region}", f"push it to {context.region}"
+        )
+    image_id = {"imageDigest": reference[1:]} if reference.startswith("@") else {"imageTag": reference[1:]}
+    try:
+        found = context.client("ecr").describe_images(
+            registryId=account, repositoryName=repository, imageIds=[image_id]
+        )
+    except ClientError as exc:
+        return Check(name, False, exc.response["Error"]["Message"], BUILDX.replace("IMAGE", context.config.image))
+    media_type = found["imageDetails"][0].get("imageManifestMediaType", "unknown")
+    ok = media_type == DOCKER_V2
+    fix = "" if ok else "rebuild and push a Docker v2 manifest: " + BUILDX.replace("IMAGE", context.config.image)
+    return Check(name, ok, f"manifest {media_type}" + ("" if ok else ", which SageMaker refuses"), fix)
+
+
+def key_policy(context: Context) -> Check:
+    from stacks.config import KMS_KEY_ARN
+    from stacks.key_policy import key_policy_statements
+
+    key_arn = str(context.config.kmsKeyArn)
+    match = KMS_KEY_ARN.match(key_arn)
+    assert match is not None
+    required = key_policy_statements(context.config, match.group(2), match.group(1))
+    policy = json.loads(context.client("kms").get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"])
+    missing = [s for s in required if not any(_covers(held, s) for held in policy.get("Statement", []))]
+    detail = "holds the statements the kit needs" if not missing else f"lacks {', '.join(s['Sid'] for s in missing)}"
+    fix = "" if not missing else f"add to the key policy: {json.dumps(missing)}"
+    return Check(f"key policy of {key_arn}", not missing, detail, fix)
+
+
+def _covers(held: dict[str, Any], needed: dict[str, Any]) -> bool:
+    """Whether a statement of the key's policy allows what `needed` allows (same principal, every action)."""
+    if held.get("Effect") != "Allow" or held.get("Principal") != needed["Principal"]:
+        return False
+    actions = held.get("Action", [])
+    actions = [actions] if isinstance(actions, str) else actions
+    wanted = [needed["Action"]] if isinstance(needed["Action"], str) else needed["Action"]
+    return all(a in actions or "kms:*" in actions for a in wanted)
+
+
+def subnets(context: Context) -> Check:
+    found = context.client("ec2").describe_subnets(SubnetIds=context.config.vpcSubnetIds)["Subnets"]
+    zones = sorted({s["AvailabilityZone"] for s in found})
+    ok = len(zones) >= 2
+    fix = "" if ok else "give vpcSubnetIds in at least two Availability Zones (and an S3 gateway endpoint in the VPC)"
+    return Check("VPC subnets", ok, f"{len(found)} subnet(s) in {', '.join(zones) or 'no zone'}", fix)
+
+
+def artifact(context: Context, name: str, endpoint: EndpointConfig) -> Check:
+    from botocore.exceptions import ClientError
+
+    from stacks.config import KIT_BUCKET, ConfigError
+
+    check = f"artifact of {name}"
+    if not endpoint.artifact_in_s3:
+        try:
+            endpoint.local_tarball(REPO)
+        except ConfigError as exc:
+            return Check(check, False, str(exc), "package it (the command above)")
+        return Check(check, True, f"{endpoint.artifact} holds {', '.join(endpoint.models)}")
+    if endpoint.artifact_in_kit_bucket:
+        outputs = context.stack_outputs("Foundation")
+        if outputs is None:
+            return Check(check, False, "the foundation stack is not deployed", "cdk deploy the foundation stack first")
+        bucket, key = outputs["ArtifactBucket"], endpoint.artifact.removeprefix(KIT_BUCKET)
+    else:
+        bucket, key = endpoint.artifact.removeprefix("s3://").split("/", 1)
+    upload = f"python -m kit upload build/{name}/model{'' if key.endswith('/') else '.tar.gz'} s3://{bucket}/{key}"
+    try:
+        problems = _uploaded(context.client("s3"), bucket, key, endpoint.models)
+    except ClientError as exc:
+        problems = [f"s3://{bucket}/{key}: {exc.response['Error'].get('Message') or exc.response['Error']['Code']}"]
+    if problems:
+        return Check(check, False, "; ".join(problems), upload)
+    return Check(check, True, f"s3://{bucket}/{key}: every file there, with the sha256 `kit upload` recorded")
+
+
+def _uploaded(s3: Any, bucket: str, key: str, models: list[str]) -> list[str]:
+    """What is wrong with an uploaded artifact: a prefix against its manifest, a tarball by its recorded sha256."""
+    from model_code.manifest import MANIFEST, Manifest
+
+    if not key.endswith("/"):
+        head = s3.head_object(Bucket=bucket, Key=key)
+        return [] if head.get("Metadata", {}).get("sha256") else [f"s3://{bucket}/{key} was not sent by kit upload"]
+    manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key + MANIFEST)["Body"].read())
+    problems = [f"the manifest lacks {m}" for m in models if manifest.entry(m) is None]
+    for rel, digest in sorted(manifest.sha256.items()):
+        stored = s3.head_object(Bucket=bucket, Key=key + rel).get("Metadata", {}).get("sha256")
+        if stored != digest:
+            problems.append(f"{rel}: sha256 {stored} in S3, {digest} in the manifest")
+    return problems
+
+
+def leftover_log_group(context: Context, name: str) -> Check:
+    """A destroy keeps the endpoint's log group; a fresh create of the same name then fails."""
+    group = f"/aws/sagemaker/Endpoints/{context.config.prefix}-{name}"
+    check = f"log group {group}"
+    if context.stack_outputs("Endpoints") is not None:
+        return Check(check, True, "the endpoints stack exists and owns it")
+    found = context.client("logs").describe_log_groups(logGroupNamePrefix=group)["logGroups"]
+    if not any(g["logGroupName"] == group for g in found):
+        return Check(check, True, "free")
+    return Check(
+        check,
+        False,
+        "kept by an earlier destroy: creating the stack fails with 'already exists'",
+        f"cdk deploy --import-existing-resources (adopts it), or aws logs delete-log-group --log-group-name {group}",
+    )
+
+
+def instance_type(context: Context, name: str) -> Check:
+    """SageMaker refuses an update that changes the instance type of an autoscaled variant."""
+    from botocore.exceptions import ClientError
+
+    config = context.config
+    endpoint = f"{config.prefix}-{name}"
+    check = f"instance type of {endpoint}"
+    sagemaker = context.client("sagemaker")
+    try:
+        config_name = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    except ClientError:
+        return Check(check, True, "not deployed yet")
+    variant = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"][0]
+    deployed = variant.get("InstanceType")
+    if deployed == config.instanceType:
+        return Check(check, True, f"{deployed}, unchanged")
+    targets = context.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker", ResourceIds=[f"endpoint/{endpoint}/variant/{variant['VariantName']}"]
+    )["ScalableTargets"]
+    if not targets or not config.autoscaling:
+        return Check(check, True, f"{deployed} -> {config.instanceType}, no scaling target in the way")
+    return Check(
+        check,
+        False,
+        f"{deployed} -> {config.instanceType} on an autoscaled endpoint, which SageMaker refuses",
+        "deploy with -c autoscaling=false and the old instanceType first, then the new instanceType",
+    )

@@ -1,0 +1,98 @@
+"""Where the tissue is: tissue-seg over the slide at its own resolution (8 um/px), then the tile grid at
+the model's resolution with each tile's tissue ratio (the fraction of its area the mask marks)."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from model_code.records import Record
+from model_code.runners import Runner
+from model_code.slides.reader import Geometry, Slide
+
+Read = Callable[[tuple[int, int]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Square tiles of `extent` level-0 pixels on a stride of `extent`, each read as `size` pixels."""
+
+    coords: np.ndarray  # [N, 2] int64 level-0 x, y of each tile's top-left corner
+    extent: float
+    size: int
+
+
+def grid(geometry: Geometry, mpp: float, size: int) -> Grid:
+    """Every whole tile of `size` pixels at `mpp` um/px that fits in the slide, row by row."""
+    extent = size * mpp / geometry.mpp
+    cols, rows = int(geometry.width // extent), int(geometry.height // extent)
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    coords = np.stack([np.round(xs.ravel() * extent), np.round(ys.ravel() * extent)], axis=1).astype(np.int64)
+    return Grid(coords, extent, size)
+
+
+def chunks(read: Read, coords: np.ndarray, size: int, pool: Executor, prefetch: int) -> Iterator[np.ndarray]:
+    """[n, H, W, 3] uint8 chunks of `size` tiles in order, read in `pool`, at most `prefetch` chunks ahead."""
+    starts = range(0, len(coords), size)
+    pending: deque[Future[np.ndarray]] = deque()
+    for start in starts:
+        pending.append(pool.submit(_read_chunk, read, coords[start : start + size]))
+        if len(pending) > prefetch:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _read_chunk(read: Read, coords: np.ndarray) -> np.ndarray:
+    return np.stack([read((int(x), int(y))) for x, y in coords])
+
+
+def records(pixels: np.ndarray, model: str, mode: str, bulk_rna: np.ndarray | None = None) -> list[Record]:
+    """The runners' input: one Record per tile, as the tile API decodes them."""
+    return [Record(i, model, mode, {}, tile, bulk_rna) for i, tile in enumerate(pixels)]
+
+
+def tissue_mask(slide: Slide, seg: Runner, pool: Executor, prefetch: int) -> tuple[np.ndarray, float]:
+    """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, and that resolution (um/px)."""
+    geometry, size, mpp = slide.geometry, seg.entry.tile_size, seg.entry.resolution
+    extent = size * mpp / geometry.mpp
+    rows, cols = math.ceil(geometry.height / extent), math.ceil(geometry.width / extent)
+    mask = np.zeros((rows * size, cols * size), dtype=np.uint8)
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
+    coords = np.round(cells * extent).astype(np.int64)
+    done = 0
+    for pixels in chunks(lambda xy: slide.read(*xy, extent, size), coords, seg.max_batch, pool, prefetch):
+        for output in seg(records(pixels, seg.entry.name, "prediction")):
+            col, row = cells[done]
+            mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = output["prediction"].reshape(
+                size, size
+            )
+            done += 1
+    height, width = round(geometry.height * geometry.mpp / mpp), round(geometry.width * geometry.mpp / mpp)
+    return mask[: max(height, 1), : max(width, 1)], mpp
+
+
+def tissue_ratios(mask: np.ndarray, mask_mpp: float, geometry: Geometry, tiles: Grid) -> np.ndarray:
+    """The fraction of each tile's area that the mask marks as tissue (float32, [N])."""
+    scale = geometry.mpp / mask_mpp  # mask pixels per level-0 pixel
+    integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    x0 = np.clip(np.round(tiles.coords[:, 0] * scale).astype(np.int64), 0, mask.shape[1] - 1)
+    y0 = np.clip(np.round(tiles.coords[:, 1] * scale).astype(np.int64), 0, mask.shape[0] - 1)
+    side = max(round(tiles.extent * scale), 1)
+    x1, y1 = np.minimum(x0 + side, mask.shape[1]), np.minimum(y0 + side, mask.shape[0])
+    area = (x1 - x0) * (y1 - y0)
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return (inside / area).astype(np.float32)
+
+
+def select(tiles: Grid, ratios: np.ndarray, minimum: float) -> tuple[Grid, np.ndarray]:
+    """The tiles whose tissue ratio reaches `minimum`, in grid order."""
+    keep = ratios >= minimum if minimum > 0 else np.ones(len(ratios), dtype=bool)
+    return Grid(tiles.coords[keep], tiles.extent, tiles.size), ratios[keep]

@@ -1,0 +1,177 @@
+"""`kit preflight` against moto (IAM, CloudFormation, S3, KMS, logs, EC2, SageMaker, Application Auto Scaling)
+and botocore's Stubber where moto lacks the call (Service Quotas' list, ECR's manifest media type)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from kit.__main__ import main
+from kit.artifacts.upload import upload_artifact
+from kit.deploy.preflight import DOCKER_V2, SCALING_ROLE, Check, preflight
+from stacks.config import KitConfig, load_config
+from stacks.key_policy import key_policy_statements
+
+REGION, ACCOUNT = "eu-west-1", "123456789012"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/optimus-serving:0.1.0"
+STACK = '{"Resources": {"B": {"Type": "AWS::S3::Bucket"}}, "Outputs": {"ArtifactBucket": {"Value": {"Ref": "B"}}}}'
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, artifact: Path) -> Iterator[boto3.Session]:
+    """An account ready to deploy: bootstrapped, the scaling role, the foundation stack, an uploaded artifact."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    with mock_aws():
+        session = boto3.Session(region_name=REGION)
+        cloudformation = session.client("cloudformation")
+        cloudformation.create_stack(StackName="CDKToolkit", TemplateBody=STACK.replace("ArtifactBucket", "Bucket"))
+        cloudformation.create_stack(StackName="OptimusFoundation", TemplateBody=STACK)
+        session.client("iam").create_role(
+            RoleName=SCALING_ROLE, AssumeRolePolicyDocument="{}", Path="/aws-service-role/"
+        )
+        upload_artifact(artifact, f"s3://{artifact_bucket(session)}/h1/v1/", session)
+        yield session
+
+
+def artifact_bucket(session: boto3.Session) -> str:
+    stack = session.client("cloudformation").describe_stacks(StackName="OptimusFoundation")["Stacks"][0]
+    return str(stack["Outputs"][0]["OutputValue"])
+
+
+def config(**overrides: Any) -> KitConfig:
+    context = {
+        "endpoints": {"h1": {"models": ["h1", "tissue-seg"], "artifact": "kit://h1/v1/"}},
+        "image": IMAGE,
+        **overrides,
+    }
+    return load_config(context)
+
+
+def stubbed(session: boto3.Session, quota: float = 16, media_type: str = DOCKER_V2) -> dict[str, Any]:
+    quotas, ecr = session.client("service-quotas"), session.client("ecr")
+    quota_stub, ecr_stub = Stubber(quotas), Stubber(ecr)
+    listed = {"QuotaName": "ml.g5.xlarge for endpoint usage", "QuotaCode": "L-1928E07B", "Value": quota}
+    quota_stub.add_response("list_service_quotas", {"Quotas": [listed]}, {"ServiceCode": "sagemaker"})
+    image = {"imageDetails": [{"imageManifestMediaType": media_type, "imageTags": ["0.1.0"]}]}
+    ecr_stub.add_response(
+        "describe_images",
+        image,
+        {"registryId": ACCOUNT, "repositoryName": "optimus-serving", "imageIds": [{"imageTag": "0.1.0"}]},
+    )
+    quota_stub.activate()
+    ecr_stub.activate()
+    return {"service-quotas": quotas, "ecr": ecr}
+
+
+def by_name(checks: list[Check]) -> dict[str, Check]:
+    return {c.name.split(" ")[0] if c.name.startswith("quota") else c.name: c for c in checks}
+
+
+def test_a_ready_account_passes_every_check(aws: boto3.Session) -> None:
+    checks = preflight(config(), aws, stubbed(aws))
+    assert [c for c in checks if not c.passed] == []
+    assert sorted(c.name for c in checks) == sorted(
+        [
+            "quota 'ml.g5.xlarge for endpoint usage'", "CDK bootstrap", "autoscaling service-linked role",
+            f"image {IMAGE}", "artifact of h1", "log group /aws/sagemaker/Endpoints/optimus-h1",
+            "instance type of optimus-h1",
+        ]
+    )  # fmt: skip
+    quota = next(c for c in checks if c.name.startswith("quota"))
+    assert quota.detail == "16 available, 8 needed (1 endpoint(s) x maxInstances 4 x 2 fleet(s) in an update)"
+
+
+def test_each_problem_fails_with_its_fix(aws: boto3.Session, artifact: Path) -> None:
+    aws.client("iam").delete_role(RoleName=SCALING_ROLE)
+    aws.client("cloudformation").delete_stack(StackName="CDKToolkit")
+    bucket = artifact_bucket(aws)
+    weights = next(rel for rel in json.loads((artifact / "manifest.json").read_text())["sha256"])
+    aws.client("s3").put_object(Bucket=bucket, Key=f"h1/v1/{weights}", Body=b"other", Metadata={"sha256": "0" * 64})
+    aws.client("logs").create_log_group(logGroupName="/aws/sagemaker/Endpoints/optimus-h1")  # a destroy kept it
+    checks = {
+        c.name: c
+        for c in preflight(
+            config(), aws, stubbed(aws, quota=0, media_type="application/vnd.oci.image.manifest.v1+json")
+        )
+    }
+    assert not any(c.passed for c in checks.values() if not c.name.startswith("instance type"))
+    assert "--quota-code L-1928E07B --desired-value 8" in checks["quota 'ml.g5.xlarge for endpoint usage'"].fix
+    assert checks["CDK bootstrap"].fix.startswith("node_modules/.bin/cdk bootstrap")
+    assert "create-service-linked-role" in checks["autoscaling service-linked role"].fix
+    assert (
+        "SageMaker refuses" in checks[f"image {IMAGE}"].detail
+        and "oci-mediatypes=false" in checks[f"image {IMAGE}"].fix
+    )
+    assert f"{weights}: sha256 {'0' * 64} in S3" in checks["artifact of h1"].detail
+    assert "--import-existing-resources" in checks["log group /aws/sagemaker/Endpoints/optimus-h1"].fix
+
+
+def test_imported_key_policy_is_checked(aws: boto3.Session) -> None:
+    kms = aws.client("kms")
+    statements = key_policy_statements(config(), ACCOUNT, REGION)
+    good = kms.create_key(Policy=json.dumps({"Version": "2012-10-17", "Statement": statements}))["KeyMetadata"]["Arn"]
+    short = json.dumps({"Version": "2012-10-17", "Statement": statements[:1]})
+    bad = kms.create_key(Policy=short)["KeyMetadata"]["Arn"]
+    for key, passed in ((good, True), (bad, False)):
+        (check,) = [c for c in preflight(config(kmsKeyArn=key), aws, stubbed(aws)) if c.name.startswith("key policy")]
+        assert check.passed is passed
+    assert (
+        check.detail == "lacks EndpointLogGroups, AlarmsToEncryptedTopic"
+        and "logs.eu-west-1.amazonaws.com" in check.fix
+    )
+
+
+def test_subnets_in_one_zone_and_an_instance_type_change_fail(aws: boto3.Session) -> None:
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}a")["Subnet"]["SubnetId"]
+        for i in range(2)
+    ]
+    sagemaker = aws.client("sagemaker")
+    sagemaker.create_model(
+        ModelName="m", ExecutionRoleArn=f"arn:aws:iam::{ACCOUNT}:role/r", PrimaryContainer={"Image": IMAGE}
+    )
+    variant = {
+        "VariantName": "AllTraffic",
+        "ModelName": "m",
+        "InstanceType": "ml.g4dn.xlarge",
+        "InitialInstanceCount": 1,
+    }
+    sagemaker.create_endpoint_config(EndpointConfigName="c", ProductionVariants=[variant])
+    sagemaker.create_endpoint(EndpointName="optimus-h1", EndpointConfigName="c")
+    aws.client("application-autoscaling").register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId="endpoint/optimus-h1/variant/AllTraffic",
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=1, MaxCapacity=4,
+    )  # fmt: skip
+    cfg = config(vpcSubnetIds=subnets, vpcSecurityGroupIds=["sg-0123456789abcdef0"])
+    checks = {c.name: c for c in preflight(cfg, aws, stubbed(aws))}
+    assert not checks["VPC subnets"].passed and "two Availability Zones" in checks["VPC subnets"].fix
+    change = checks["instance type of optimus-h1"]
+    assert not change.passed and "-c autoscaling=false" in change.fix
+    assert "ml.g4dn.xlarge -> ml.g5.xlarge" in change.detail
+
+
+def test_the_command_exits_1_with_json(aws: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    clients = stubbed(aws, quota=2)
+    real = boto3.Session.client
+    monkeypatch.setattr(boto3.Session, "client", lambda self, name, **kw: clients.get(name) or real(self, name, **kw))
+    endpoints = json.dumps({"h1": {"models": ["h1", "tissue-seg"], "artifact": "kit://h1/v1/"}})
+    report = tmp_path / "preflight.json"
+    status = main(["preflight", "--json", str(report), "-c", f"image={IMAGE}", "-c", f"endpoints={endpoints}"])
+    out = capsys.readouterr().out
+    assert status == 1 and "FAIL quota 'ml.g5.xlarge for endpoint usage': 2 available, 8 needed" in out
+    assert "6/7 checks passed; failed: quota" in out
+    assert [c["passed"] for c in json.loads(report.read_text())].count(False) == 1
+    assert main(["preflight", "-c", "maxInstance=4"]) == 2
+    assert "unknown context key(s) maxInstance" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""Every SageMaker, Application Auto Scaling and CloudWatch resource of the synthesized templates, as the API
+call CloudFormation makes for it, validated against botocore's own service model: required members, types,
+enums, lengths, ranges and patterns. The closest check of these resources that runs without an account."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+import regex  # AWS's patterns use \p{...} classes, which `re` lacks (regex comes with cfn-lint)
+from botocore.model import Shape
+from botocore.validate import ParamValidator
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+
+from aws_cdk import App
+
+from app import build
+from kit.artifacts.builder import package
+from tests.cfn_calls import api_calls
+from tests.test_stacks import context
+
+SESSION = botocore.session.get_session()
+
+
+def constraint_errors(value: Any, shape: Shape, path: str) -> list[str]:
+    """What botocore's ParamValidator leaves to the service: enums, maximums and patterns."""
+    errors = []
+    if shape.type_name == "structure" and isinstance(value, dict):
+        for name, member in value.items():
+            if name in shape.members:
+                errors += constraint_errors(member, shape.members[name], f"{path}.{name}")
+    elif shape.type_name == "list" and isinstance(value, list):
+        errors += [e for i, v in enumerate(value) for e in constraint_errors(v, shape.member, f"{path}[{i}]")]
+    elif shape.type_name == "map" and isinstance(value, dict):
+        errors += [e for k, v in value.items() for e in constraint_errors(v, shape.value, f"{path}.{k}")]
+    elif shape.type_name == "string" and isinstance(value, str):
+        enum, pattern, most = shape.enum, shape.metadata.get("pattern"), shape.metadata.get("max")
+        if enum and value not in enum:
+            errors.append(f"{path}: {value!r} not one of {enum}")
+        if most is not None and len(value) > most:
+            errors.append(f"{path}: longer than {most}")
+        if pattern and not _matches(pattern, value):
+            errors.append(f"{path}: {value!r} does not match {pattern}")
+    elif shape.type_name in ("integer", "long", "double", "float") and value > shape.metadata.get("max", value):
+        errors.append(f"{path}: {value} over {shape.metadata['max']}")
+    return errors
+
+
+def _matches(pattern: str, value: str) -> bool:
+    try:
+        return regex.fullmatch(pattern, value, regex.DOTALL) is not None
+    except regex.error:  # a Java-only construct (a few of AWS's patterns): not checkable here
+        return True
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    root = tmp_path_factory.mktemp("packages")
+    artifacts = {
+        "H1": str(package(["h1", "tissue-seg"], root / "H1", demo=True).parent),
+        "M": str(package(["m-optimus", "tissue-seg"], root / "M", demo=True).parent),
+    }
+    outdir = tmp_path_factory.mktemp("cdk.out")
+    app = App(context=context(artifacts, instanceType="ml.p3.2xlarge", alarmEmail="a@example.com"), outdir=str(outdir))
+    build(app)
+    app.synth()
+    return {p.name.split(".")[0]: json.loads(p.read_text()) for p in Path(outdir).glob("*.template.json")}
+
+
+def test_every_call_is_valid_for_botocores_service_model(templates: dict[str, dict[str, Any]]) -> None:
+    calls = api_calls(templates)
+    assert Counter(operation for _, operation, _ in calls) == {
+        "CreateModel": 2, "CreateEndpointConfig": 2, "CreateEndpoint": 2, "UpdateEndpoint": 2,
+        "RegisterScalableTarget": 2, "PutScalingPolicy": 4, "PutMetricAlarm": 10, "PutDashboard": 1,
+    }  # fmt: skip
+    problems = []
+    for service, operation, params in calls:
+        shape = SESSION.get_service_model(service).operation_model(operation).input_shape
+        report = ParamValidator().validate(params, shape)
+        if report.has_errors():
+            problems.append(f"{operation}: {report.generate_report()}")
+        problems += [f"{operation}: {e}" for e in constraint_errors(params, shape, operation)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checker_catches_what_a_real_account_would_refuse(templates: dict[str, dict[str, Any]]) -> None:
+    """The validation above can fail: a wrong enum, a missing member, a value out of range each show up."""
+    calls = {operation: params for _, operation, params in api_calls(templates)}
+    broken = [
+        ("sagemaker", "CreateEndpointConfig", {**calls["CreateEndpointConfig"], "ProductionVariants": [
+            {**calls["CreateEndpointConfig"]["ProductionVariants"][0],
+             "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING"}}]}),
+        ("sagemaker", "CreateModel", {k: v for k, v in calls["CreateModel"].items() if k != "ModelName"}),
+        ("sagemaker", "CreateModel", {**calls["CreateModel"], "ExecutionRoleArn": "optimus-role"}),
+        ("cloudwatch", "PutMetricAlarm", {**calls["PutMetricAlarm"], "EvaluationPeriods": 0}),
+        ("sagemaker", "CreateEndpoint", {**calls["CreateEndpoint"], "DeploymentConfig": {"BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 7200}}}}),
+    ]  # fmt: skip
+    for service, operation, params in broken:
+        shape = SESSION.get_service_model(service).operation_model(operation).input_shape
+        report = ParamValidator().validate(params, shape)
+        assert report.has_errors() or constraint_errors(params, shape, operation), operation
+
+
+def test_dashboard_body_is_json_with_the_instance_metrics(templates: dict[str, dict[str, Any]]) -> None:
+    (dashboard,) = [p for _, operation, p in api_calls(templates) if operation == "PutDashboard"]
+    body = json.loads(dashboard["DashboardBody"])
+    metrics = {m[1] for widget in body["widgets"] for m in widget["properties"].get("metrics", [])}
+    assert {
+        "GPUUtilization",
+        "GPUMemoryUtilization",
+        "CPUUtilization",
+        "MemoryUtilization",
+        "DiskUtilization",
+    } <= metrics
