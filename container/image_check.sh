@@ -3,15 +3,16 @@
 #
 # From a fresh clone on a Debian machine, as root: installs podman, runc and debootstrap; builds a stand-in for
 # python:3.11-slim-bookworm (container/base_image.sh, cached); builds the Dockerfile with only build arguments
-# differing (the base image and where torch comes from); packages the two demo artifacts; then, for each of the
-# vendor's packages, runs the image with the command `serve`, the artifact read-only at /opt/ml/model, the image's
-# own user, a read-only root with a tmpfs at /tmp, all capabilities dropped and no network, and checks it from
-# inside its network namespace (container/probe.py: /ping, the vendor payloads, a bad input's 4xx, then
-# `kit smoke`). Last, SIGTERM: the server must exit 0 within the grace period.
+# differing (the base image and where torch comes from); packages the demo artifacts; then, for each of the
+# vendor's packages (and H1 again as AOTInductor packages), runs the image with the command `serve`, the artifact
+# read-only at /opt/ml/model, the image's own user, a read-only root with a tmpfs at /tmp, all capabilities
+# dropped and no network, and checks it from inside its network namespace (container/probe.py: /ping, the vendor
+# payloads, a bad input's 4xx, `kit smoke`, a slide). Last, SIGTERM: exit 0 within the grace period.
 #
 # Environment: IMAGE_CHECK_TORCH_INDEX (default PyPI's, https://pypi.org/simple), IMAGE_CHECK_IMAGE,
 # IMAGE_CHECK_BASE, IMAGE_CHECK_GRACE_S (default 30, the server's GRACEFUL_TIMEOUT_S).
 set -euo pipefail
+{ # bash reads this block whole before running it, so editing the file meanwhile cannot derail a run
 cd "$(dirname "$0")/.."
 REPO=$PWD
 PY=${PY:-$REPO/.venv/bin/python}
@@ -65,33 +66,38 @@ import json, sys
 for layer in sorted(json.load(sys.stdin), key=lambda layer: -layer["size"])[:4]:
     print("  %8.1f MB  %s" % (layer["size"] / 1e6, layer["CreatedBy"][:100]))'
 
-step "demo artifacts, unpacked from model.tar.gz as SageMaker does into /opt/ml/model"
+# Three runs: H1 takes its port from SAGEMAKER_BIND_TO_PORT, M the default 8080, and H1 again with its models
+# compiled as AOTInductor packages (the vendor's .pt2 format: loaded without triton, unpacked under /tmp).
+RUNS=(H1 M H1-aoti)
+declare -A PACKAGE=([H1]=H1 [M]=M [H1-aoti]=H1)
+declare -A FORMAT=([H1]=native [M]=native [H1-aoti]=aoti)
+declare -A PORT=([H1]=9081 [M]=8080 [H1-aoti]=8080)
 declare -A MODELS=([H1]=h1,tissue-seg [M]=m-optimus,tissue-seg)
-for package in H1 M; do
-    [[ -f $WORK/$package/model.tar.gz ]] ||
-        PYTHONPATH=$REPO "$PY" -m kit package --demo --models "${MODELS[$package]}" --out "$WORK/$package"
-    rm -rf "$WORK/$package/opt-ml-model" && mkdir "$WORK/$package/opt-ml-model"
-    tar -C "$WORK/$package/opt-ml-model" -xzf "$WORK/$package/model.tar.gz"
+
+step "demo artifacts, unpacked from model.tar.gz as SageMaker does into /opt/ml/model"
+for run in "${RUNS[@]}"; do
+    [[ -f $WORK/$run/model.tar.gz ]] || PYTHONPATH=$REPO "$PY" -m kit package --demo --format "${FORMAT[$run]}" \
+        --models "${MODELS[${PACKAGE[$run]}]}" --out "$WORK/$run"
+    rm -rf "$WORK/$run/opt-ml-model" && mkdir "$WORK/$run/opt-ml-model"
+    tar -C "$WORK/$run/opt-ml-model" -xzf "$WORK/$run/model.tar.gz"
 done
 
 failed=0
-# H1 takes its port from SAGEMAKER_BIND_TO_PORT, M the default 8080.
-declare -A PORTS=([H1]=9081 [M]=8080)
-for package in H1 M; do
-    name=image-check-${package,,}
-    port=${PORTS[$package]}
+for run in "${RUNS[@]}"; do
+    name=image-check-${run,,}
+    port=${PORT[$run]}
     env=()
     [[ $port != 8080 ]] && env=(-e SAGEMAKER_BIND_TO_PORT="$port")
-    step "run $package: serve on port $port, --network none, read-only root"
+    step "run $run (${FORMAT[$run]} models): serve on port $port, --network none, read-only root"
     "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
     started=$(date +%s.%N)
     "${PODMAN[@]}" run -d --name "$name" --network none --read-only --read-only-tmpfs=false \
-        --tmpfs /tmp:rw,nosuid,nodev,size=512m --cap-drop all --security-opt no-new-privileges \
-        -v "$WORK/$package/opt-ml-model:/opt/ml/model:ro" "${env[@]}" "$IMAGE" serve >/dev/null
+        --tmpfs /tmp:rw,nosuid,nodev,exec,size=2g --cap-drop all --security-opt no-new-privileges \
+        -v "$WORK/$run/opt-ml-model:/opt/ml/model:ro" "${env[@]}" "$IMAGE" serve >/dev/null
     pid=$("${PODMAN[@]}" inspect "$name" --format '{{.State.Pid}}')
     # The checks run on this machine's tools, inside the container's network namespace: only its loopback.
     if nsenter --net="/proc/$pid/ns/net" env PYTHONPATH="$REPO" "$PY" container/probe.py \
-        --url "http://127.0.0.1:$port" --package "$package" --started "$started" --pid "$pid" \
+        --url "http://127.0.0.1:$port" --package "${PACKAGE[$run]}" --started "$started" --pid "$pid" \
         --payloads "${VENDOR_PAYLOADS:-$REPO/../shared/fixtures/vendor-payloads}"; then
         :
     else
@@ -115,3 +121,4 @@ done
 
 step "image check $([[ $failed == 0 ]] && echo passed || echo FAILED) in $(($(date +%s) - began)) s"
 exit $failed
+}

@@ -2,7 +2,8 @@
 
 Waits for a healthy /ping (printing the time from the container's start), checks the models it names, sends every
 vendor payload for the package's models to /invocations and compares each answer's shape with the vendor's, sends
-a bad input expecting a 400 that names the field, then runs `kit smoke` against it. Exits 1 on any failure.
+a bad input expecting a 400 that names the field, runs `kit smoke` against it, then sends a generated slide
+through its whole-slide path (`kit slides run`). Exits 1 on any failure.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     print(smoke.stdout + smoke.stderr)
     check(failures, smoke.returncode == 0, f"kit smoke exited {smoke.returncode}")
+    failures += check_slide(args.url, models[0])
     for failure in failures:
         print(f"FAIL: {failure}")
     return 1 if failures else 0
@@ -100,6 +103,21 @@ def check_payload(client: httpx.Client, path: Path) -> list[str]:
     )
     print(f"{path.name}: {len(got)} answer(s), {'vendor shapes' if shapes else 'SHAPES DIFFER'}")
     return [] if shapes else [f"{path.name}: keys or output sizes differ from {path.name}.out"]
+
+
+def check_slide(url: str, model: str) -> list[str]:
+    """A generated SVS slide through the slide path (OpenSlide in the image, the body spooled to /tmp)."""
+    from kit.slides.synthetic import make_slide
+
+    with tempfile.TemporaryDirectory() as work:
+        slide = make_slide(Path(work) / "probe-slide.svs")
+        command = [sys.executable, "-m", "kit", "slides", "run", str(slide), "--endpoint-url", url]
+        done = subprocess.run([*command, "--model", model, "--out", work], capture_output=True, text=True)
+        written = (Path(work) / "probe-slide.h5").is_file()
+    print(f"slide {model}: exit {done.returncode}, features file {'written' if written else 'MISSING'}")
+    if done.returncode == 0 and written:
+        return []
+    return [f"slide through {model}: exit {done.returncode}\n{(done.stdout + done.stderr)[-1500:]}"]
 
 
 def check(failures: list[str], ok: bool, message: str) -> None:

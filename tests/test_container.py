@@ -130,6 +130,7 @@ def test_image_probe_passes_a_server_hosting_the_package(h1_server: str, vendor:
         assert f"{name}: " in done.stdout and "vendor shapes" in done.stdout
     assert "m_embed_input.json" not in done.stdout, "M's payloads are not for the H1 package"
     assert "8 passed, 0 failed" in done.stdout, "kit smoke ran against it"
+    assert "slide h1: exit 0, features file written" in done.stdout
 
 
 def test_image_probe_fails_a_server_without_the_package(h1_server: str, vendor: Path) -> None:
