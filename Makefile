@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install tools test lint demo bench soak synth image-check clean
+.PHONY: install tools test lint demo bench soak browser-check synth image-check clean
 
 install: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: install
 SOAK_MINUTES ?= 2
 soak: install
 	$(PY) -m bench.soak --minutes $(SOAK_MINUTES)
+
+# /docs and /redoc in headless Chromium (Debian's, installed here if absent) with no route out: every operation
+# rendered, with and without a token; screenshots in build/browser-check/. Not in `make test`: it needs root's apt.
+browser-check: install
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
+	$(PY) -m tests.browser_check
 
 # Node tools: the pinned AWS CDK CLI, for `node_modules/.bin/cdk deploy` (synthesis needs only Python).
 tools: node_modules/.bin/cdk

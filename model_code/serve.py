@@ -7,6 +7,7 @@ still sending their request are closed at once.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import sys
 from dataclasses import replace
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="default SAGEMAKER_BIND_TO_PORT, else 8080")
     parser.add_argument("--host", help="default 0.0.0.0 (SERVER_HOST)")
     args = parser.parse_args(argv)
+    faulthandler.enable()  # a crash in native code (a model package's kernels) leaves its stack in the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.load(model_dir=args.model_dir, port=args.port)

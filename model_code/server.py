@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model_code import __version__, inference
+from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
 from model_code.errors import ClientError, ForwardError
@@ -340,13 +340,14 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
             await loading
             await server.stop()
 
-    app = FastAPI(
-        title="Optimus SageMaker kit",
+    app = docs.create(
+        title=docs.TITLE,
         version=__version__,
         description="Bioptimus histology models behind the vendor's wire protocol.",
         lifespan=lifespan,
     )
     app.state.server = server
+    auth.protect(app, settings.auth, docs.DOCS_PATHS)  # before RequestMetrics, which then counts its 401s too
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
     @app.exception_handler(ClientError)
@@ -380,6 +381,12 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
     async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
         return error_response({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, 500)
+
+    @app.get("/", include_in_schema=False)
+    async def index(request: Request) -> Response:
+        """The models, the version and links to /docs, /metrics, /ping: HTML for a browser, else JSON."""
+        models = list(server.models.runners) if server.models is not None else None
+        return docs.index(request, models, __version__, server.load_error)
 
     @app.get("/ping", tags=["sagemaker"])
     async def ping() -> Response:

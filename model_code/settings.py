@@ -19,6 +19,8 @@ DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_RECORDS = 2048
 DEFAULT_RESPONSE_MB = 256.0
 MB = 1024 * 1024
+MIN_TOKEN_CHARS = 16
+AUTH_OPENABLE = ("metrics", "docs")  # what AUTH_OPEN may leave open when tokens are configured
 
 
 class SettingsError(ValueError):
@@ -40,6 +42,64 @@ class Limits:
         )
 
 
+@dataclass(frozen=True)
+class Auth:
+    """Bearer-token authentication of the on-premise API: on when a token is configured, off by default.
+
+    AUTH_TOKENS holds tokens separated by commas; AUTH_TOKENS_FILE names a file of one token a line (re-read
+    when it changes, for rotation); both may be given. AUTH_OPEN=metrics,docs leaves those open. Ignored
+    on SageMaker, where IAM guards InvokeEndpoint: `sagemaker` is true where SAGEMAKER_HOSTED is set (the
+    CDK stack sets it) or SAGEMAKER_REGION is (the SageMaker Python SDK's models set it).
+    """
+
+    tokens: tuple[str, ...] = ()
+    tokens_file: Path | None = None
+    open: frozenset[str] = frozenset()
+    sagemaker: bool = False
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.tokens) or self.tokens_file is not None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Auth:
+        tokens = parse_tokens(env.get("AUTH_TOKENS", "").split(","), "AUTH_TOKENS")
+        path = env.get("AUTH_TOKENS_FILE") or None
+        if path is not None:
+            read_tokens(Path(path))  # a missing, empty or malformed file stops the server at start
+        opened = {part.strip() for part in env.get("AUTH_OPEN", "").split(",") if part.strip()}
+        if unknown := opened - set(AUTH_OPENABLE):
+            raise SettingsError(f"AUTH_OPEN names {', '.join(sorted(unknown))}; it may name {', '.join(AUTH_OPENABLE)}")
+        sagemaker = env.get("SAGEMAKER_HOSTED", "") not in ("", "0") or "SAGEMAKER_REGION" in env
+        return cls(tuple(tokens), Path(path) if path else None, frozenset(opened), sagemaker)
+
+
+def read_tokens(path: Path) -> list[str]:
+    """The tokens of a file, one a line (blank lines and lines starting with # ignored); at least one."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"AUTH_TOKENS_FILE {path} cannot be read: {type(exc).__name__}") from None
+    tokens = parse_tokens([line for line in lines if not line.strip().startswith("#")], f"AUTH_TOKENS_FILE {path}")
+    if not tokens:
+        raise SettingsError(f"AUTH_TOKENS_FILE {path} holds no token")
+    return tokens
+
+
+def parse_tokens(parts: list[str], source: str) -> list[str]:
+    """Tokens checked for what can be sent in a header and guessed with difficulty; never quoted in errors."""
+    tokens = []
+    for number, part in enumerate((part.strip() for part in parts if part.strip()), start=1):
+        if len(part) < MIN_TOKEN_CHARS:
+            raise SettingsError(f"{source}: token {number} has {len(part)} characters; use at least {MIN_TOKEN_CHARS}")
+        if not all("!" <= char <= "~" for char in part):
+            raise SettingsError(
+                f"{source}: token {number} has a character other than visible ASCII (e.g. `openssl rand -hex 32`)"
+            )
+        tokens.append(part)
+    return tokens
+
+
 def max_batch_size(env: Mapping[str, str] = os.environ) -> int:
     """MAX_BATCH_SIZE: tiles per forward pass; 1 turns dynamic batching off."""
     return int(_number(env, "MAX_BATCH_SIZE", DEFAULT_MAX_BATCH_SIZE, minimum=1))
@@ -59,6 +119,7 @@ class Settings:
     read_timeout_s: float = 20.0  # a connection that stops sending mid-request is dropped after this
     simulated_forward_ms: tuple[float, float] | None = None  # benchmarks only
     simulated_poison_slide: str | None = None  # soak and tests only: tiles of this slide fail their forward
+    auth: Auth = field(default_factory=Auth)
 
     @classmethod
     def load(
@@ -79,6 +140,7 @@ class Settings:
             read_timeout_s=_number(env, "READ_TIMEOUT_S", 20.0, minimum=0.1),
             simulated_forward_ms=_simulated(env.get("SIMULATED_FORWARD_MS")),
             simulated_poison_slide=env.get("SIMULATED_POISON_SLIDE") or None,
+            auth=Auth.from_env(env),
         )
 
 

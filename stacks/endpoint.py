@@ -95,7 +95,8 @@ class ModelEndpoint(Construct):
             enable_network_isolation=config.networkIsolation,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri,
-                environment={"OPTIMUS_MODELS": ",".join(models)},
+                # SAGEMAKER_HOSTED: the server ignores on-premise bearer tokens (IAM guards InvokeEndpoint).
+                environment={"OPTIMUS_MODELS": ",".join(models), "SAGEMAKER_HOSTED": "1"},
                 # A model.tar.gz object, or an uncompressed prefix SageMaker reads without unpacking.
                 model_data_url=None if artifact.is_prefix else artifact.uri,
                 model_data_source=_uncompressed(artifact) if artifact.is_prefix else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,21 @@ def test_cli_demo_aoti_for_cuda_needs_a_gpu(tmp_path: Path, capsys: pytest.Captu
     args = ["package", "--demo", "--format", "aoti", "--aoti-device", "cuda", "--models", "tissue-seg"]
     assert main([*args, "--out", str(tmp_path)]) == 2
     assert "compiling an AOTInductor package for CUDA needs a GPU on this machine" in capsys.readouterr().err
+
+
+def test_package_that_crashes_the_loader_is_refused_not_fatal(tmp_path: Path, fixed_batch_package: Path) -> None:
+    """A CUDA package segfaulted aoti_load_package on an H200: the load runs in a child process, so a crash
+    becomes a refusal. Simulated with a CPU package whose kernel library crashes when it is loaded."""
+    source = tmp_path / "crash.c"
+    source.write_text("#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n")
+    library = tmp_path / "crash.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    crashing = tmp_path / "tissue_seg_aoti.pt2"
+    with zipfile.ZipFile(fixed_batch_package) as old, zipfile.ZipFile(crashing, "w") as new:
+        libraries = [item for item in old.infolist() if item.filename.endswith(".so")]
+        assert libraries, "a CPU package holds its kernels as a shared library"
+        for item in old.infolist():
+            new.writestr(item, library.read_bytes() if item in libraries else old.read(item))
+    with pytest.raises(KitError, match=r"crashed the process under torch .* on the CPU"):
+        package(["tissue-seg"], tmp_path / "out", demo=False, sources=Sources(tissue_seg_program=crashing))
+    assert not (tmp_path / "out" / "model").exists()

@@ -191,7 +191,7 @@ def test_models_endpoint_configs_and_endpoints(synthesized: tuple[Template, Temp
             "PrimaryContainer": {
                 "Image": Match.any_value(),
                 "ModelDataUrl": Match.any_value(),
-                "Environment": {"OPTIMUS_MODELS": "h1,tissue-seg"},
+                "Environment": {"OPTIMUS_MODELS": "h1,tissue-seg", "SAGEMAKER_HOSTED": "1"},
             },
         },
     )

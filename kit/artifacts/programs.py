@@ -5,6 +5,9 @@ batch bounds, checked against the catalogue by loading and running it when this 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,7 @@ def describe_program(name: str, path: Path, instance_type: str = DEFAULT_INSTANC
     runnable = facts.device == "cpu" or torch.cuda.is_available()
     if runnable:
         device = aoti.check_device(path, facts, torch.device("cuda" if facts.device == "cuda" else "cpu"))
-        probed = aoti.probe(aoti.load_package(path, device), family, device, DEFAULT_MAX_BATCH_SIZE, name)
+        probed = probe_isolated(path, family, device, name)
         precision, batch_min, batch_max = probed.precision, probed.batch_min, probed.batch_max
         if declared and declared[0] != precision:
             raise KitError(f"{path}: model_metadata.json declares {declared[0]} tiles, the package runs in {precision}")
@@ -58,6 +61,28 @@ def describe_program(name: str, path: Path, instance_type: str = DEFAULT_INSTANC
         probed_with_torch=torch.__version__ if runnable else None,
     )
     return {"format": fmt, "dtype": precision, "package": package}
+
+
+def probe_isolated(path: Path, family: str, device: torch.device, name: str) -> aoti.Probe:
+    """Load and probe the package in a child process, so that a package which crashes the loader (seen: a
+    segmentation fault in aoti_load_package for a CUDA package on an H200 under torch 2.11) is refused with
+    the reason instead of taking `kit package` down with it."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(_load_and_probe, path, family, str(device), name).result()
+        except BrokenProcessPool:
+            raise KitError(
+                f"{path}: loading this AOTInductor package crashed the process under torch {torch.__version__} "
+                f"on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'the CPU'}; a package the "
+                "serving torch cannot load would crash the endpoint the same way. Build the serving image with "
+                "the torch release it was compiled with (TORCH_VERSION, container/torch-versions.txt)"
+            ) from None
+
+
+def _load_and_probe(path: Path, family: str, device: str, name: str) -> aoti.Probe:
+    """The child's work: load with input checks on, run at 1 and at the default batch size."""
+    where = torch.device(device)
+    return aoti.probe(aoti.load_package(path, where), family, where, DEFAULT_MAX_BATCH_SIZE, name)
 
 
 def check_instance(path: Path, facts: aoti.PackageFacts, instance_type: str) -> None:

@@ -104,13 +104,14 @@ def smoke(
     region: str | None = None,
     endpoint_url: str | None = None,
     requests: int = 20,
+    token: str | None = None,
 ) -> Report:
-    """endpoints: endpoint name -> models it must host."""
+    """endpoints: endpoint name -> models it must host; token: for an on-premise server that asks for one."""
     report = Report()
     for endpoint, models in endpoints.items():
         for model in models:
             client = EndpointClient(
-                endpoint, model, region=region, session=session, endpoint_url=endpoint_url, max_attempts=3
+                endpoint, model, region=region, session=session, endpoint_url=endpoint_url, max_attempts=3, token=token
             )
             _check_model(report, client, model, requests)
     return report

@@ -6,13 +6,15 @@
 
 Like the vendor's AWSClient, every request is one tile with `model_name` and `mode` filled in. Throttling,
 503 and connection failures are retried with exponential backoff and full jitter; 4xx is not. A tile
-that still fails is reported with its index (`TilesFailed`), never dropped.
+that still fails is reported with its index (`TilesFailed`), never dropped. A server reached with
+`endpoint_url` that asks for a bearer token gets `token`, else $OPTIMUS_TOKEN.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -37,6 +39,7 @@ from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WIT
 
 Tile = Image.Image | np.ndarray | bytes
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+TOKEN_ENV = "OPTIMUS_TOKEN"  # the bearer token for an on-premise server (endpoint_url), when none is given
 RETRYABLE_CODES = {"ThrottlingException", "ServiceUnavailable", "InternalFailure", "InternalServerError"}
 
 
@@ -116,6 +119,7 @@ class EndpointClient:
         backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         timeout_s: float = 70.0,
+        token: str | None = None,
     ):
         self.endpoint_name = endpoint_name
         self.model_name = model_name
@@ -128,11 +132,21 @@ class EndpointClient:
             read_timeout=timeout_s,
             max_pool_connections=64,
         )
-        if endpoint_url and session.get_credentials() is None:
+        token = token or (os.environ.get(TOKEN_ENV) if endpoint_url else None)
+        if token and not endpoint_url:
+            raise ValueError("a token is for a server reached with endpoint_url; on SageMaker, IAM signs requests")
+        if endpoint_url and (token or session.get_credentials() is None):
             config = config.merge(Config(signature_version=UNSIGNED))  # a local server checks no signature
         self._runtime = session.client(
             "sagemaker-runtime", region_name=region, endpoint_url=endpoint_url, config=config
         )
+        if token:
+            authorization = f"Bearer {token}"
+
+            def send_token(request: Any, **_: Any) -> None:
+                request.headers["Authorization"] = authorization
+
+            self._runtime.meta.events.register("request-created.sagemaker-runtime.InvokeEndpoint", send_token)
 
     def embed(self, tile: Tile, **fields: Any) -> dict[str, Any]:
         return self._invoke(self.record(tile, EMBEDDING, **fields))
