@@ -76,7 +76,9 @@ declare -A MODELS=([H1]=h1,tissue-seg [M]=m-optimus,tissue-seg)
 
 step "demo artifacts, unpacked from model.tar.gz as SageMaker does into /opt/ml/model"
 for run in "${RUNS[@]}"; do
-    [[ -f $WORK/$run/model.tar.gz ]] || PYTHONPATH=$REPO "$PY" -m kit package --demo --format "${FORMAT[$run]}" \
+    # Packaged again when the kit or the model code changed since.
+    [[ -f $WORK/$run/model.tar.gz && -z $(find kit model_code -name "*.py" -newer "$WORK/$run/model.tar.gz" | head -1) ]] ||
+        PYTHONPATH=$REPO "$PY" -m kit package --demo --format "${FORMAT[$run]}" \
         --models "${MODELS[${PACKAGE[$run]}]}" --out "$WORK/$run"
     rm -rf "$WORK/$run/opt-ml-model" && mkdir "$WORK/$run/opt-ml-model"
     tar -C "$WORK/$run/opt-ml-model" -xzf "$WORK/$run/model.tar.gz"

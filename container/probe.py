@@ -1,6 +1,7 @@
 """Check a running serving image over HTTP, as SageMaker talks to it (`container/image_check.sh` runs this).
 
-Waits for a healthy /ping (printing the time from the container's start), checks the models it names, sends every
+Waits for a healthy /ping (printing the time from the container's start), checks the models it names and that
+/docs loads its assets from the server, sends every
 vendor payload for the package's models to /invocations and compares each answer's shape with the vendor's, sends
 a bad input expecting a 400 that names the field, runs `kit smoke` against it, then sends a generated slide
 through its whole-slide path (`kit slides run`). Exits 1 on any failure.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         check(failures, sorted(named) == sorted(models), f"/ping names {named}, expected {list(models)}")
         for payload in payloads_for(args.payloads, models):
             failures += check_payload(client, payload)
+        docs = client.get("/docs")
+        assets = re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', docs.text)
+        served = [client.get(asset).status_code for asset in assets]
+        check(failures, docs.status_code == 200 and bool(assets) and set(served) == {200}, f"/docs assets: {served}")
         bad = client.post("/invocations", json=BAD_INPUT)
         check(
             failures,
