@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "preflight": "kit.deploy.preflight",
     "wait": "kit.deploy.wait",
     "smoke": "kit.endpoints.smoke",
+    "plan": "kit.cohorts.plan",
+    "batch": "kit.cohorts.batch",
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
 }

@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, help="default SAGEMAKER_BIND_TO_PORT, else 8080")
     parser.add_argument("--host", help="default 0.0.0.0 (SERVER_HOST)")
     args = parser.parse_args(argv)
-    faulthandler.enable()  # a crash in native code (a model package's kernels) leaves its stack in the log
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.load(model_dir=args.model_dir, port=args.port)
@@ -64,4 +63,5 @@ def uvicorn_config(app: FastAPI, settings: Settings, **options: Any) -> uvicorn.
 
 
 if __name__ == "__main__":
+    faulthandler.enable()  # a crash in native code (a model package's kernels) leaves its stack in the log
     sys.exit(main())

@@ -40,12 +40,34 @@ class MissingArtifactError(ConfigError):
     """A local artifact that has not been packaged yet: an error only for the stack that deploys it."""
 
 
-class EndpointConfig(BaseModel):
+class AsyncConfig(BaseModel):
+    """An endpoint served asynchronously (whole slides): requests queue, results land in the results bucket."""
+
     model_config = ConfigDict(extra="forbid")
+
+    # The server runs one slide at a time; a second one in flight would wait inside it, on its invocation timeout.
+    maxConcurrentInvocationsPerInstance: int = Field(1, ge=1, le=1000)
+    minInstances: int = Field(0, ge=0)  # 0: scales to zero when the queue is empty
+    maxInstances: int | None = Field(None, ge=1)  # default: the kit's maxInstances
+    backlogPerInstance: float = Field(2, gt=0)  # queued requests per instance to track (a slide takes minutes)
+    backlogAgeAlarmS: int = Field(6 * 3600, ge=60)  # alarm when the oldest queued request is older than this
+
+
+class EndpointConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     models: list[str]
     # kit package output (directory or model.tar.gz), kit://key (the kit's bucket), or s3://bucket/key[.tar.gz|/]
     artifact: str
+    # "async": true, or a block of AsyncConfig's settings: an asynchronous endpoint (whole slides, cohorts)
+    serving_async: AsyncConfig | None = Field(None, alias="async")
+
+    @field_validator("serving_async", mode="before")
+    @classmethod
+    def _async_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("models")
     @classmethod
@@ -186,6 +208,12 @@ class KitConfig(BaseModel):
     def _consistent(self) -> KitConfig:
         if self.minInstances > self.maxInstances:
             raise ValueError(f"minInstances ({self.minInstances}) is more than maxInstances ({self.maxInstances})")
+        for name, endpoint in self.endpoints.items():
+            if endpoint.serving_async and endpoint.serving_async.minInstances > self.async_max_instances(endpoint):
+                raise ValueError(
+                    f"endpoints.{name}.async: minInstances ({endpoint.serving_async.minInstances}) is more than "
+                    f"maxInstances ({self.async_max_instances(endpoint)})"
+                )
         if bool(self.vpcSubnetIds) != bool(self.vpcSecurityGroupIds):
             raise ValueError("vpcSubnetIds and vpcSecurityGroupIds go together: give both or neither")
         if len(set(self.vpcSubnetIds)) == 1:
@@ -213,6 +241,14 @@ class KitConfig(BaseModel):
                     f"its key: set artifactKmsKeyArn to the KMS key that encrypts it (or '{SSE_S3}'), "
                     "or upload it to the kit's bucket and write kit://KEY"
                 )
+
+    def async_max_instances(self, endpoint: EndpointConfig) -> int:
+        """An async endpoint's own maxInstances, else the kit's."""
+        assert endpoint.serving_async is not None
+        return endpoint.serving_async.maxInstances or self.maxInstances
+
+    def max_instances(self, endpoint: EndpointConfig) -> int:
+        return self.async_max_instances(endpoint) if endpoint.serving_async else self.maxInstances
 
     @property
     def local_nvme(self) -> bool:

@@ -51,6 +51,8 @@ class EndpointsStack(Stack):
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
         self.problems: list[str] = []
         image = self._image(config)
+        self.add_stack_dependency(foundation)
+        results_bucket = Fn.import_value(foundation.results_bucket_export)
         self.endpoints: dict[str, ModelEndpoint] = {}
         for name, endpoint_config in config.endpoints.items():
             try:
@@ -69,10 +71,11 @@ class EndpointsStack(Stack):
                 artifact=artifact,
                 key=foundation.key,
                 alarm_topic=foundation.alarms,
+                results_bucket=results_bucket,
+                serving_async=endpoint_config.serving_async,
             )
             self.endpoints[name] = endpoint
-            CfnOutput(self, f"{_title(name)}EndpointName", value=endpoint.endpoint_name)
-            CfnOutput(self, f"{_title(name)}Models", value=",".join(endpoint.models))
+            self._outputs(name, endpoint)
             ssm.StringParameter(
                 self,
                 f"{_title(name)}NameParameter",
@@ -85,7 +88,34 @@ class EndpointsStack(Stack):
                 parameter_name=f"/{config.prefix}/{name}/models",
                 string_value=",".join(endpoint.models),
             )
+        # The results bucket is the foundation's output (an output made of an import is what cfn-lint warns of).
+        CfnOutput(self, "FoundationStack", value=foundation.stack_name)
         self._dashboard(config)
+
+    def _outputs(self, name: str, endpoint: ModelEndpoint) -> None:
+        """What `kit slides run --endpoint` and `kit batch` read: the endpoint, its model and role (batch
+        transform runs the model under its role), and its key prefixes in the results bucket (the foundation
+        stack's ResultsBucket)."""
+        title = _title(name)
+        outputs = {
+            "EndpointName": endpoint.endpoint_name,
+            "Models": ",".join(endpoint.models),
+            "ModelName": endpoint.model.attr_model_name,
+            "ExecutionRoleArn": endpoint.role.role_arn,
+            "Serving": "async" if endpoint.serving_async else "real-time",
+            "BatchInput": endpoint.prefix("batch/input/"),
+            "BatchOutput": endpoint.prefix("batch/output/"),
+        }
+        if endpoint.serving_async:
+            outputs |= {
+                "AsyncInput": endpoint.prefix("async/input/"),
+                "AsyncOutput": endpoint.prefix("async/output/"),
+                "AsyncFailures": endpoint.prefix("async/failures/"),
+                "AsyncSuccessTopic": endpoint.topics["success"].topic_arn,
+                "AsyncErrorTopic": endpoint.topics["error"].topic_arn,
+            }
+        for key, value in outputs.items():
+            CfnOutput(self, title + key, value=value)
 
     def _image(self, config: KitConfig) -> ImageRef:
         if config.image == "asset":
@@ -107,7 +137,6 @@ class EndpointsStack(Stack):
         """kit://KEY in the foundation's bucket, s3://BUCKET/KEY elsewhere (with its key), or the local
         model.tar.gz uploaded as a CDK file asset (to the bootstrap bucket, whose key S3 itself uses)."""
         if endpoint.artifact_in_kit_bucket:
-            self.add_dependency(foundation)
             bucket = Fn.import_value(foundation.artifact_bucket_export)
             return ArtifactRef(bucket, endpoint.artifact.removeprefix(KIT_BUCKET), None)
         match = S3_URI.match(endpoint.artifact)
@@ -122,26 +151,7 @@ class EndpointsStack(Stack):
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{config.prefix}-endpoints")
         for endpoint in self.endpoints.values():
             title = endpoint.endpoint_name
-            dashboard.add_widgets(
-                cloudwatch.GraphWidget(
-                    title=f"{title}: invocations (one per tile)",
-                    left=[endpoint.metric("Invocations", "Sum"), endpoint.metric("InvocationsPerInstance", "Sum")],
-                    width=8,
-                ),
-                cloudwatch.GraphWidget(
-                    title=f"{title}: model latency (µs)",
-                    left=[endpoint.metric("ModelLatency", "p50"), endpoint.metric("ModelLatency", "p95")],
-                    width=8,
-                ),
-                cloudwatch.GraphWidget(
-                    title=f"{title}: errors",
-                    left=[
-                        endpoint.metric("Invocation4XXErrors", "Sum", minutes=5),
-                        endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
-                    ],
-                    width=8,
-                ),
-            )
+            dashboard.add_widgets(*(_queue_widgets(endpoint) if endpoint.serving_async else _request_widgets(endpoint)))
             dashboard.add_widgets(
                 cloudwatch.GraphWidget(
                     title=f"{title}: GPU and GPU memory (% of one GPU)",
@@ -161,6 +171,66 @@ class EndpointsStack(Stack):
             dashboard.add_widgets(
                 cloudwatch.AlarmStatusWidget(title=f"{title}: alarms", alarms=endpoint.alarms, width=24)
             )
+
+
+def _request_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
+    title = endpoint.endpoint_name
+    return [
+        cloudwatch.GraphWidget(
+            title=f"{title}: invocations (one per tile)",
+            left=[endpoint.metric("Invocations", "Sum"), endpoint.metric("InvocationsPerInstance", "Sum")],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(
+            title=f"{title}: model latency (µs)",
+            left=[endpoint.metric("ModelLatency", "p50"), endpoint.metric("ModelLatency", "p95")],
+            width=8,
+        ),
+        cloudwatch.GraphWidget(
+            title=f"{title}: errors",
+            left=[
+                endpoint.metric("Invocation4XXErrors", "Sum", minutes=5),
+                endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
+            ],
+            width=8,
+        ),
+    ]
+
+
+def _queue_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
+    """An async endpoint: its queue (backlog, per instance), time in it, processing time, outcomes."""
+    title = endpoint.endpoint_name
+    return [
+        cloudwatch.GraphWidget(
+            title=f"{title}: backlog (queued requests)",
+            left=[
+                endpoint.queue_metric("ApproximateBacklogSize", "Average"),
+                endpoint.queue_metric("ApproximateBacklogSizePerInstance", "Average"),
+            ],
+            right=[endpoint.queue_metric("HasBacklogWithoutCapacity", "Maximum")],
+            width=6,
+        ),
+        cloudwatch.GraphWidget(
+            title=f"{title}: time in queue (ms; oldest request in s)",
+            left=[endpoint.metric("TimeInBacklog", "p50"), endpoint.metric("TimeInBacklog", "p95")],
+            right=[endpoint.queue_metric("ApproximateAgeOfOldestRequest", "Maximum")],
+            width=6,
+        ),
+        cloudwatch.GraphWidget(
+            title=f"{title}: processing time per request (ms)",
+            left=[endpoint.metric("TotalProcessingTime", "p50"), endpoint.metric("TotalProcessingTime", "p95")],
+            width=6,
+        ),
+        cloudwatch.GraphWidget(
+            title=f"{title}: requests processed and failed",
+            left=[
+                endpoint.metric("InvocationsProcessed", "Sum", minutes=5),
+                endpoint.metric("InvocationFailures", "Sum", minutes=5),
+                endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
+            ],
+            width=6,
+        ),
+    ]
 
 
 def _title(name: str) -> str:

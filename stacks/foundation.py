@@ -62,12 +62,34 @@ class FoundationStack(Stack):
             lifecycle_rules=[s3.LifecycleRule(abort_incomplete_multipart_upload_after=MULTIPART_ABORT)],
             removal_policy=RemovalPolicy.RETAIN,
         )
+        # Slides sent to async endpoints and batch transform, and what comes back: per endpoint, its role may read
+        # only PREFIX-NAME/{async,batch}/input/ and write only its output (and failure) prefixes (stacks/endpoint.py).
+        self.results = s3.Bucket(
+            self,
+            "Results",
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix="results/",
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    abort_incomplete_multipart_upload_after=MULTIPART_ABORT,
+                    noncurrent_version_expiration=Duration.days(30),
+                )
+            ],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
         acknowledge(
             self.access_logs,
             self.artifacts,
+            self.results,
             "HIPAA.Security-S3BucketReplicationEnabled",
-            reason="Model weights and logs are re-creatable from the vendor's release; cross-region replication "
-            "is the customer's choice and doubles storage of multi-GB artifacts.",
+            reason="Model weights, logs and results are re-creatable (from the vendor's release, the slides); "
+            "cross-region replication is the customer's choice and doubles storage of multi-GB objects.",
         )
         self.repository = ecr.Repository(
             self,
@@ -123,6 +145,8 @@ class FoundationStack(Stack):
         # Exported under a name of ours: the endpoints stack reads it for kit:// artifacts (and cdk-nag can name it).
         self.artifact_bucket_export = f"{config.prefix}-artifact-bucket"
         CfnOutput(self, "ArtifactBucket", value=self.artifacts.bucket_name, export_name=self.artifact_bucket_export)
+        self.results_bucket_export = f"{config.prefix}-results-bucket"
+        CfnOutput(self, "ResultsBucket", value=self.results.bucket_name, export_name=self.results_bucket_export)
         CfnOutput(self, "ImageRepositoryUri", value=self.repository.repository_uri)
         CfnOutput(self, "KeyArn", value=self.key.key_arn)
         CfnOutput(self, "AlarmTopicArn", value=self.alarms.topic_arn)

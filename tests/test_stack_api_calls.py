@@ -67,7 +67,15 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
         "M": str(package(["m-optimus", "tissue-seg"], root / "M", demo=True).parent),
     }
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app = App(context=context(artifacts, instanceType="ml.p3.2xlarge", alarmEmail="a@example.com"), outdir=str(outdir))
+    endpoints = {  # real-time, and async (scaling to zero) from the same artifact
+        "h1": {"models": ["h1", "tissue-seg"], "artifact": artifacts["H1"]},
+        "h1-slides": {"models": ["h1", "tissue-seg"], "artifact": artifacts["H1"], "async": {"maxInstances": 10}},
+        "m": {"models": ["m-optimus", "tissue-seg"], "artifact": artifacts["M"]},
+    }
+    app = App(
+        context=context(artifacts, instanceType="ml.p3.2xlarge", alarmEmail="a@example.com", endpoints=endpoints),
+        outdir=str(outdir),
+    )
     build(app)
     app.synth()
     return {p.name.split(".")[0]: json.loads(p.read_text()) for p in Path(outdir).glob("*.template.json")}
@@ -76,8 +84,8 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
 def test_every_call_is_valid_for_botocores_service_model(templates: dict[str, dict[str, Any]]) -> None:
     calls = api_calls(templates)
     assert Counter(operation for _, operation, _ in calls) == {
-        "CreateModel": 2, "CreateEndpointConfig": 2, "CreateEndpoint": 2, "UpdateEndpoint": 2,
-        "RegisterScalableTarget": 2, "PutScalingPolicy": 4, "PutMetricAlarm": 10, "PutDashboard": 1,
+        "CreateModel": 3, "CreateEndpointConfig": 3, "CreateEndpoint": 3, "UpdateEndpoint": 3,
+        "RegisterScalableTarget": 3, "PutScalingPolicy": 6, "PutMetricAlarm": 15, "PutDashboard": 1,
     }  # fmt: skip
     problems = []
     for service, operation, params in calls:
@@ -92,6 +100,9 @@ def test_every_call_is_valid_for_botocores_service_model(templates: dict[str, di
 def test_the_checker_catches_what_a_real_account_would_refuse(templates: dict[str, dict[str, Any]]) -> None:
     """The validation above can fail: a wrong enum, a missing member, a value out of range each show up."""
     calls = {operation: params for _, operation, params in api_calls(templates)}
+    (async_config,) = [
+        p for _, op, p in api_calls(templates) if op == "CreateEndpointConfig" and "AsyncInferenceConfig" in p
+    ]
     broken = [
         ("sagemaker", "CreateEndpointConfig", {**calls["CreateEndpointConfig"], "ProductionVariants": [
             {**calls["CreateEndpointConfig"]["ProductionVariants"][0],
@@ -99,6 +110,10 @@ def test_the_checker_catches_what_a_real_account_would_refuse(templates: dict[st
         ("sagemaker", "CreateModel", {k: v for k, v in calls["CreateModel"].items() if k != "ModelName"}),
         ("sagemaker", "CreateModel", {**calls["CreateModel"], "ExecutionRoleArn": "optimus-role"}),
         ("cloudwatch", "PutMetricAlarm", {**calls["PutMetricAlarm"], "EvaluationPeriods": 0}),
+        ("sagemaker", "CreateEndpointConfig", {**async_config, "AsyncInferenceConfig": {
+            **async_config["AsyncInferenceConfig"], "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 1001}}}),
+        ("sagemaker", "CreateEndpointConfig", {**async_config, "AsyncInferenceConfig": {"OutputConfig": {
+            **async_config["AsyncInferenceConfig"]["OutputConfig"], "S3OutputPath": "results/optimus-h1-slides/"}}}),
         ("sagemaker", "CreateEndpoint", {**calls["CreateEndpoint"], "DeploymentConfig": {"BlueGreenUpdatePolicy": {
             "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 7200}}}}),
     ]  # fmt: skip
@@ -106,6 +121,23 @@ def test_the_checker_catches_what_a_real_account_would_refuse(templates: dict[st
         shape = SESSION.get_service_model(service).operation_model(operation).input_shape
         report = ParamValidator().validate(params, shape)
         assert report.has_errors() or constraint_errors(params, shape, operation), operation
+
+
+def test_async_calls_carry_the_queue_settings(templates: dict[str, dict[str, Any]]) -> None:
+    """What the validated calls say for the async endpoint: resolved paths, topics and key, scaling to zero."""
+    calls = api_calls(templates)
+    (config,) = [p for _, op, p in calls if op == "CreateEndpointConfig" and "AsyncInferenceConfig" in p]
+    output = config["AsyncInferenceConfig"]["OutputConfig"]
+    bucket = output["S3OutputPath"].split("/")[2]
+    assert output["S3OutputPath"] == f"s3://{bucket}/optimus-h1-slides/async/output/"
+    assert output["S3FailurePath"] == f"s3://{bucket}/optimus-h1-slides/async/failures/"
+    assert output["KmsKeyId"].startswith("arn:aws:kms:") and output["NotificationConfig"]["ErrorTopic"].startswith(
+        "arn:aws:sns:"
+    )
+    (target,) = [p for _, op, p in calls if op == "RegisterScalableTarget" and "h1-slides" in p["ResourceId"]]
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (0, 10)
+    steps = [p for _, op, p in calls if op == "PutScalingPolicy" and p["PolicyType"] == "StepScaling"]
+    assert [p["ResourceId"] for p in steps] == ["endpoint/optimus-h1-slides/variant/AllTraffic"]
 
 
 def test_dashboard_body_is_json_with_the_instance_metrics(templates: dict[str, dict[str, Any]]) -> None:

@@ -21,6 +21,7 @@ from aws_cdk.assertions import Annotations, Match, Template
 from app import build
 from kit.artifacts.builder import package
 from stacks.config import KEYS, ConfigError, KitConfig, load_config
+from stacks.endpoint import INPUTS, OUTPUTS
 from stacks.endpoints import image_asset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,17 @@ def test_without_acknowledgements_both_packs_fail_synthesis(
             ("OptimusEndpoints/M/ExecutionPolicy/Resource", "AwsSolutions::AwsSolutions-IAM5[Resource::*]"),
             ("OptimusFoundation/AccessLogs/Resource", "HIPAA.Security::HIPAA.Security-S3BucketReplicationEnabled"),
             ("OptimusFoundation/Artifacts/Resource", "HIPAA.Security::HIPAA.Security-S3BucketReplicationEnabled"),
+            ("OptimusFoundation/Results/Resource", "HIPAA.Security::HIPAA.Security-S3BucketReplicationEnabled"),
             ("OptimusFoundation/AccessLogs/Resource", "HIPAA.Security::HIPAA.Security-S3DefaultEncryptionKMS"),
+            *(
+                (
+                    f"OptimusEndpoints/{name.upper()}/ExecutionPolicy/Resource",
+                    "AwsSolutions::AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::optimus-results-bucket/"
+                    f"optimus-{name}/{prefix}*]",
+                )
+                for name in ("h1", "m")
+                for prefix in (*INPUTS, *OUTPUTS)
+            ),
             (
                 "OptimusEndpoints/H1/Config",
                 "HIPAA.Security::HIPAA.Security-SageMakerEndpointConfigurationKMSKeyConfigured",
@@ -131,7 +142,7 @@ def test_key_buckets_and_repository(synthesized: tuple[Template, Template, Path]
     )
     assert all(b["DeletionPolicy"] == "Retain" for b in resources(foundation, "AWS::S3::Bucket").values())
     policies = json.dumps(resources(foundation, "AWS::S3::BucketPolicy"))
-    assert policies.count('"aws:SecureTransport": "false"') == 2  # TLS only, both buckets
+    assert policies.count('"aws:SecureTransport": "false"') == 3  # TLS only, every bucket
     foundation.has_resource_properties(
         "AWS::ECR::Repository",
         {
@@ -161,7 +172,7 @@ def test_execution_roles_are_least_privilege(synthesized: tuple[Template, Templa
         by_sid = {s["Sid"]: s for s in statements}
         assert set(by_sid) == {
             "PullImage", "EcrLogin", "ReadModelData", "DecryptModelDataAndImage", "WriteLogs", "InstanceMetrics",
-            "RollbackAlarms",
+            "RollbackAlarms", "ReadRequests", "ListBatchInput", "WriteResults", "EncryptResults",
         }  # fmt: skip
         assert by_sid["EcrLogin"]["Resource"] == "*" and by_sid["EcrLogin"]["Action"] == "ecr:GetAuthorizationToken"
         assert "GetAtt" in json.dumps(by_sid["WriteLogs"]["Resource"])  # this endpoint's log group only
@@ -396,7 +407,7 @@ def test_missing_artifact_is_an_error_of_the_endpoints_stack_only(artifacts: dic
     app.synth()  # cdk-nag passes; the CLI refuses to deploy the stack carrying the error
     Annotations.from_stack(endpoints).has_error("*", Match.string_like_regexp("run `python -m kit package --models h1"))
     assert not Annotations.from_stack(foundation).find_error("*", Match.any_value())
-    Template.from_stack(foundation).resource_count_is("AWS::S3::Bucket", 2)
+    Template.from_stack(foundation).resource_count_is("AWS::S3::Bucket", 3)
 
 
 def test_wrong_artifact_is_refused(artifacts: dict[str, str], tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 endpoint, each answer to DIR/<slide stem>.h5 (or .zarr.zip); slides whose output exists are skipped.
 
 How a slide reaches the models is a `Transport`: `HttpTransport` POSTs it to a server's /invocations
-(a local server, or the container itself); the SageMaker async transport (issue 16) plugs in beside it.
+(a local server, or the container itself), one slide at a time. `--endpoint NAME` sends the cohort to a
+SageMaker async endpoint instead (kit/cohorts/runner.py): all slides queued at once, followed through S3,
+resumable; slides from local paths, an S3 prefix or a cohort CSV.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kit import KitError
+from kit.cli import add_aws
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")
@@ -155,8 +158,12 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("slides", nargs="+", type=Path, help="slide files, or directories to search for them")
-    parser.add_argument("--endpoint-url", required=True, help="the server, e.g. http://127.0.0.1:8080")
+    parser.add_argument(
+        "slides", nargs="*", help="slide files or directories (with --endpoint also s3:// prefixes under AsyncInput)"
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--endpoint-url", help="a server, e.g. http://127.0.0.1:8080")
+    where.add_argument("--endpoint", help="a SageMaker async endpoint of the stack: optimus-h1-slides, or h1-slides")
     parser.add_argument("--model", required=True, help="h1, h0, h0-mini or m-optimus")
     parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr.zip")
     parser.add_argument("--format", choices=tuple(SUFFIXES), default="h5")
@@ -165,15 +172,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--option", action="append", default=[], metavar="KEY=VALUE",
         help="another slide option: mode, mpp, tile_size, min_tissue, slide_mpp (README, 'Whole slides')",
     )  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide (--endpoint: in all)")
+    cohort = parser.add_argument_group("SageMaker async (--endpoint)")
+    cohort.add_argument("--cohort", type=Path, help="a cohort CSV: slide, slide_id, bulk_rna (kit/cohorts/cohort.py)")
+    cohort.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
+    cohort.add_argument("--retries", type=int, default=2, help="resubmissions of a failed slide, %(default)s")
+    cohort.add_argument("--poll", type=float, default=30, help="seconds between checks, %(default)s")
+    cohort.add_argument("--wait-hours", type=float, default=48, help="follow this long, then stop (rerun resumes)")
+    cohort.add_argument("--price-per-hour", type=float, help="on-demand USD per instance-hour, for the cost")
+    add_aws(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    slides = find_slides(args.slides)
     for option in args.option:
         if "=" not in option or ";" in option:
             raise KitError(f"--option {option!r}: give KEY=VALUE")
     attributes = ";".join([f"model={args.model}", f"format={args.format}", f"dtype={args.dtype}", *args.option])
+    if args.endpoint:
+        from kit.cohorts.command import run_async
+
+        return run_async(args, attributes, SUFFIXES[args.format])
+    if args.cohort or not args.slides:
+        raise KitError("--endpoint-url takes slide files or directories (a cohort CSV needs --endpoint)")
+    slides = find_slides([Path(s) for s in args.slides])
     outcomes = run_slides(slides, HttpTransport(args.endpoint_url, args.timeout), attributes, args.out, args.format)
     print(table(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
