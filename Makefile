@@ -69,7 +69,7 @@ build/demo/M/model.tar.gz: $(STAMP)
 	$(PY) -m kit package --demo --models m-optimus,tissue-seg --out build/demo/M
 
 clean:
-	rm -rf $(VENV) build cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SDK_VENVS) build cdk.out .pytest_cache .mypy_cache .ruff_cache
 
 # The SageMaker Python SDK against the local server (tests/sdk_check.py): 2.x's Predictor (.venv-sdk, pyproject's `sdk`
 # extra) and 3.x's Endpoint (.venv-sdk-core, the `sdk-core` extra), each in a venv of its own: the kit's pins untouched.
