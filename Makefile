@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install tools test lint demo bench soak browser-check synth clean
+.PHONY: install tools test lint demo bench soak browser-check synth image-check clean
 
 install: $(STAMP)
 
@@ -68,5 +68,29 @@ build/demo/H1/model.tar.gz: $(STAMP)
 build/demo/M/model.tar.gz: $(STAMP)
 	$(PY) -m kit package --demo --models m-optimus,tissue-seg --out build/demo/M
 
+# The serving image built with podman (a Debian stand-in for its base, PyPI's torch) and run as SageMaker runs it:
+# read-only root, no network, the demo artifacts at /opt/ml/model; vendor payloads, kit smoke, SIGTERM. Needs root.
+image-check: install
+	container/image_check.sh
+
 clean:
-	rm -rf $(VENV) build cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SDK_VENVS) build cdk.out .pytest_cache .mypy_cache .ruff_cache
+
+# The SageMaker Python SDK against the local server (tests/sdk_check.py): 2.x's Predictor (.venv-sdk, pyproject's `sdk`
+# extra) and 3.x's Endpoint (.venv-sdk-core, the `sdk-core` extra), each in a venv of its own: the kit's pins untouched.
+.PHONY: sdk-check
+SDK_VENVS := .venv-sdk .venv-sdk-core
+
+sdk-check: install build/sdk-check/art/model.tar.gz $(SDK_VENVS:%=%/.installed-stamp)
+	set -e; for venv in $(SDK_VENVS); do \
+		$$venv/bin/python -m tests.sdk_check --python $(PY) --model-dir build/sdk-check/art/model; done
+
+# .venv-EXTRA gets pyproject's optional dependencies EXTRA, alone.
+.venv-%/.installed-stamp: pyproject.toml
+	test -x .venv-$*/bin/python || python3 -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --disable-pip-version-check $$(.venv-$*/bin/python -c \
+		"import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['$*'])")
+	touch $@
+
+build/sdk-check/art/model.tar.gz: $(STAMP)
+	$(PY) -m kit package --demo --models h1,m-optimus,tissue-seg --out build/sdk-check/art

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from kit.artifacts.builder import package
 from kit.endpoints.samples import wire_record
-from kit.local import free_port, local_server
+from kit.local import free_port, local_server, serve_model
 from tests.serving import REPO
 
 
@@ -89,3 +92,55 @@ def test_container_pins_match_pyproject() -> None:
     assert rows[torch_pins["torch"]][0] == torch_pins["torchvision"], "the default row must be pyproject's pair"
     assert all(cuda.startswith("cu12") for _, cuda in rows.values()), "ml.g5's driver 550 runs CUDA 12.x builds"
     assert 'CMD ["serve"]' in dockerfile and "USER optimus" in dockerfile
+
+
+def test_image_defaults_are_sagemakers_and_the_local_check_only_overrides_build_arguments() -> None:
+    """The Dockerfile builds the real image by default; `make image-check` changes build arguments only."""
+    dockerfile = (REPO / "container" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm\nFROM ${BASE_IMAGE}" in dockerfile
+    assert "ARG TORCH_INDEX_URL=\n" in dockerfile, "empty: the row's CUDA 12 index on download.pytorch.org"
+    check = (REPO / "container" / "image_check.sh").read_text()
+    assert "-f container/Dockerfile" in check
+    assert set(re.findall(r"--build-arg (\w+)=", check)) == {"BASE_IMAGE", "TORCH_INDEX_URL"}
+    run = check[check.index("run -d") : check.index("serve >/dev/null")]
+    for flag in ("--network none", "--read-only", "--read-only-tmpfs=false", "/opt/ml/model:ro", "--cap-drop all"):
+        assert flag in run, flag
+    assert "--user" not in run, "the image's own user, as SageMaker runs it"
+
+
+@pytest.fixture(scope="module")
+def h1_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    model_dir = package(["h1", "tissue-seg"], tmp_path_factory.mktemp("h1"), demo=True)
+    with serve_model(model_dir, {"DECODE_WORKERS": "1"}) as server:
+        yield server.url
+
+
+def probe(url: str, package_name: str, vendor: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, str(REPO / "container" / "probe.py"), "--url", url, "--package", package_name]
+    return subprocess.run(
+        [*command, "--payloads", str(vendor), "--timeout", "10"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_image_probe_passes_a_server_hosting_the_package(h1_server: str, vendor: Path) -> None:
+    done = probe(h1_server, "H1", vendor)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("h1_embed_input.json", "tissue_seg_input.json", "h1_embed_inputs.jsonl"):
+        assert f"{name}: " in done.stdout and "vendor shapes" in done.stdout
+    assert "m_embed_input.json" not in done.stdout, "M's payloads are not for the H1 package"
+    assert "8 passed, 0 failed" in done.stdout, "kit smoke ran against it"
+    assert "slide h1: exit 0, features file written" in done.stdout
+
+
+def test_image_probe_fails_a_server_without_the_package(h1_server: str, vendor: Path) -> None:
+    done = probe(h1_server, "M", vendor)
+    assert done.returncode == 1
+    assert "FAIL: /ping names ['h1', 'tissue-seg'], expected ['m-optimus', 'tissue-seg']" in done.stdout
+    assert "FAIL: m_predict_input.json: 404" in done.stdout
+    assert "FAIL: kit smoke exited 1" in done.stdout
+
+
+def test_image_probe_fails_when_nothing_answers(vendor: Path) -> None:
+    done = probe(f"http://127.0.0.1:{free_port()}", "H1", vendor)
+    assert done.returncode == 1 and "/ping never answered 200" in done.stdout

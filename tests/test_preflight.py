@@ -15,7 +15,8 @@ from moto import mock_aws
 
 from kit.__main__ import main
 from kit.artifacts.upload import upload_artifact
-from kit.deploy.preflight import DOCKER_V2, SCALING_ROLE, Check, preflight
+from kit.deploy.preflight import DOCKER_V2, SCALING_ROLE, Check, image_default_torch, packages, preflight
+from model_code.manifest import AotiPackage, Manifest
 from stacks.config import KitConfig, load_config
 from stacks.key_policy import key_policy_statements
 
@@ -189,3 +190,44 @@ def test_quota_counts_an_async_endpoints_own_maximum_and_its_blue_green_updates(
         "16 available, 25 needed (h1: maxInstances 4 x 1 fleet(s) + slides: maxInstances 10 x 2 fleet(s) "
         "in an update (+1 each, rolling))"
     )
+
+
+def with_package(artifact: Path, **package: Any) -> Manifest:
+    """The demo artifact's manifest with tissue-seg described as an AOTInductor package."""
+    manifest = Manifest.model_validate_json((artifact / "manifest.json").read_text())
+    facts = {"device": "cuda", "cuda_arch": "sm_86", "cpu_isa": None, "shapes_from": "probe"} | package
+    entries = [
+        e.model_copy(update={"format": "aoti-package", "package": AotiPackage(**facts)})
+        if e.name == "tissue-seg"
+        else e
+        for e in manifest.models
+    ]
+    return manifest.model_copy(update={"models": entries})
+
+
+def test_packages_are_reported_and_checked_against_the_gpu_and_the_image_torch(artifact: Path) -> None:
+    image_torch = image_default_torch()
+    fits = with_package(artifact, probed_with_torch=f"{image_torch}+cu128")
+    notes, problems = packages(fits, config())
+    assert notes == [
+        f"tissue-seg: AOTInductor package for sm_86, float32, loaded and probed under torch {image_torch}+cu128"
+    ]
+    assert problems == []
+    hopper = with_package(artifact, cuda_arch="sm_90", probed_with_torch="2.9.1")
+    _, problems = packages(hopper, config())
+    assert problems == [
+        "tissue-seg holds sm_90 kernels, ml.g5.xlarge's NVIDIA A10G is sm_86",
+        f"tissue-seg was loaded under torch 2.9.1, the image has torch {image_torch}",
+    ]
+    assert packages(hopper, config(instanceType="ml.p5.48xlarge", torchVersion="2.9.1"))[1] == []
+    unloaded = with_package(artifact, probed_with_torch=None, shapes_from="model_metadata.json")
+    notes, problems = packages(unloaded, config())
+    assert "never loaded (packaged without its GPU)" in notes[0] and problems == []
+
+
+def test_preflight_fails_an_uploaded_artifact_whose_package_does_not_fit(aws: boto3.Session, artifact: Path) -> None:
+    bucket = artifact_bucket(aws)
+    manifest = with_package(artifact, cuda_arch="sm_90", probed_with_torch="2.9.1")
+    aws.client("s3").put_object(Bucket=bucket, Key="h1/v1/manifest.json", Body=manifest.model_dump_json().encode())
+    check = by_name(preflight(config(), aws, stubbed(aws)))["artifact of h1"]
+    assert not check.passed and "holds sm_90 kernels" in check.detail and "torchVersion" in check.fix

@@ -17,6 +17,7 @@ from kit.cli import add_aws, add_json, session, write_output
 if TYPE_CHECKING:
     import boto3
 
+    from model_code.manifest import Manifest
     from stacks.config import EndpointConfig, KitConfig
 
 HELP = "check the account before `cdk deploy`: quotas, roles, bootstrap, image, key, artifacts"
@@ -221,17 +222,23 @@ def subnets(context: Context) -> Check:
 
 
 def artifact(context: Context, name: str, endpoint: EndpointConfig) -> Check:
+    """The artifact is there with the checksums `kit upload` recorded, and its AOTInductor packages fit the
+    instance type's GPU and were loaded under the image's torch release."""
     from botocore.exceptions import ClientError
 
+    from model_code.manifest import MANIFEST, Manifest
     from stacks.config import KIT_BUCKET, ConfigError
 
     check = f"artifact of {name}"
     if not endpoint.artifact_in_s3:
         try:
-            endpoint.local_tarball(REPO)
+            tarball = endpoint.local_tarball(REPO)
         except ConfigError as exc:
             return Check(check, False, str(exc), "package it (the command above)")
-        return Check(check, True, f"{endpoint.artifact} holds {', '.join(endpoint.models)}")
+        manifest = Manifest.model_validate_json((tarball.parent / "model" / MANIFEST).read_text())
+        notes, problems = packages(manifest, context.config)
+        detail = "; ".join([f"{endpoint.artifact} holds {', '.join(endpoint.models)}", *notes, *problems])
+        return Check(check, not problems, detail, PACKAGE_FIX if problems else "")
     if endpoint.artifact_in_kit_bucket:
         outputs = context.stack_outputs("Foundation")
         if outputs is None:
@@ -241,28 +248,77 @@ def artifact(context: Context, name: str, endpoint: EndpointConfig) -> Check:
         bucket, key = endpoint.artifact.removeprefix("s3://").split("/", 1)
     upload = f"python -m kit upload build/{name}/model{'' if key.endswith('/') else '.tar.gz'} s3://{bucket}/{key}"
     try:
-        problems = _uploaded(context.client("s3"), bucket, key, endpoint.models)
+        problems, uploaded = _uploaded(context.client("s3"), bucket, key, endpoint.models)
     except ClientError as exc:
-        problems = [f"s3://{bucket}/{key}: {exc.response['Error'].get('Message') or exc.response['Error']['Code']}"]
+        problems, uploaded = (
+            [f"s3://{bucket}/{key}: {exc.response['Error'].get('Message') or exc.response['Error']['Code']}"],
+            None,
+        )
     if problems:
         return Check(check, False, "; ".join(problems), upload)
-    return Check(check, True, f"s3://{bucket}/{key}: every file there, with the sha256 `kit upload` recorded")
+    notes, problems = packages(uploaded, context.config) if uploaded else ([], [])
+    detail = "; ".join(
+        [f"s3://{bucket}/{key}: every file there, with the sha256 `kit upload` recorded", *notes, *problems]
+    )
+    return Check(check, not problems, detail, PACKAGE_FIX if problems else "")
 
 
-def _uploaded(s3: Any, bucket: str, key: str, models: list[str]) -> list[str]:
-    """What is wrong with an uploaded artifact: a prefix against its manifest, a tarball by its recorded sha256."""
+PACKAGE_FIX = (
+    "deploy on an instance type whose GPU runs the package (-c instanceType=...), or build the image with the "
+    "torch release that loaded it (-c torchVersion=..., container/torch-versions.txt), or repackage"
+)
+
+
+def packages(manifest: Manifest, config: KitConfig) -> tuple[list[str], list[str]]:
+    """(what each AOTInductor package is, what keeps it from serving on this deploy): its architecture
+    against the instance type's GPU, the torch release it was loaded under against the image's."""
+    from model_code.catalogue import arch_runs_on, instance_gpu
+
+    gpu = instance_gpu(config.instanceType)
+    image_torch = config.torchVersion or image_default_torch()
+    notes, problems = [], []
+    for entry in manifest.models:
+        package = entry.package
+        if package is None:
+            continue
+        target = package.cuda_arch if package.device == "cuda" else f"cpu {package.cpu_isa or ''}".strip()
+        loaded = package.probed_with_torch
+        notes.append(
+            f"{entry.name}: AOTInductor package for {target}, {entry.dtype}, "
+            + (f"loaded and probed under torch {loaded}" if loaded else "never loaded (packaged without its GPU)")
+        )
+        if package.device == "cuda" and gpu and package.cuda_arch and not arch_runs_on(package.cuda_arch, gpu[1]):
+            problems.append(
+                f"{entry.name} holds {package.cuda_arch} kernels, {config.instanceType}'s {gpu[0]} is {gpu[1]}"
+            )
+        if loaded and loaded.split("+")[0] != image_torch:
+            problems.append(f"{entry.name} was loaded under torch {loaded}, the image has torch {image_torch}")
+    return notes, problems
+
+
+def image_default_torch() -> str:
+    """The serving image's torch when torchVersion is not set: the first row of container/torch-versions.txt."""
+    rows = (REPO / "container" / "torch-versions.txt").read_text().splitlines()
+    return next(row.split()[0] for row in rows if row.strip() and not row.startswith("#"))
+
+
+def _uploaded(s3: Any, bucket: str, key: str, models: list[str]) -> tuple[list[str], Manifest | None]:
+    """What is wrong with an uploaded artifact (a prefix against its manifest, a tarball by its recorded
+    sha256) and, for a prefix, its manifest."""
     from model_code.manifest import MANIFEST, Manifest
 
     if not key.endswith("/"):
         head = s3.head_object(Bucket=bucket, Key=key)
-        return [] if head.get("Metadata", {}).get("sha256") else [f"s3://{bucket}/{key} was not sent by kit upload"]
+        return (
+            [] if head.get("Metadata", {}).get("sha256") else [f"s3://{bucket}/{key} was not sent by kit upload"]
+        ), None
     manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key + MANIFEST)["Body"].read())
     problems = [f"the manifest lacks {m}" for m in models if manifest.entry(m) is None]
     for rel, digest in sorted(manifest.sha256.items()):
         stored = s3.head_object(Bucket=bucket, Key=key + rel).get("Metadata", {}).get("sha256")
         if stored != digest:
             problems.append(f"{rel}: sha256 {stored} in S3, {digest} in the manifest")
-    return problems
+    return problems, manifest
 
 
 def leftover_log_group(context: Context, name: str) -> Check:
