@@ -18,6 +18,7 @@ DEFAULT_MAX_BATCH_SIZE = 32
 # 21 MB; 2048 records leave room for smaller tiles, and bound the decoded pixels of one request.
 DEFAULT_MAX_RECORDS = 2048
 DEFAULT_RESPONSE_MB = 256.0
+DEFAULT_SLIDE_MB = 1024.0  # a whole-slide body, streamed to a temporary file
 MB = 1024 * 1024
 MIN_TOKEN_CHARS = 16
 AUTH_OPENABLE = ("metrics", "docs")  # what AUTH_OPEN may leave open when tokens are configured
@@ -113,6 +114,7 @@ class Settings:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # tiles per forward pass; 1 turns dynamic batching off
     max_batch_wait_ms: float = 5.0  # how long a forward waits for more tiles once it has one
     max_body_bytes: int = int(DEFAULT_BODY_MB * MB)
+    max_slide_bytes: int = int(DEFAULT_SLIDE_MB * MB)
     limits: Limits = field(default_factory=Limits)
     decode_workers: int = 2  # threads decoding requests (JSON, base64, PNG)
     graceful_timeout_s: float = 30.0
@@ -134,6 +136,7 @@ class Settings:
             max_batch_size=max_batch_size(env),
             max_batch_wait_ms=_number(env, "MAX_BATCH_WAIT_MS", 5.0, minimum=0),
             max_body_bytes=int(body_mb * MB),
+            max_slide_bytes=int(_number(env, "MAX_SLIDE_MB", DEFAULT_SLIDE_MB, minimum=0.001) * MB),
             limits=Limits.from_env(env),
             decode_workers=int(_number(env, "DECODE_WORKERS", os.cpu_count() or 1, minimum=1)),
             graceful_timeout_s=_number(env, "GRACEFUL_TIMEOUT_S", 30.0, minimum=0),

@@ -49,7 +49,14 @@ def test_bad_values_are_refused_by_name(env: dict[str, str], message: str) -> No
         Settings.load(env)
 
 
-def test_serve_exits_2_on_a_bad_setting(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("MAX_BATCH_SIZE", "-3")
+@pytest.mark.parametrize(
+    ("name", "value", "reason"),
+    [("MAX_BATCH_SIZE", "-3", "MAX_BATCH_SIZE='-3' must be at least 1"), ("MAX_SLIDE_MB", "lots", "is not a number")],
+)
+def test_serve_exits_2_on_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str, reason: str
+) -> None:
+    monkeypatch.setenv(name, value)
     assert main(["--model-dir", "/nowhere"]) == 2
-    assert "MAX_BATCH_SIZE='-3' must be at least 1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert reason in err and name in err

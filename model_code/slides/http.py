@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -38,7 +37,6 @@ log = logging.getLogger("optimus.slides")
 TAR = "application/x-tar"
 SLIDE_TYPES = frozenset({"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", TAR})
 BULK_RNA_FILE = "bulk_rna.json"
-DEFAULT_SLIDE_MB = 1024
 MAX_PENDING = 4  # slides received or running at once (one runs, the rest wait on disk); more get a 503
 MAX_TAR_MEMBERS = 16  # a slide, bulk_rna.json, and room for folders and the like
 ROUTE_OPTIONS = {"model_name": "model", "mode": "mode"}  # the REST routes' overrides -> slide options
@@ -51,8 +49,8 @@ def is_slide(content_type: str | None) -> bool:
 class SlideService:
     """Answers slide requests for one server: one slide at a time, each in a temporary directory."""
 
-    def __init__(self) -> None:
-        self.max_bytes = int(float(os.environ.get("MAX_SLIDE_MB") or DEFAULT_SLIDE_MB) * 1024 * 1024)
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes  # MAX_SLIDE_MB
         self.running = asyncio.Semaphore(1)
         self.pending = 0
         self.max_pending = MAX_PENDING
