@@ -76,6 +76,11 @@ def model_fn(model_dir: str | Path) -> Models:
     return load_models(model_dir)
 
 
+def serving_device() -> torch.device:
+    """OPTIMUS_DEVICE, else the GPU when there is one, else the CPU."""
+    return torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None, only: Iterable[str] | None = None) -> Models:
     """model_fn, with the server's callbacks around each forward pass; optionally for some of the artifact's
     models (`kit package` checks those it can run here)."""
@@ -87,7 +92,7 @@ def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None, only: 
         raise ArtifactError(
             f"this endpoint is configured for models {expected} but the artifact holds {','.join(held)}"
         )
-    device = torch.device(os.environ.get("OPTIMUS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = serving_device()
     max_batch = max_batch_size()
     runners: dict[str, Runner] = {}
     for entry in manifest.models:

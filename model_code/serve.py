@@ -9,17 +9,29 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 
 from model_code.connections import guarded_protocol
+from model_code.inference import serving_device
 from model_code.server import create_app
 from model_code.settings import Settings, SettingsError
+
+
+def share_cpu() -> None:
+    """On a CPU the forward pass shares the cores with the threads that decode tiles and read slides, and
+    torch's own threads spin between operations, starving them. Unless OMP_NUM_THREADS says otherwise, the
+    forward takes half the cores (measured on 2 cores, side by side: tiles at concurrency 32 325 -> 446
+    tiles/s, the slide path 207 -> 250 tiles/s). A GPU forward leaves the CPU, so nothing changes there."""
+    if serving_device().type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.host:
         settings = replace(settings, host=args.host)
+    share_cpu()
     server: uvicorn.Server | None = None
 
     def stop() -> None:

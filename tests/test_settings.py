@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from model_code import serve
 from model_code.serve import main
 from model_code.settings import Settings, SettingsError
 
@@ -60,3 +61,19 @@ def test_serve_exits_2_on_a_bad_setting(
     assert main(["--model-dir", "/nowhere"]) == 2
     err = capsys.readouterr().err
     assert reason in err and name in err
+
+
+@pytest.mark.parametrize(("omp", "device", "expected"), [(None, "cpu", [1]), ("2", "cpu", []), (None, "cuda", [])])
+def test_cpu_forward_takes_half_the_cores_unless_told(
+    monkeypatch: pytest.MonkeyPatch, omp: str | None, device: str, expected: list[int]
+) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(serve.torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(serve.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("OPTIMUS_DEVICE", device)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    serve.share_cpu()
+    assert calls == expected
