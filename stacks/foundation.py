@@ -48,41 +48,10 @@ class FoundationStack(Stack):
             reason="S3 server access logging delivers only to buckets encrypted with S3-managed keys (SSE-S3); "
             "the logs hold request metadata, never model data.",
         )
-        self.artifacts = s3.Bucket(
-            self,
-            "Artifacts",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            server_access_logs_bucket=self.access_logs,
-            server_access_logs_prefix="artifacts/",
-            lifecycle_rules=[s3.LifecycleRule(abort_incomplete_multipart_upload_after=MULTIPART_ABORT)],
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        self.artifacts = self._private_bucket("Artifacts", "artifacts/")
         # Slides sent to async endpoints and batch transform, and what comes back: per endpoint, its role may read
         # only PREFIX-NAME/{async,batch}/input/ and write only its output (and failure) prefixes (stacks/endpoint.py).
-        self.results = s3.Bucket(
-            self,
-            "Results",
-            encryption=s3.BucketEncryption.KMS,
-            encryption_key=self.key,
-            bucket_key_enabled=True,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            versioned=True,
-            server_access_logs_bucket=self.access_logs,
-            server_access_logs_prefix="results/",
-            lifecycle_rules=[
-                s3.LifecycleRule(
-                    abort_incomplete_multipart_upload_after=MULTIPART_ABORT,
-                    noncurrent_version_expiration=Duration.days(30),
-                )
-            ],
-            removal_policy=RemovalPolicy.RETAIN,
-        )
+        self.results = self._private_bucket("Results", "results/", noncurrent_version_expiration=Duration.days(30))
         acknowledge(
             self.access_logs,
             self.artifacts,
@@ -166,3 +135,28 @@ class FoundationStack(Stack):
         for statement in key_policy_statements(config, self.account, self.region)[1:]:
             key.add_to_resource_policy(iam.PolicyStatement.from_json(statement))
         return key
+
+    def _private_bucket(
+        self, name: str, log_prefix: str, noncurrent_version_expiration: Duration | None = None
+    ) -> s3.Bucket:
+        """KMS-encrypted with the kit's key, TLS only, no public access, versioned, access-logged, retained;
+        multipart uploads aborted after MULTIPART_ABORT (and old versions expired, if given)."""
+        return s3.Bucket(
+            self,
+            name,
+            encryption=s3.BucketEncryption.KMS,
+            encryption_key=self.key,
+            bucket_key_enabled=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            versioned=True,
+            server_access_logs_bucket=self.access_logs,
+            server_access_logs_prefix=log_prefix,
+            lifecycle_rules=[
+                s3.LifecycleRule(
+                    abort_incomplete_multipart_upload_after=MULTIPART_ABORT,
+                    noncurrent_version_expiration=noncurrent_version_expiration,
+                )
+            ],
+            removal_policy=RemovalPolicy.RETAIN,
+        )
