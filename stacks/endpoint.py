@@ -366,20 +366,28 @@ class ModelEndpoint(Construct):
         return target
 
     def _scale_on_invocations(self, config: KitConfig, target: appscaling.ScalableTarget) -> None:
-        target.scale_to_track_metric(
-            "InvocationsPerInstance",
-            target_value=config.target_invocations_per_instance,
-            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
-            scale_in_cooldown=Duration.seconds(config.scaleInCooldownS),
-            scale_out_cooldown=Duration.seconds(config.scaleOutCooldownS),
-        )
+        policies: list[tuple[str, float, appscaling.PredefinedMetric]] = [
+            (
+                "InvocationsPerInstance",
+                config.target_invocations_per_instance,
+                appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
+            )
+        ]
         if config.concurrentRequestsPerInstance:
             # Requests in flight, sampled every 10 s: scales out within a minute of a burst, where invocations per
             # instance (1-minute metric, 3 breaching minutes) takes several. Scale-in needs both policies to agree.
+            policies.append(
+                (
+                    "ConcurrentRequests",
+                    config.concurrentRequestsPerInstance,
+                    appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION,
+                )
+            )
+        for name, value, metric in policies:
             target.scale_to_track_metric(
-                "ConcurrentRequests",
-                target_value=config.concurrentRequestsPerInstance,
-                predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_CONCURRENT_REQUESTS_PER_MODEL_HIGH_RESOLUTION,
+                name,
+                target_value=value,
+                predefined_metric=metric,
                 scale_in_cooldown=Duration.seconds(config.scaleInCooldownS),
                 scale_out_cooldown=Duration.seconds(config.scaleOutCooldownS),
             )
