@@ -43,7 +43,7 @@ from bench.gpu_bench import flops_per_tile, peak_for
 from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
 from kit.endpoints.samples import wire_record
 from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMUS_TIMM
-from model_code.loaders import build_vit
+from model_code.loaders import build_vit, embed
 
 DEVICE = "cuda"  # --cpu-dry-run: "cpu", with tiny architectures, to check this script where there is no GPU
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 1536}  # served width
@@ -108,15 +108,6 @@ def normalised_tiles(count: int, seed: int) -> torch.Tensor:
     mean = torch.tensor(H_OPTIMUS_NORMALISATION["mean"]) * 255
     std = torch.tensor(H_OPTIMUS_NORMALISATION["std"]) * 255
     return ((pixels.float() - mean) / std).permute(0, 3, 1, 2).contiguous().to(DEVICE)
-
-
-def embed(model: torch.nn.Module, tiles: torch.Tensor, pooling: str) -> torch.Tensor:
-    """The served embedding: CLS, or CLS and the mean patch token (registers excluded)."""
-    if pooling == "cls":
-        return model(tiles)
-    tokens = model.forward_features(tiles)  # type: ignore[operator]
-    prefix = int(model.num_prefix_tokens)  # type: ignore[arg-type]
-    return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
 
 
 def correctness() -> dict[str, Any]:

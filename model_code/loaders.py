@@ -73,3 +73,13 @@ def load_program(path: Path, device: torch.device) -> torch.nn.Module:
         return torch.export.load(str(path)).module().to(device)
     except Exception as exc:  # torch raises many types for a bad archive
         raise ArtifactError(f"{path} is not a loadable torch.export program: {exc}") from None
+
+
+def embed(vit: torch.nn.Module, tiles: torch.Tensor, pooling: str) -> torch.Tensor:
+    """An H-Optimus embedding: the ViT's own output (CLS token, through its head) for "cls"; for
+    "cls+mean_patch" (H0-mini) the CLS token and the mean of the patch tokens, registers excluded."""
+    if pooling == "cls":
+        return vit(tiles)
+    tokens = vit.forward_features(tiles)  # type: ignore[operator]
+    prefix = int(vit.num_prefix_tokens)  # type: ignore[arg-type]  # CLS + registers
+    return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)

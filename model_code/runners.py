@@ -17,6 +17,7 @@ import torch
 
 from model_code.catalogue import EMBEDDING, MODELS, PREDICTION
 from model_code.errors import ForwardError
+from model_code.loaders import embed
 from model_code.manifest import ModelEntry
 from model_code.records import Record
 
@@ -119,11 +120,8 @@ class EncoderRunner(Runner):
     """H-Optimus family: a timm ViT; the CLS token, or CLS and mean patch token (H0-mini)."""
 
     def forward(self, tiles: torch.Tensor, chunk: Sequence[Record]) -> dict[str, torch.Tensor]:
-        if self.entry.pooling == "cls" or self.entry.format != "timm-safetensors":  # a program pools itself
-            return {EMBEDDING: self.module(tiles)}
-        tokens = self.module.forward_features(tiles)  # type: ignore[operator]
-        prefix = int(self.module.num_prefix_tokens)  # type: ignore[arg-type]  # CLS + registers
-        return {EMBEDDING: torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)}
+        pooling = self.entry.pooling if self.entry.format == "timm-safetensors" else "cls"  # a program pools itself
+        return {EMBEDDING: embed(self.module, tiles, pooling)}
 
 
 class MOptimusRunner(Runner):

@@ -15,7 +15,7 @@ from torch import nn
 from kit.artifacts.exporting import compile_aoti_package, export_program, save_state_dict, vendor_metadata
 from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
-from model_code.loaders import build_vit
+from model_code.loaders import build_vit, embed
 from model_code.manifest import ModelEntry
 
 # A one-block ViT keeping H-Optimus's features (registers, SwiGLU, layer scale) with a head to 1536.
@@ -70,11 +70,7 @@ class EncoderProgram(nn.Module):
         self.pooling = pooling
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        tokens = self.vit.forward_features(tiles)  # type: ignore[operator]
-        if self.pooling == "cls":
-            return self.vit.forward_head(tokens)  # type: ignore[operator]
-        prefix = int(self.vit.num_prefix_tokens)  # type: ignore[arg-type]
-        return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=1)
+        return embed(self.vit, tiles, self.pooling)
 
 
 def demo_gene_ids(count: int, role: str) -> list[str]:
