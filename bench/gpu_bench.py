@@ -12,7 +12,6 @@ achieved FLOP/s over the peak in PEAK_TFLOPS (or --peak-tflops).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import write_figures
 from model_code.catalogue import H_OPTIMUS_TIMM
 from model_code.loaders import build_vit
 
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         mfu_text = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
         print(f"{row['batch']:>6} {row['tiles_per_s']:>10} {mfu_text:>7}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(args.json, result)
     return 0
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench import write_figures
+
 MODEL_FN = """
 import sys, time
 began = time.perf_counter()
@@ -100,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "process_seconds": round(load_s, 1),
     }
     print(json.dumps(result, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_figures(args.json, result)
     return 0
 
 

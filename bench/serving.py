@@ -10,7 +10,6 @@ Prints a table and writes the figures as JSON (--json, default build/bench/servi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from bench import write_figures
 from bench.http_load import LoadResult, build_request, run_load
 from kit.artifacts.builder import package
 from kit.endpoints.samples import wire_record
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = figures["ratios"]
     print(f"\n(b) c=32 / (a): {ratios['server_c32_over_ceiling']:.0%}   (target >= 50%)")
     print(f"(c) batched / MAX_BATCH_SIZE=1: {ratios['batched_over_unbatched_simulated']:.2f}x   (target >= 3x)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     print(f"figures written to {args.json}")
     return 0
 

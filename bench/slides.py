@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from bench import write_figures
 from kit.artifacts.builder import package
 from kit.endpoints.client import EndpointClient
 from kit.local import serve_model
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = figures["ratios"]
     print(f"  slide / per-request: {ratios['slide_over_tile_requests']:.2f}x (target >= 3x)")  # type: ignore[index]
     print(f"  slide / ceiling: {ratios['slide_over_ceiling']:.0%} (target >= 60%)")  # type: ignore[index]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     print(f"figures written to {args.json}")
     return 0
 

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 import orjson
 
+from bench import write_figures
 from kit.artifacts.builder import package
 from kit.endpoints.samples import sample_png, wire_record
 from kit.local import free_port, wait_healthy
@@ -290,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     report = soak(args.minutes, args.clients, args.workdir, args.seed)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2))
+    write_figures(args.json, report)
     print(f"soak: {report['requests']} requests in {args.minutes:g} min from {args.clients} clients")
     for name, count in report["statuses"].items():
         print(f"  {name}: {count}")
