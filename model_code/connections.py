@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from starlette.requests import Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
@@ -68,3 +69,9 @@ class StallGuardProtocol(HttpToolsProtocol):
 def guarded_protocol(read_timeout: float) -> type[StallGuardProtocol]:
     """The protocol class for uvicorn's `http=` option, with this server's read timeout."""
     return type("StallGuard", (StallGuardProtocol,), {"read_timeout": read_timeout})
+
+
+async def disconnected(request: Request) -> None:
+    """Returns once the client of `request` has gone away (its body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

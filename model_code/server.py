@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
+from model_code.connections import disconnected
 from model_code.errors import ClientError, ForwardError
 from model_code.inference import Batch, Models, Result
 from model_code.metrics import Metrics
@@ -191,7 +192,7 @@ async def until_disconnected(work: Any, request: Request | None) -> Any:
     if request is None:
         return await work
     task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
+    gone = asyncio.ensure_future(disconnected(request))
     try:
         await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -200,11 +201,6 @@ async def until_disconnected(work: Any, request: Request | None) -> Any:
         task.cancel()
         raise ClientDisconnect()
     return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from model_code.catalogue import MODELS
+from model_code.connections import disconnected
 from model_code.errors import ClientError
 from model_code.inference import Models
 from model_code.records import bulk_rna_vector, media_type
@@ -79,7 +80,7 @@ class SlideService:
             body = await _save_body(request, workdir / "body", self.max_bytes)
             slide, rna = await asyncio.to_thread(_unpack, body, workdir) if kind == TAR else (body, None)
             out = workdir / f"features{SUFFIXES[options.format]}"
-            gone = asyncio.ensure_future(_disconnected(request))  # while it waits its turn
+            gone = asyncio.ensure_future(disconnected(request))  # while it waits its turn
             try:
                 async with self.running:
                     if gone.done():  # nobody left to run it for
@@ -99,11 +100,6 @@ class SlideService:
             out, media_type=MEDIA_TYPES[options.format], headers=headers,
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
         )  # fmt: skip
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _save_body(request: Request, path: Path, limit: int) -> Path:
