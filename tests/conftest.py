@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
+from moto import mock_aws
 from PIL import Image
 
 from kit.artifacts.builder import package
@@ -52,3 +55,12 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 def random_tile(size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+@contextlib.contextmanager
+def mocked_aws(monkeypatch: pytest.MonkeyPatch, region: str) -> Iterator[boto3.Session]:
+    """moto's AWS with test credentials in the environment, and a session in `region`."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    with mock_aws():
+        yield boto3.Session(region_name=region)

@@ -11,7 +11,6 @@ import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from kit import KitError
 from kit.__main__ import main
@@ -20,17 +19,15 @@ from kit.deploy.wait import wait_in_service
 from kit.endpoints.stack import endpoints_from_stack
 from kit.errors import explain
 from model_code.manifest import read_manifest
+from tests.conftest import mocked_aws
 
 REGION = "eu-west-1"
 
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with mocked_aws(monkeypatch, REGION) as session:
         session.client("s3").create_bucket(Bucket="models", CreateBucketConfiguration={"LocationConstraint": REGION})
         yield session
 

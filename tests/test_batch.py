@@ -10,12 +10,12 @@ from typing import Any
 import boto3
 import botocore.session
 import pytest
-from moto import mock_aws
 
 from kit.__main__ import main
 from kit.cohorts.batch import job_request
 from kit.cohorts.deployment import find_deployment
 from tests.cohort_aws import BUCKET, KEY_ARN, REGION, deploy
+from tests.conftest import mocked_aws
 from tests.test_stack_api_calls import constraint_errors
 
 INPUT = f"s3://{BUCKET}/optimus-h1/batch/input/run1/"
@@ -23,10 +23,7 @@ INPUT = f"s3://{BUCKET}/optimus-h1/batch/input/run1/"
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with mocked_aws(monkeypatch, REGION) as session:
         deploy(session)
         s3 = session.client("s3")
         for i in range(3):

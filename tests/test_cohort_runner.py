@@ -14,13 +14,13 @@ from typing import Any
 import boto3
 import h5py
 import pytest
-from moto import mock_aws
 
 from kit.__main__ import main
 from kit.cohorts.runner import instance_hours
 from kit.slides.synthetic import make_slide
 from tests.async_sagemaker import AsyncSageMaker
 from tests.cohort_aws import BUCKET, REGION, deploy
+from tests.conftest import mocked_aws
 from tests.serving import Running
 
 ENDPOINT = "optimus-h1-slides"
@@ -38,10 +38,7 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def cloud(monkeypatch: pytest.MonkeyPatch, running: Running) -> Iterator[tuple[boto3.Session, AsyncSageMaker]]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with mocked_aws(monkeypatch, REGION) as session:
         deploy(session)
         sagemaker = AsyncSageMaker(session, running.url, BUCKET, ENDPOINT)
         monkeypatch.setattr("kit.cohorts.command.session", lambda args: session)

@@ -11,7 +11,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 
 from kit.__main__ import main
 from kit.artifacts.upload import upload_artifact
@@ -19,6 +18,7 @@ from kit.deploy.preflight import DOCKER_V2, SCALING_ROLE, Check, image_default_t
 from model_code.manifest import AotiPackage, Manifest
 from stacks.config import KitConfig, load_config
 from stacks.key_policy import key_policy_statements
+from tests.conftest import mocked_aws
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/optimus-serving:0.1.0"
@@ -28,11 +28,8 @@ STACK = '{"Resources": {"B": {"Type": "AWS::S3::Bucket"}}, "Outputs": {"Artifact
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, artifact: Path) -> Iterator[boto3.Session]:
     """An account ready to deploy: bootstrapped, the scaling role, the foundation stack, an uploaded artifact."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with mocked_aws(monkeypatch, REGION) as session:
         cloudformation = session.client("cloudformation")
         cloudformation.create_stack(StackName="CDKToolkit", TemplateBody=STACK.replace("ArtifactBucket", "Bucket"))
         cloudformation.create_stack(StackName="OptimusFoundation", TemplateBody=STACK)

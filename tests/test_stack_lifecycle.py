@@ -14,7 +14,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.parsers import ResponseParserError  # moto relays the logs error to CloudFormation raw
-from moto import mock_aws
 from moto.cloudformation.parsing import get_model_map
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
@@ -23,6 +22,7 @@ from aws_cdk import App
 
 from app import build
 from kit.artifacts.builder import package
+from tests.conftest import mocked_aws
 from tests.test_stacks import context
 
 REGION = "eu-west-1"
@@ -69,10 +69,7 @@ def templates(artifacts: dict[str, str], tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        session = boto3.Session(region_name=REGION)
+    with mocked_aws(monkeypatch, REGION) as session:
         # what `cdk bootstrap` leaves: the templates check its version
         session.client("ssm").put_parameter(Name="/cdk-bootstrap/hnb659fds/version", Value="30", Type="String")
         yield session
