@@ -16,6 +16,9 @@ Steps (each skipped, with the reason recorded, once the time budget is spent):
   aoti         the demo models (and ViT-g when time allows) compiled into CUDA AOTInductor packages,
                loaded with aoti_load_package, compared with the eager fp16 autocast forward.
   compile      torch.compile (batch 64) and CUDA graphs (batch 8) on fp16 weights, against eager.
+  slides       a generated 40x slide (the benchmark's tissue 2 x 2 times over) through the server's slide path
+               with random ViT-g (h0) and H0-mini weights: tiles/s against the forward pass alone at the
+               server's batch, per stage, GPU utilisation, and the CPU's reading ceiling on all cores.
 """
 
 from __future__ import annotations
@@ -48,9 +51,6 @@ from model_code.loaders import build_vit, embed
 DEVICE = "cuda"  # --cpu-dry-run: "cpu", with tiny architectures, to check this script where there is no GPU
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 1536}  # served width
 
-# H0-mini as published: ViT-B/14, SwiGLU hidden 2048 (mlp_ratio 5.33334), about 86 M parameters.
-H0_MINI = {**H0_MINI_TIMM, "mlp_ratio": 5.33334}
-
 
 class Check:
     """The JSON report, written after every step, and the time budget."""
@@ -82,8 +82,10 @@ def device_name() -> str:
 
 
 def arch(config: dict[str, Any]) -> dict[str, Any]:
-    """The architecture as given on a GPU; a tiny one of the same kind in a CPU dry run."""
-    return dict(config) if DEVICE == "cuda" else {**config, **TINY}
+    """The architecture as given on a GPU; a tiny one of the same kind and served width in a CPU dry run."""
+    if DEVICE == "cuda":
+        return dict(config)
+    return {**config, "depth": 1} if config == H0_MINI_TIMM else {**config, **TINY}
 
 
 def build(config: dict[str, Any]) -> torch.nn.Module:
@@ -114,7 +116,7 @@ def correctness() -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference is true fp32
     torch.backends.cudnn.allow_tf32 = False
     result: dict[str, Any] = {}
-    for name, config, pooling in (("vit_g14", H_OPTIMUS_TIMM, "cls"), ("h0_mini", H0_MINI, "cls+mean_patch")):
+    for name, config, pooling in (("vit_g14", H_OPTIMUS_TIMM, "cls"), ("h0_mini", H0_MINI_TIMM, "cls+mean_patch")):
         model = build(config)
         tiles = normalised_tiles(32, seed=1)
         with torch.inference_mode():
@@ -296,10 +298,9 @@ def server(work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
     from kit.local import serve_model
 
     result: dict[str, Any] = {"loads": []}
-    if not (work / "h0" / "model" / "manifest.json").is_file():  # a rerun on the same machine reuses it
-        result["package_s"] = package_random_vit_g(work)
+    model_dir, result["package_s"] = package_random(work, "h0", H_OPTIMUS_TIMM)
     began = time.monotonic()
-    with serve_model(work / "h0" / "model", {"OPTIMUS_DEVICE": DEVICE}) as local:
+    with serve_model(model_dir, {"OPTIMUS_DEVICE": DEVICE}) as local:
         result["start_to_healthy_s"] = round(time.monotonic() - began, 1)
         request = build_request(
             "127.0.0.1", local.port, "/invocations", json.dumps(wire_record("h0", "embedding")).encode()
@@ -328,21 +329,102 @@ def server(work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def package_random_vit_g(work: Path) -> float:
-    """Seconds to package a random ViT-g checkpoint through `kit package --timm-checkpoint`."""
+def package_random(work: Path, name: str, config: dict[str, Any]) -> tuple[Path, float | None]:
+    """A random-weight `name` (with the demo tissue-seg, which slides need) packaged through `kit package
+    --timm-checkpoint`: the model directory and the seconds packaging took (None: reused from a rerun)."""
     from safetensors.torch import save_file
 
-    checkpoint = work / "vit_g14_random.safetensors"
-    model = build(H_OPTIMUS_TIMM)
+    out = work / name
+    if (out / "model" / "manifest.json").is_file():
+        return out / "model", None
+    seg = work / "tissue-seg" / "model" / "tissue-seg" / "program.pt2"
+    if not seg.is_file():
+        subprocess.run([sys.executable, "-m", "kit", "package", "--models", "tissue-seg", "--demo", "--out",
+                        str(work / "tissue-seg")], check=True)  # fmt: skip
+    checkpoint = work / f"{name}_random.safetensors"
+    model = build(config)
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
     del model
-    command = [sys.executable, "-m", "kit", "package", "--models", "h0", "--timm-checkpoint", str(checkpoint)]
+    command = [sys.executable, "-m", "kit", "package", "--models", f"{name},tissue-seg", "--timm-checkpoint",
+               str(checkpoint), "--tissue-seg-program", str(seg)]  # fmt: skip
     if DEVICE != "cuda":  # the tiny architecture is not the catalogue's
-        (work / "tiny.json").write_text(json.dumps(TINY))
-        command += ["--timm-config", str(work / "tiny.json")]
+        (work / f"{name}_tiny.json").write_text(json.dumps(arch(config)))
+        command += ["--timm-config", str(work / f"{name}_tiny.json")]
     began = time.monotonic()
-    subprocess.run([*command, "--out", str(work / "h0")], check=True)
-    return round(time.monotonic() - began, 1)
+    subprocess.run([*command, "--out", str(out)], check=True)
+    checkpoint.unlink()
+    return out / "model", round(time.monotonic() - began, 1)
+
+
+def big_slide(work: Path) -> Path:
+    """The slide benchmark's 40x tissue, 2 x 2 times over on a GPU (a 5.6 x 4 mm slide), once in a dry run."""
+    from bench.slides import ORIGIN, SLIDE_UM
+    from kit.slides.synthetic import slide_image, write_svs
+
+    path = work / "gpu-slide.svs"
+    if not path.is_file():
+        repeats = 2 if DEVICE == "cuda" else 1
+        write_svs(path, np.tile(slide_image(0.25, SLIDE_UM, ORIGIN), (repeats, repeats, 1)), 0.25)
+    return path
+
+
+def slides(work: Path) -> dict[str, Any]:
+    import h5py
+
+    from bench.slides import ceiling, slide_mode
+    from kit.local import serve_model
+    from model_code.catalogue import MODELS
+    from model_code.settings import DEFAULT_MAX_BATCH_SIZE
+
+    began = time.monotonic()
+    slide = big_slide(work)
+    result: dict[str, Any] = {
+        "slide": {"bytes": slide.stat().st_size, "mpp": 0.25, "make_s": round(time.monotonic() - began, 1)}
+    }
+    for name, config in (("h0", H_OPTIMUS_TIMM), ("h0-mini", H0_MINI_TIMM)):
+        model_dir, package_s = package_random(work, name, config)
+        model = build(config)
+        pooling = MODELS[name].pooling
+        batch = normalised_tiles(DEFAULT_MAX_BATCH_SIZE, seed=7)
+
+        def served(tiles: torch.Tensor, model: torch.nn.Module = model, pooling: str = pooling) -> torch.Tensor:
+            with autocast():  # fp32 master weights under fp16 autocast, as the server runs
+                return embed(model, tiles, pooling)
+
+        forward_tps = timed(served, batch, repeats=10)
+        del model, batch, served
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+        runs = []
+        with serve_model(model_dir, {"OPTIMUS_DEVICE": DEVICE}) as local:
+            for _ in range(2):
+                with gpu_sampler() as samples:
+                    seconds, coords, extent = slide_mode(local.url, slide, work / f"{name}.h5", name)
+                with h5py.File(work / f"{name}.h5") as features:
+                    stages = json.loads(features.attrs["seconds"])
+                runs.append(
+                    {
+                        "tiles": len(coords),
+                        "wall_s": round(seconds, 2),
+                        "tiles_per_s": round(len(coords) / seconds, 1),
+                        "tiles_stage_tiles_per_s": round(len(coords) / stages["tiles"], 1),
+                        "stages_s": stages,
+                        "gpu_utilisation_mean_pct": round(float(np.mean(samples)), 1) if samples else None,
+                    }
+                )
+                print(name, runs[-1], flush=True)
+        best = max(runs, key=lambda run: run["tiles_per_s"])
+        result[name] = {
+            "package_s": package_s,
+            "forward_only_tiles_per_s_batch": {"batch": DEFAULT_MAX_BATCH_SIZE, "tiles_per_s": round(forward_tps, 1)},
+            "runs": runs,
+            "slide_over_forward_only": round(best["tiles_per_s"] / forward_tps, 3),
+            "tiles_stage_over_forward_only": round(best["tiles_stage_tiles_per_s"] / forward_tps, 3),
+        }
+    torch.set_num_threads(1)  # as reader threads run: torch's resize is single-threaded, OpenSlide scales
+    cores = os.cpu_count() or 1
+    result["ceiling"] = {"threads": cores, "tiles_per_s": round(ceiling(slide, coords, extent, cores), 1)}
+    return result
 
 
 def aoti(work: Path, check: Check) -> dict[str, Any]:
@@ -407,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "build/bench")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/gpu_check"))
     parser.add_argument("--budget-s", type=float, default=420)
-    parser.add_argument("--steps", default="correctness,forward,server,aoti,compile")
+    parser.add_argument("--steps", default="correctness,forward,server,slides,aoti,compile")
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny models on the CPU: check the script itself")
     args = parser.parse_args(argv)
     global DEVICE
@@ -427,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     if "server" in steps:
         rows = check.report.get("forward", {}).get("rows") or [{"batch": 1, "tiles_per_s": float("nan")}]
         check.step("server", 120, lambda: server(args.work, rows))
+    if "slides" in steps:
+        check.step("slides", 150, lambda: slides(args.work))
     if "aoti" in steps:
         check.step("aoti", 60, lambda: aoti(args.work, check))
     if "compile" in steps:

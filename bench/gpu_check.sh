@@ -14,8 +14,10 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT_DIR/nvidia-smi.txt"
 python3 -c 'import torch, timm; print("torch", torch.__version__, "cuda", torch.version.cuda, "timm", timm.__version__)'
-# 1. The handler and server tests with the models on the GPU.
-OPTIMUS_DEVICE=cuda timeout "${GPU_TESTS_TIMEOUT_S:-150}" python3 -m pytest -q -p no:cacheprovider \
-    --junit-xml "$OUT_DIR/gpu_tests.xml" tests/test_handler.py tests/test_server.py 2>&1 | tail -25
-# 1-4. Correctness, forward pass and its variants, the server under load, AOTInductor packages.
-python3 -m bench.gpu_check --out "$OUT_DIR" --budget-s "${GPU_CHECK_BUDGET_S:-300}"
+# 1. The handler, server and slide tests with the models on the GPU (GPU_TESTS names other test files).
+OPTIMUS_DEVICE=cuda timeout "${GPU_TESTS_TIMEOUT_S:-200}" python3 -m pytest -q -p no:cacheprovider \
+    --junit-xml "$OUT_DIR/gpu_tests.xml" ${GPU_TESTS:-tests/test_handler.py tests/test_server.py tests/test_slides.py} 2>&1 | tail -25
+# 1-5. Correctness, forward pass and its variants, the server under load, slides, AOTInductor packages
+# (GPU_STEPS: some of them).
+python3 -m bench.gpu_check --out "$OUT_DIR" --budget-s "${GPU_CHECK_BUDGET_S:-420}" \
+    ${GPU_STEPS:+--steps "$GPU_STEPS"}

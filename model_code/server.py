@@ -67,7 +67,7 @@ class Server:
         self.decode_pool: ThreadPoolExecutor | None = None  # decodes tiles
         self.batcher: Batcher | None = None
         self.decoding = 0  # requests in the decode pool: tiles that may still join a batch
-        self.slides = SlideService(settings.max_slide_bytes)
+        self.slides = SlideService(settings.max_slide_bytes, settings.slide_read_threads, settings.max_queued_slides)
 
     async def start(self) -> None:
         """Start the decode pool and load the models, while /ping answers 503.

@@ -10,7 +10,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from moto import mock_aws
 from PIL import Image
 
 from kit.artifacts.builder import package
@@ -59,7 +58,10 @@ def random_tile(size: int, seed: int = 0) -> np.ndarray:
 
 @contextlib.contextmanager
 def mocked_aws(monkeypatch: pytest.MonkeyPatch, region: str) -> Iterator[boto3.Session]:
-    """moto's AWS with test credentials in the environment, and a session in `region`."""
+    """moto's AWS with test credentials in the environment, and a session in `region`. (moto is imported
+    here so that the GPU machine, which has no moto, runs the serving tests: bench/gpu_check.sh.)"""
+    from moto import mock_aws
+
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(name, "testing")
     with mock_aws():

@@ -24,7 +24,7 @@ import requests
 
 from kit.endpoints.samples import wire_record
 from kit.local import free_port, wait_healthy
-from model_code.settings import Limits, Settings
+from model_code.settings import Limits, Settings, SettingsError
 from tests.serving import REPO, Running, serve_in_thread
 
 JSON = {"content-type": "application/json"}
@@ -248,3 +248,14 @@ def test_settings_limits_come_from_the_environment() -> None:
     loaded = Settings.load({"MAX_RECORDS": "10", "MAX_RESPONSE_MB": "1.5", "READ_TIMEOUT_S": "3"})
     assert loaded.limits == Limits(max_records=10, max_response_bytes=int(1.5 * 1024 * 1024))
     assert loaded.read_timeout_s == 3.0 and replace(loaded, read_timeout_s=1).read_timeout_s == 1
+
+
+def test_slide_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = Settings.load({"SLIDE_READ_THREADS": "3", "MAX_QUEUED_SLIDES": "9"})
+    assert (loaded.slide_read_threads, loaded.max_queued_slides) == (3, 9)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings.load({}).slide_read_threads == 8  # half the cores
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings.load({}).slide_read_threads == 2 and Settings.load({}).max_queued_slides == 4
+    with pytest.raises(SettingsError, match="SLIDE_READ_THREADS"):
+        Settings.load({"SLIDE_READ_THREADS": "0"})

@@ -34,7 +34,7 @@ def tissue_image(width_um: float, height_um: float, mpp: float, origin_px: tuple
     saturation = (colour.max(axis=2) - colour.min(axis=2)) / (colour.max(axis=2) + 1)
     tissue = saturation > 0.05
     texture = _texture(width, height, mpp)
-    shade = texture / texture.reshape(-1, 3).mean(axis=0)
+    shade = texture / texture.reshape(-1, 3).mean(axis=0, dtype=np.float64)  # float32 sums saturate
     out = np.where(tissue[..., None], shade * colour, colour)
     return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -83,12 +83,15 @@ def make_slide(
     size_um: tuple[float, float] = (896, 672),
     origin_px: tuple[int, int] = (370, 180),
 ) -> Path:
-    """A generated slide of tissue from the samples, scanned at `mpp` (None: 0.5, and no mpp in its metadata).
+    """A generated slide of tissue from the samples, scanned at `mpp` (None: 0.5, and no mpp in its metadata)."""
+    return write_svs(path, slide_image(mpp or TEXTURE_MPP, size_um, origin_px), mpp)
 
-    The image is made at the texture's 0.5 um/px and resized (bicubic) to other resolutions.
-    """
+
+def slide_image(mpp: float, size_um: tuple[float, float], origin_px: tuple[int, int]) -> np.ndarray:
+    """The tissue made at the texture's 0.5 um/px and resized (bicubic) to `mpp` (4x faster than making it
+    at 0.25 um/px)."""
     image = tissue_image(*size_um, TEXTURE_MPP, origin_px)
-    if mpp is not None and mpp != TEXTURE_MPP:
+    if mpp != TEXTURE_MPP:
         height, width = round(size_um[1] / mpp), round(size_um[0] / mpp)
         image = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
-    return write_svs(path, image, mpp)
+    return image

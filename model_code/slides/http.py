@@ -38,7 +38,6 @@ log = logging.getLogger("optimus.slides")
 TAR = "application/x-tar"
 SLIDE_TYPES = frozenset({"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", TAR})
 BULK_RNA_FILE = "bulk_rna.json"
-MAX_PENDING = 4  # slides received or running at once (one runs, the rest wait on disk); more get a 503
 MAX_TAR_MEMBERS = 16  # a slide, bulk_rna.json, and room for folders and the like
 ROUTE_OPTIONS = {"model_name": "model", "mode": "mode"}  # the REST routes' overrides -> slide options
 
@@ -50,11 +49,12 @@ def is_slide(content_type: str | None) -> bool:
 class SlideService:
     """Answers slide requests for one server: one slide at a time, each in a temporary directory."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, read_threads: int, max_pending: int) -> None:
         self.max_bytes = max_bytes  # MAX_SLIDE_MB
+        self.read_threads = read_threads  # SLIDE_READ_THREADS
         self.running = asyncio.Semaphore(1)
         self.pending = 0
-        self.max_pending = MAX_PENDING
+        self.max_pending = max_pending  # MAX_QUEUED_SLIDES: received or running at once; more get a 503
 
     async def answer(
         self, request: Request, models: Models | None, overrides: dict[str, str] | None = None
@@ -86,7 +86,7 @@ class SlideService:
                     if gone.done():  # nobody left to run it for
                         raise ClientDisconnect()
                     gone.cancel()
-                    summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna)
+                    summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna, self.read_threads)
             finally:
                 gone.cancel()
         except BaseException as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,7 +71,7 @@ def run_slide(
     options: SlideOptions,
     models: Models,
     bulk_rna: np.ndarray | None = None,
-    workers: int | None = None,
+    workers: int = 2,
 ) -> Summary:
     """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input."""
     runner = choose_runner(models, options)
@@ -81,7 +80,6 @@ def run_slide(
     summary = Summary()
     began = time.perf_counter()
     slide = Slide(path, options.slide_mpp)
-    workers = workers or os.cpu_count() or 1
     try:
         mpp = options.mpp or runner.entry.resolution
         grid = tissue.grid(slide.geometry, mpp, options.tile_size or runner.entry.tile_size)

