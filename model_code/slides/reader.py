@@ -4,7 +4,8 @@ OpenSlide is thread-safe and releases the GIL while it decodes, so worker thread
 
 The resampling is torch's uint8 antialiased bicubic, which matches Pillow's `resize(BICUBIC)` to within one
 grey level (what TRIDENT and CLAM users get) and runs 4x faster on one core (448 -> 224 px: 0.33 ms against
-1.3 ms, a fifth of a tile's whole read; `python -m bench.slides` measures the effect)."""
+1.3 ms, a fifth of a tile's whole read; `python -m bench.slides` measures the effect). It runs on the
+calling thread alone (measured: no intra-op threads), so reader threads do not oversubscribe the cores."""
 
 from __future__ import annotations
 
