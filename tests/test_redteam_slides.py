@@ -351,6 +351,30 @@ def test_a_slide_whose_client_left_while_it_waited_is_not_run(
     assert [answer.status_code for answer in answers] == [200] and ran.call_count == 1
 
 
+def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
+    running: Running,
+    slide: bytes,
+    scratch: Path,
+    held: tuple[threading.Event, mock.Mock],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As when SageMaker's 60 s InvokeEndpoint timeout hangs up: the slide stops at its next chunk (here: before
+    any forward pass), its files go, and the next slide runs; was: it ran to the end with nobody to answer."""
+    release, ran = held
+    forwards = mock.Mock(wraps=job.tissue.records)
+    monkeypatch.setattr(job.tissue, "records", forwards)
+    with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as quitter:
+        head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"
+        quitter.sendall(f"{head}Content-Length: {len(slide)}\r\n\r\n".encode() + slide)
+        wait_for(lambda: ran.call_count == 1, "the slide to start")
+    time.sleep(0.2)  # the server sees the hang-up while the slide is still finding its tissue
+    release.set()
+    wait_for(lambda: running.server.slides.pending == 0, "the slide to stop")
+    assert forwards.call_count == 0 and not list(scratch.glob("optimus-slide-*"))
+    answer = post_slide(running, slide, "model=h1")
+    assert answer.status_code == 200 and ran.call_count == 2 and forwards.call_count > 0
+
+
 def test_client_gone_mid_upload_leaves_no_files(running: Running, slide: bytes, scratch: Path) -> None:
     with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as quitter:
         head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"

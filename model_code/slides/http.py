@@ -15,6 +15,7 @@ import logging
 import shutil
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from model_code.inference import Models
 from model_code.records import bulk_rna_vector, media_type
 from model_code.slides.job import choose_runner, run_slide
 from model_code.slides.options import slide_options
+from model_code.slides.tissue import SlideCancelled
 from model_code.slides.writers import MEDIA_TYPES, SUFFIXES
 
 log = logging.getLogger("optimus.slides")
@@ -80,13 +82,18 @@ class SlideService:
             body = await _save_body(request, workdir / "body", self.max_bytes)
             slide, rna = await asyncio.to_thread(_unpack, body, workdir) if kind == TAR else (body, None)
             out = workdir / f"features{SUFFIXES[options.format]}"
-            gone = asyncio.ensure_future(disconnected(request))  # while it waits its turn
+            gone = asyncio.ensure_future(disconnected(request))  # while it waits its turn, and while it runs
+            stop = threading.Event()
+            gone.add_done_callback(lambda watcher: watcher.cancelled() or stop.set())
             try:
                 async with self.running:
                     if gone.done():  # nobody left to run it for
                         raise ClientDisconnect()
-                    gone.cancel()
-                    summary = await asyncio.to_thread(run_slide, slide, out, options, models, rna, self.read_threads)
+                    summary = await asyncio.to_thread(
+                        run_slide, slide, out, options, models, rna, self.read_threads, stop
+                    )
+            except SlideCancelled:
+                raise ClientDisconnect() from None
             finally:
                 gone.cancel()
         except BaseException as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,20 +73,23 @@ def run_slide(
     models: Models,
     bulk_rna: np.ndarray | None = None,
     workers: int = 2,
+    stop: threading.Event | None = None,
 ) -> Summary:
-    """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input."""
+    """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input,
+    tissue.SlideCancelled once `stop` is set (its client went away)."""
     runner = choose_runner(models, options)
     if bulk_rna is not None and runner.entry.name != "m-optimus":
         raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA", field="bulk_rna")
     summary = Summary()
     began = time.perf_counter()
     slide = Slide(path, options.slide_mpp)
+    stop = stop or threading.Event()
     try:
         mpp = options.mpp or runner.entry.resolution
         grid = tissue.grid(slide.geometry, mpp, options.tile_size or runner.entry.tile_size)
         with ThreadPoolExecutor(workers, thread_name_prefix="slide-read") as pool:
             prefetch = 2 * workers
-            mask, mask_mpp = tissue.tissue_mask(slide, models.runners[TISSUE_SEG], pool, prefetch)
+            mask, mask_mpp = tissue.tissue_mask(slide, models.runners[TISSUE_SEG], pool, prefetch, stop)
             summary.seconds["tissue"] = time.perf_counter() - began
             ratios = tissue.tissue_ratios(mask, mask_mpp, slide.geometry, grid)
             kept, kept_ratios = tissue.select(grid, ratios, options.min_tissue)
@@ -100,7 +104,7 @@ def run_slide(
                 return slide.read(*xy, kept.extent, size)
 
             done = 0
-            for pixels in tissue.chunks(read, kept.coords, runner.max_batch, pool, prefetch):
+            for pixels in tissue.chunks(read, kept.coords, runner.max_batch, pool, prefetch, stop):
                 outputs = runner(tissue.records(pixels, runner.entry.name, options.mode, bulk_rna))
                 writer.write(
                     done, {name: np.stack([o[key] for o in outputs]) for name, key in _keys(options.mode).items()}
@@ -109,6 +113,12 @@ def run_slide(
             summary.seconds["tiles"] = time.perf_counter() - started
             summary.seconds["total"] = time.perf_counter() - began
             writer.close(_attributes(options, runner, models, slide, mpp, grid, summary, bulk_rna is not None))
+    except tissue.SlideCancelled:
+        log.warning(
+            "slide %s stopped after %.1f s (%d tiles kept): its client went away",
+            options.slide_name or path.name, time.perf_counter() - began, summary.tiles,
+        )  # fmt: skip
+        raise
     finally:
         slide.close()
     log.info(

@@ -4,6 +4,7 @@ the model's resolution with each tile's tissue ratio (the fraction of its area t
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
@@ -50,16 +51,32 @@ def grid(geometry: Geometry, mpp: float, size: int) -> Grid:
     return Grid(coords, extent, size)
 
 
-def chunks(read: Read, coords: np.ndarray, size: int, pool: Executor, prefetch: int) -> Iterator[np.ndarray]:
-    """[n, H, W, 3] uint8 chunks of `size` tiles in order, read in `pool`, at most `prefetch` chunks ahead."""
-    starts = range(0, len(coords), size)
+class SlideCancelled(Exception):
+    """The slide's client went away: its reading and forward passes stop at the next chunk."""
+
+
+def chunks(
+    read: Read, coords: np.ndarray, size: int, pool: Executor, prefetch: int, stop: threading.Event
+) -> Iterator[np.ndarray]:
+    """[n, H, W, 3] uint8 chunks of `size` tiles in order, read in `pool`, at most `prefetch` chunks ahead;
+    SlideCancelled (reads not yet started are dropped) once `stop` is set."""
     pending: deque[Future[np.ndarray]] = deque()
-    for start in starts:
-        pending.append(pool.submit(_read_chunk, read, coords[start : start + size]))
-        if len(pending) > prefetch:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    try:
+        for start in range(0, len(coords), size):
+            pending.append(pool.submit(_read_chunk, read, coords[start : start + size]))
+            if len(pending) > prefetch:
+                yield _next(pending, stop)
+        while pending:
+            yield _next(pending, stop)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _next(pending: deque[Future[np.ndarray]], stop: threading.Event) -> np.ndarray:
+    if stop.is_set():
+        raise SlideCancelled()
+    return pending.popleft().result()
 
 
 def _read_chunk(read: Read, coords: np.ndarray) -> np.ndarray:
@@ -71,7 +88,9 @@ def records(pixels: np.ndarray, model: str, mode: str, bulk_rna: np.ndarray | No
     return [Record(i, model, mode, {}, tile, bulk_rna) for i, tile in enumerate(pixels)]
 
 
-def tissue_mask(slide: Slide, seg: Runner, pool: Executor, prefetch: int) -> tuple[np.ndarray, float]:
+def tissue_mask(
+    slide: Slide, seg: Runner, pool: Executor, prefetch: int, stop: threading.Event
+) -> tuple[np.ndarray, float]:
     """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, and that resolution (um/px)."""
     geometry, size, mpp = slide.geometry, seg.entry.tile_size, seg.entry.resolution
     extent = size * mpp / geometry.mpp
@@ -81,7 +100,7 @@ def tissue_mask(slide: Slide, seg: Runner, pool: Executor, prefetch: int) -> tup
     cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
     coords = np.round(cells * extent).astype(np.int64)
     done = 0
-    for pixels in chunks(lambda xy: slide.read(*xy, extent, size), coords, seg.max_batch, pool, prefetch):
+    for pixels in chunks(lambda xy: slide.read(*xy, extent, size), coords, seg.max_batch, pool, prefetch, stop):
         for output in seg(records(pixels, seg.entry.name, "prediction")):
             col, row = cells[done]
             mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = output["prediction"].reshape(
