@@ -182,13 +182,13 @@ def test_reads_without_a_near_level_stay_in_bounded_pieces(tmp_path: Path) -> No
     flat = write_svs(tmp_path / "flat.svs", np.full((4096, 4096, 3), 180, np.uint8), 0.25, pyramid=False)
     slide = Slide(flat)
     sides: list[tuple[int, int]] = []
-    plain = slide._slide.read_region
+    plain = slide._pixels
 
-    def recording(location: tuple[int, int], level: int, size: tuple[int, int]) -> object:
-        sides.append(size)
-        return plain(location, level, size)
+    def recording(level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        sides.append((w, h))
+        return plain(level, x, y, w, h)
 
-    with mock.patch.object(slide._slide, "read_region", recording):
+    with mock.patch.object(slide, "_pixels", recording):
         tile = slide.read(0, 0, 4096, 7)
     slide.close()
     assert tile.shape == (7, 7, 3) and (tile == 180).all()

@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ class SlideService:
             out = workdir / f"features{SUFFIXES[options.format]}"
             gone = asyncio.ensure_future(disconnected(request))  # while it waits its turn, and while it runs
             stop = threading.Event()
-            gone.add_done_callback(lambda watcher: watcher.cancelled() or stop.set())
+            gone.add_done_callback(partial(_client_gone, stop))
             try:
                 async with self.running:
                     if gone.done():  # nobody left to run it for
@@ -107,6 +108,12 @@ class SlideService:
             out, media_type=MEDIA_TYPES[options.format], headers=headers,
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
         )  # fmt: skip
+
+
+def _client_gone(stop: threading.Event, watcher: asyncio.Future[None]) -> None:
+    """Stops the slide when its client's watcher saw it go (not when the watcher is cancelled)."""
+    if not watcher.cancelled():
+        stop.set()
 
 
 async def _save_body(request: Request, path: Path, limit: int) -> Path:

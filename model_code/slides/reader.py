@@ -1,6 +1,8 @@
 """Reading a slide at any resolution: OpenSlide (its `openslide-bin` wheel), the level whose downsample is
 the largest not above the one asked for, then antialiased bicubic resampling to the size asked for.
-OpenSlide is thread-safe and releases the GIL while it decodes, so worker threads read in parallel.
+Level 0 of a JPEG-tiled TIFF comes straight from its tiles (`jpeg_tiles`, checked against OpenSlide when
+the slide is opened). Both are thread-safe and decode with the GIL released, so worker threads read in
+parallel.
 
 The resampling is torch's uint8 antialiased bicubic, which matches Pillow's `resize(BICUBIC)` to within one
 grey level (what TRIDENT and CLAM users get) and runs 4x faster on one core (448 -> 224 px: 0.33 ms against
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from PIL import Image
 from torch.nn import functional
 
 from model_code.errors import ClientError
+from model_code.slides.jpeg_tiles import JpegTiles, TileDecodeError, open_level0
 from model_code.slides.options import MAX_MPP, MIN_MPP
 
 LEVEL_TOLERANCE = 1.01  # a level 1% finer than asked for is used as it is, without resampling
@@ -46,6 +50,7 @@ class Slide:
     """An open slide; `read` gives RGB uint8 regions at any scale, white where the slide has no pixels."""
 
     def __init__(self, path: Path, slide_mpp: float | None = None):
+        self._tiles: JpegTiles | None = None
         try:
             self._slide = openslide.OpenSlide(path)
         except openslide.OpenSlideUnsupportedFormatError:
@@ -65,9 +70,12 @@ class Slide:
                 field="slide_mpp" if slide_mpp is not None else "body",
             )
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+        self._tiles = open_level0(path, self.vendor, partial(self._openslide, 0))
 
     def close(self) -> None:
         self._slide.close()
+        if self._tiles is not None:
+            self._tiles.close()
 
     def read(self, x: int, y: int, extent: float, size: int) -> np.ndarray:
         """The level-0 square at (x, y) of side `extent` pixels, as a size x size x 3 uint8 array."""
@@ -98,12 +106,21 @@ class Slide:
                 self._read(x, y + split, width, height - split, w, h - top),
             ]
             return np.concatenate(pieces, 0)
+        box = (round(x), round(y), max(side_w, 1), max(side_h, 1))
         try:
-            region = self._slide.read_region((round(x), round(y)), level, (max(side_w, 1), max(side_h, 1)))
-        except openslide.OpenSlideError as exc:
-            raise SlideReadError(f"the slide's pixels at ({round(x)}, {round(y)}) cannot be decoded: {exc}") from None
-        rgb = np.asarray(_on_white(region))
+            rgb = self._pixels(level, *box)
+        except (openslide.OpenSlideError, TileDecodeError) as exc:
+            raise SlideReadError(f"the slide's pixels at ({box[0]}, {box[1]}) cannot be decoded: {exc}") from None
         return rgb if rgb.shape[:2] == (h, w) else _resize(rgb, w, h)
+
+    def _pixels(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The w x h box of `level` at level-0 pixel (x, y), over white: level 0 from its JPEG tiles when it can."""
+        if level == 0 and self._tiles is not None:
+            return self._tiles.read(x, y, w, h)
+        return self._openslide(level, x, y, w, h)
+
+    def _openslide(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        return np.asarray(_on_white(self._slide.read_region((x, y), level, (w, h))))
 
 
 def _snap(side: int, size: int) -> int:

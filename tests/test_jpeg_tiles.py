@@ -1,0 +1,64 @@
+"""Level 0 read straight from a slide's JPEG tiles (model_code/slides/jpeg_tiles.py) equals OpenSlide's
+pixels, and everything it does not cover still reads through OpenSlide."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from kit.slides.synthetic import make_slide
+from model_code.slides.jpeg_tiles import open_level0
+from model_code.slides.reader import Slide, SlideReadError
+
+
+@pytest.fixture(scope="module")
+def svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 0.25 um/px Aperio-style SVS (YCbCr JPEG tiles of 256 px; 3584 x 2688 px, so edge tiles are partial)."""
+    return make_slide(tmp_path_factory.mktemp("jpeg") / "slide.svs", 0.25)
+
+
+def test_regions_equal_openslides_across_tiles_edges_and_outside(svs: Path) -> None:
+    slide = Slide(svs)
+    assert slide._tiles is not None, "an Aperio SVS of JPEG tiles reads its level 0 directly"
+    width, height = slide.geometry.width, slide.geometry.height
+    rng = np.random.default_rng(0)
+    boxes = [(int(x), int(y), 448, 448) for x, y in rng.integers(0, (width - 448, height - 448), (12, 2))]
+    boxes += [(0, 0, 1, 1), (255, 255, 2, 2), (width - 300, height - 200, 448, 448), (-50, -70, 300, 300)]
+    boxes += [(width + 10, 0, 64, 64), (100, 100, 3000, 37)]
+    for box in boxes:
+        np.testing.assert_array_equal(slide._pixels(0, *box), slide._openslide(0, *box), err_msg=str(box))
+    slide.close()
+
+
+def test_other_compressions_read_through_openslide(tmp_path: Path) -> None:
+    path = tmp_path / "deflate.tif"
+    image = np.random.default_rng(1).integers(0, 256, (600, 700, 3), dtype=np.uint8)
+    tifffile.imwrite(path, image, tile=(256, 256), compression="zlib", photometric="rgb")
+    slide = Slide(path, slide_mpp=0.5)
+    assert slide._tiles is None and slide.vendor == "generic-tiff"
+    np.testing.assert_array_equal(slide.read(100, 50, 224, 224), image[50:274, 100:324])
+    slide.close()
+
+
+def test_a_slide_whose_tiles_decode_differently_is_read_through_openslide(svs: Path) -> None:
+    assert open_level0(svs, "aperio", lambda x, y, w, h: np.zeros((h, w, 3), np.uint8)) is None
+    assert open_level0(svs, "hamamatsu", lambda x, y, w, h: np.zeros((h, w, 3), np.uint8)) is None
+
+
+def test_a_corrupt_tile_is_a_read_error_naming_where(svs: Path, tmp_path: Path) -> None:
+    data = bytearray(svs.read_bytes())
+    with tifffile.TiffFile(svs) as tiff:
+        page = tiff.pages[0]
+        index = len(page.dataoffsets) - 1  # the last tile: the check at opening reads the middle ones
+        offset, size = page.dataoffsets[index], page.databytecounts[index]
+    data[offset : offset + size] = b"\0" * size
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(bytes(data))
+    slide = Slide(broken)
+    assert slide._tiles is not None
+    with pytest.raises(SlideReadError, match=r"pixels at \(3500, 2600\) cannot be decoded"):
+        slide.read(3500, 2600, 64, 64)
+    slide.close()
