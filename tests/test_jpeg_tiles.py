@@ -62,3 +62,21 @@ def test_a_corrupt_tile_is_a_read_error_naming_where(svs: Path, tmp_path: Path) 
     with pytest.raises(SlideReadError, match=r"pixels at \(3500, 2600\) cannot be decoded"):
         slide.read(3500, 2600, 64, 64)
     slide.close()
+
+
+def test_a_tile_whose_jpeg_header_claims_a_huge_frame_is_refused_before_decoding(svs: Path, tmp_path: Path) -> None:
+    """A frame header of 40000 x 40000 px in one tile's few bytes had the decoder allocate 4.5 GB."""
+    data = bytearray(svs.read_bytes())
+    with tifffile.TiffFile(svs) as tiff:
+        page = tiff.pages[0]
+        index = len(page.dataoffsets) - 2
+        offset = page.dataoffsets[index]
+    frame = data.index(b"\xff\xc0", offset)  # baseline SOF0: length, precision, height, width
+    data[frame + 5 : frame + 9] = (40000).to_bytes(2, "big") * 2
+    bomb = tmp_path / "bomb.svs"
+    bomb.write_bytes(bytes(data))
+    slide = Slide(bomb)
+    assert slide._tiles is not None
+    with pytest.raises(SlideReadError, match=r"JPEG frame \(40000, 40000\) is not a 256 px tile"):
+        slide.read(3300, 2500, 64, 64)
+    slide.close()

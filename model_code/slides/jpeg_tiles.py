@@ -28,6 +28,7 @@ log = logging.getLogger("optimus.slides")
 VENDORS = {"aperio", "generic-tiff"}  # OpenSlide drivers whose level 0 is the file's first TIFF page as it is
 CACHE_BYTES = 96 << 20  # decoded tiles kept: a tile row of a 100k px wide slide, and then some
 WHITE = 255
+MAX_TILE_SIDE = 4096  # scanners write 240 to 1024 px tiles; larger ones (50 MB decoded) go through OpenSlide
 
 
 class TileDecodeError(Exception):
@@ -80,6 +81,10 @@ class JpegTiles:
         tile = None
         if size:  # a missing tile (0 bytes) is glass: white, as OpenSlide shows it
             data = os.pread(self._fd, size, self._page.dataoffsets[index])
+            frame = _frame_size(data)
+            if frame is None or frame[0] > self._tile_h or frame[1] > self._tile_w:
+                # a header claiming 65535 x 65535 px in a few bytes would have the decoder allocate 12 GB
+                raise TileDecodeError(f"tile {index}'s JPEG frame {frame} is not a {self._tile_w} px tile")
             try:
                 decoded, _, _ = self._page.decode(data, index, jpegtables=self._page.jpegtables)
             except Exception as exc:  # imagecodecs' and tifffile's errors share no base class
@@ -124,10 +129,28 @@ def open_level0(path: Path, vendor: str, reference: Callable[[int, int, int, int
     return tiles
 
 
+def _frame_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG stream's frame header (SOFn), None if there is none before the scan."""
+    at = 2 if data[:2] == b"\xff\xd8" else 0
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[at + 5 : at + 7], "big"), int.from_bytes(data[at + 7 : at + 9], "big")
+        elif marker == 0xDA:  # the scan began without a frame header
+            return None
+        else:
+            at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
+
+
 def _qualifies(page: tifffile.TiffPage) -> bool:
-    """A tiled page of 8-bit, 3-sample, interleaved JPEG tiles (the Aperio and generic TIFF layout)."""
+    """A tiled page of 8-bit, 3-sample, interleaved JPEG tiles (the Aperio and generic TIFF layout) of at
+    most MAX_TILE_SIDE px."""
     return (
-        page.is_tiled
+        max(page.tilewidth, page.tilelength) <= MAX_TILE_SIDE
+        and page.is_tiled
         and page.compression == tifffile.COMPRESSION.JPEG
         and page.samplesperpixel == 3
         and page.bitspersample == 8
