@@ -80,3 +80,20 @@ def test_a_tile_whose_jpeg_header_claims_a_huge_frame_is_refused_before_decoding
     with pytest.raises(SlideReadError, match=r"JPEG frame \(40000, 40000\) is not a 256 px tile"):
         slide.read(3300, 2500, 64, 64)
     slide.close()
+
+
+def test_a_tile_claiming_gigabytes_is_refused_before_reading(svs: Path, tmp_path: Path) -> None:
+    data = bytearray(svs.read_bytes())
+    with tifffile.TiffFile(svs) as tiff:
+        counts = tiff.pages[0].tags["TileByteCounts"]
+        index = len(counts.value) - 2
+        at = counts.valueoffset + index * (8 if counts.dtype == 16 else 4)
+        width = 8 if counts.dtype == 16 else 4
+    data[at : at + width] = (0x7FFFFFFF).to_bytes(width, "little" if data[:2] == b"II" else "big")
+    claims = tmp_path / "claims.svs"
+    claims.write_bytes(bytes(data))
+    slide = Slide(claims)
+    assert slide._tiles is not None
+    with pytest.raises(SlideReadError, match="claims 2147483647 bytes"):
+        slide.read(3300, 2500, 64, 64)
+    slide.close()

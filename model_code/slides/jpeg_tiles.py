@@ -47,6 +47,7 @@ class JpegTiles:
         self._columns = -(-self.width // self._tile_w)
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
         self._cache_tiles = max(16, CACHE_BYTES // (self._tile_h * self._tile_w * 3))
+        self._max_bytes = 2 * self._tile_h * self._tile_w * 3 + (1 << 16)  # twice raw, and room for headers
         self._lock = threading.Lock()
 
     @property
@@ -77,10 +78,14 @@ class JpegTiles:
             if index in self._cache:
                 self._cache.move_to_end(index)
                 return self._cache[index]
-        size = self._page.databytecounts[index]
+        size = int(self._page.databytecounts[index])
         tile = None
+        if size > self._max_bytes:  # read as it claims, one tile could take gigabytes of memory
+            raise TileDecodeError(f"tile {index} claims {size} bytes, more than {self._max_bytes} for a tile")
         if size:  # a missing tile (0 bytes) is glass: white, as OpenSlide shows it
-            data = os.pread(self._fd, size, self._page.dataoffsets[index])
+            data = os.pread(self._fd, size, int(self._page.dataoffsets[index]))
+            if len(data) < size:
+                raise TileDecodeError(f"tile {index} is truncated")
             frame = _frame_size(data)
             if frame is None or frame[0] > self._tile_h or frame[1] > self._tile_w:
                 # a header claiming 65535 x 65535 px in a few bytes would have the decoder allocate 12 GB
@@ -89,8 +94,6 @@ class JpegTiles:
                 decoded, _, _ = self._page.decode(data, index, jpegtables=self._page.jpegtables)
             except Exception as exc:  # imagecodecs' and tifffile's errors share no base class
                 raise TileDecodeError(f"tile {index}: {exc}") from None
-            if decoded is None or len(data) < size:
-                raise TileDecodeError(f"tile {index} is truncated")
             tile = decoded[0]
         with self._lock:
             self._cache[index] = tile
@@ -106,9 +109,13 @@ def open_level0(path: Path, vendor: str, reference: Callable[[int, int, int, int
         return None
     try:
         tiff = tifffile.TiffFile(path)
-    except (tifffile.TiffFileError, OSError, ValueError):
+    except Exception:
         return None
-    if not _qualifies(tiff.pages.first):
+    try:
+        qualifies = _qualifies(tiff.pages.first)
+    except Exception:
+        qualifies = False
+    if not qualifies:
         tiff.close()
         return None
     tiles = JpegTiles(path, tiff)
@@ -157,4 +164,9 @@ def _qualifies(page: tifffile.TiffPage) -> bool:
         and page.planarconfig == tifffile.PLANARCONFIG.CONTIG
         and page.tiledepth == 1
         and len(page.shape) == 3
+        and len(page.dataoffsets) == len(page.databytecounts) >= _tile_count(page)
     )
+
+
+def _tile_count(page: tifffile.TiffPage) -> int:
+    return -(-page.shape[0] // page.tilelength) * -(-page.shape[1] // page.tilewidth)
