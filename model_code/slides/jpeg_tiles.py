@@ -94,6 +94,8 @@ class JpegTiles:
                 decoded, _, _ = self._page.decode(data, index, jpegtables=self._page.jpegtables)
             except Exception as exc:  # imagecodecs' and tifffile's errors share no base class
                 raise TileDecodeError(f"tile {index}: {exc}") from None
+            if decoded is None:
+                raise TileDecodeError(f"tile {index} decodes to nothing")
             tile = decoded[0]
         with self._lock:
             self._cache[index] = tile
