@@ -70,6 +70,7 @@ class Slide:
                 field="slide_mpp" if slide_mpp is not None else "body",
             )
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+        self._downsamples = self._slide.level_downsamples  # asked again after an error, OpenSlide repeats it
         self._tiles = open_level0(path, self.vendor, partial(self._openslide, 0))
 
     def close(self) -> None:
@@ -85,10 +86,8 @@ class Slide:
         """The level-0 box (x, y, width, height) as an h x w x 3 array; a box over MAX_READ_SIDE pixels at its
         level (no level near the scale asked for, as in a slide without a pyramid) is read in halves."""
         downsample = min(width / w, height / h)
-        level = max(
-            (i for i, d in enumerate(self._slide.level_downsamples) if d <= downsample * LEVEL_TOLERANCE), default=0
-        )
-        level_downsample = self._slide.level_downsamples[level]
+        level = max((i for i, d in enumerate(self._downsamples) if d <= downsample * LEVEL_TOLERANCE), default=0)
+        level_downsample = self._downsamples[level]
         side_w, side_h = _snap(round(width / level_downsample), w), _snap(round(height / level_downsample), h)
         if max(side_w, side_h) > MAX_READ_SIDE and max(w, h) > 1:
             if side_w >= side_h and w > 1:
