@@ -144,3 +144,48 @@ def test_image_probe_fails_a_server_without_the_package(h1_server: str, vendor: 
 def test_image_probe_fails_when_nothing_answers(vendor: Path) -> None:
     done = probe(f"http://127.0.0.1:{free_port()}", "H1", vendor)
     assert done.returncode == 1 and "/ping never answered 200" in done.stdout
+
+
+def test_image_requirements_provide_every_module_the_server_imports() -> None:
+    """A module model_code imports must come with the image's pins (or torch): a missing one starts a
+    container that dies before /ping (it happened with tifffile). Checked against this venv's metadata."""
+    import ast
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = [line for line in (REPO / "container" / "requirements.txt").read_text().splitlines() if line[:1].isalnum()]
+    installed = {"torch", "torchvision"}
+    todo = [Requirement(pin).name for pin in pins]
+    while todo:  # the pins and what they pull in, as pip installs them (no extras)
+        name = todo.pop().lower().replace("_", "-")
+        if name in installed and name not in ("torch", "torchvision"):
+            continue
+        installed.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    providers = metadata.packages_distributions()
+    missing = set()
+    for source in (REPO / "model_code").rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        optional = {  # `try: import x` / `except ImportError`: the handler runs without it
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Try)
+            and any(isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in node.handlers)
+            for statement in node.body
+            for inner in ast.walk(statement)
+        }
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for top in {name.split(".")[0] for name in names}:
+                if top in sys.stdlib_module_names or top in ("model_code", "__future__"):
+                    continue
+                if not {d.lower().replace("_", "-") for d in providers.get(top, [top])} & installed:
+                    missing.add(f"{top} ({source.relative_to(REPO)})")
+    assert not missing, f"model_code imports what the image does not install: {sorted(missing)}"
