@@ -26,7 +26,7 @@ import tifffile
 log = logging.getLogger("optimus.slides")
 
 VENDORS = {"aperio", "generic-tiff"}  # OpenSlide drivers whose level 0 is the file's first TIFF page as it is
-CACHE_BYTES = 96 << 20  # decoded tiles kept: a tile row of a 100k px wide slide, and then some
+CACHE_BYTES = 96 << 20  # decoded tiles kept (at least 4, the most one region of up to a tile spans)
 WHITE = 255
 FRAMES = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn: baseline, progressive, lossless, arithmetic, ...
 SEGMENTS = {0xC4, 0xCC, 0xDB, 0xDC, 0xDD, 0xFE}  # tables (Huffman, arithmetic, quantisation), DNL, DRI, comment
@@ -51,7 +51,7 @@ class JpegTiles:
         self._tile_h, self._tile_w = page.tilelength, page.tilewidth
         self._columns = -(-self.width // self._tile_w)
         self._cache: OrderedDict[int, np.ndarray | None] = OrderedDict()
-        self._cache_tiles = max(16, CACHE_BYTES // (self._tile_h * self._tile_w * 3))
+        self._cache_tiles = max(4, CACHE_BYTES // (self._tile_h * self._tile_w * 3))
         self._max_bytes = 2 * self._tile_h * self._tile_w * 3 + (1 << 16)  # twice raw, and room for headers
         self._lock = threading.Lock()
 
