@@ -55,13 +55,7 @@ def test_a_corrupt_tile_is_a_read_error_naming_where(svs: Path, tmp_path: Path) 
         index = len(page.dataoffsets) - 1  # the last tile: the check at opening reads the middle ones
         offset, size = page.dataoffsets[index], page.databytecounts[index]
     data[offset : offset + size] = b"\0" * size
-    broken = tmp_path / "broken.svs"
-    broken.write_bytes(bytes(data))
-    slide = Slide(broken)
-    assert slide._tiles is not None
-    with pytest.raises(SlideReadError, match=r"pixels at \(3500, 2600\) cannot be decoded"):
-        slide.read(3500, 2600, 64, 64)
-    slide.close()
+    assert_read_refused(data, tmp_path, (3500, 2600), r"pixels at \(3500, 2600\) cannot be decoded")
 
 
 def test_a_tile_whose_jpeg_header_claims_a_huge_frame_is_refused_before_decoding(svs: Path, tmp_path: Path) -> None:
@@ -73,13 +67,7 @@ def test_a_tile_whose_jpeg_header_claims_a_huge_frame_is_refused_before_decoding
         offset = page.dataoffsets[index]
     frame = data.index(b"\xff\xc0", offset)  # baseline SOF0: length, precision, height, width
     data[frame + 5 : frame + 9] = (40000).to_bytes(2, "big") * 2
-    bomb = tmp_path / "bomb.svs"
-    bomb.write_bytes(bytes(data))
-    slide = Slide(bomb)
-    assert slide._tiles is not None
-    with pytest.raises(SlideReadError, match=r"JPEG frame \(40000, 40000\) is not a 256 px tile"):
-        slide.read(3300, 2500, 64, 64)
-    slide.close()
+    assert_read_refused(data, tmp_path, (3300, 2500), r"JPEG frame \(40000, 40000\) is not a 256 px tile")
 
 
 def test_a_tile_claiming_gigabytes_is_refused_before_reading(svs: Path, tmp_path: Path) -> None:
@@ -90,10 +78,18 @@ def test_a_tile_claiming_gigabytes_is_refused_before_reading(svs: Path, tmp_path
         at = counts.valueoffset + index * (8 if counts.dtype == 16 else 4)
         width = 8 if counts.dtype == 16 else 4
     data[at : at + width] = (0x7FFFFFFF).to_bytes(width, "little" if data[:2] == b"II" else "big")
-    claims = tmp_path / "claims.svs"
-    claims.write_bytes(bytes(data))
-    slide = Slide(claims)
-    assert slide._tiles is not None
-    with pytest.raises(SlideReadError, match="claims 2147483647 bytes"):
-        slide.read(3300, 2500, 64, 64)
-    slide.close()
+    assert_read_refused(data, tmp_path, (3300, 2500), "claims 2147483647 bytes")
+
+
+def assert_read_refused(data: bytearray, tmp_path: Path, at: tuple[int, int], match: str) -> None:
+    """The patched slide opens on the JPEG-tile path (its middle tiles are intact) and reading the 64 px box
+    at `at` is a SlideReadError matching `match`."""
+    path = tmp_path / "patched.svs"
+    path.write_bytes(bytes(data))
+    slide = Slide(path)
+    try:
+        assert slide._tiles is not None
+        with pytest.raises(SlideReadError, match=match):
+            slide.read(*at, 64, 64)
+    finally:
+        slide.close()
