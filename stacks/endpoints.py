@@ -6,6 +6,7 @@ refuses to deploy (or synthesize) this stack with the message, and the foundatio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import Annotations, CfnOutput, Fn, Stack, Token
@@ -150,87 +151,83 @@ class EndpointsStack(Stack):
     def _dashboard(self, config: KitConfig) -> None:
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{config.prefix}-endpoints")
         for endpoint in self.endpoints.values():
-            title = endpoint.endpoint_name
             dashboard.add_widgets(*(_queue_widgets(endpoint) if endpoint.serving_async else _request_widgets(endpoint)))
+            gauge = endpoint.instance_metric
             dashboard.add_widgets(
-                cloudwatch.GraphWidget(
-                    title=f"{title}: GPU and GPU memory (% of one GPU)",
-                    left=[endpoint.instance_metric("GPUUtilization"), endpoint.instance_metric("GPUMemoryUtilization")],
-                    width=12,
-                ),
-                cloudwatch.GraphWidget(
-                    title=f"{title}: CPU (% of one core), memory, disk (%)",
-                    left=[
-                        endpoint.instance_metric("CPUUtilization"),
-                        endpoint.instance_metric("MemoryUtilization"),
-                        endpoint.instance_metric("DiskUtilization"),
-                    ],
-                    width=12,
-                ),
+                *_graphs(
+                    endpoint,
+                    12,
+                    ("GPU and GPU memory (% of one GPU)", [gauge("GPUUtilization"), gauge("GPUMemoryUtilization")]),
+                    (
+                        "CPU (% of one core), memory, disk (%)",
+                        [gauge("CPUUtilization"), gauge("MemoryUtilization"), gauge("DiskUtilization")],
+                    ),
+                )
             )
             dashboard.add_widgets(
-                cloudwatch.AlarmStatusWidget(title=f"{title}: alarms", alarms=endpoint.alarms, width=24)
+                cloudwatch.AlarmStatusWidget(
+                    title=f"{endpoint.endpoint_name}: alarms", alarms=endpoint.alarms, width=24
+                )
             )
+
+
+Metrics = Sequence[cloudwatch.IMetric]
+Panel = tuple[str, Metrics] | tuple[str, Metrics, Metrics]
+
+
+def _graphs(endpoint: ModelEndpoint, width: int, *panels: Panel) -> list[cloudwatch.IWidget]:
+    """One graph per (title, left metrics[, right metrics]), titled with the endpoint's name."""
+    return [
+        cloudwatch.GraphWidget(
+            title=f"{endpoint.endpoint_name}: {panel[0]}",
+            left=panel[1],
+            right=panel[2] if len(panel) > 2 else None,
+            width=width,
+        )
+        for panel in panels
+    ]
 
 
 def _request_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
-    title = endpoint.endpoint_name
-    return [
-        cloudwatch.GraphWidget(
-            title=f"{title}: invocations (one per tile)",
-            left=[endpoint.metric("Invocations", "Sum"), endpoint.metric("InvocationsPerInstance", "Sum")],
-            width=8,
-        ),
-        cloudwatch.GraphWidget(
-            title=f"{title}: model latency (µs)",
-            left=[endpoint.metric("ModelLatency", "p50"), endpoint.metric("ModelLatency", "p95")],
-            width=8,
-        ),
-        cloudwatch.GraphWidget(
-            title=f"{title}: errors",
-            left=[
-                endpoint.metric("Invocation4XXErrors", "Sum", minutes=5),
-                endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
-            ],
-            width=8,
-        ),
-    ]
+    metric = endpoint.metric
+    return _graphs(
+        endpoint,
+        8,
+        ("invocations (one per tile)", [metric("Invocations", "Sum"), metric("InvocationsPerInstance", "Sum")]),
+        ("model latency (µs)", [metric("ModelLatency", "p50"), metric("ModelLatency", "p95")]),
+        ("errors", [metric("Invocation4XXErrors", "Sum", minutes=5), metric("Invocation5XXErrors", "Sum", minutes=5)]),
+    )
 
 
 def _queue_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
     """An async endpoint: its queue (backlog, per instance), time in it, processing time, outcomes."""
-    title = endpoint.endpoint_name
-    return [
-        cloudwatch.GraphWidget(
-            title=f"{title}: backlog (queued requests)",
-            left=[
-                endpoint.queue_metric("ApproximateBacklogSize", "Average"),
-                endpoint.queue_metric("ApproximateBacklogSizePerInstance", "Average"),
+    metric, queue = endpoint.metric, endpoint.queue_metric
+    return _graphs(
+        endpoint,
+        6,
+        (
+            "backlog (queued requests)",
+            [queue("ApproximateBacklogSize", "Average"), queue("ApproximateBacklogSizePerInstance", "Average")],
+            [queue("HasBacklogWithoutCapacity", "Maximum")],
+        ),
+        (
+            "time in queue (ms; oldest request in s)",
+            [metric("TimeInBacklog", "p50"), metric("TimeInBacklog", "p95")],
+            [queue("ApproximateAgeOfOldestRequest", "Maximum")],
+        ),
+        (
+            "processing time per request (ms)",
+            [metric("TotalProcessingTime", "p50"), metric("TotalProcessingTime", "p95")],
+        ),
+        (
+            "requests processed and failed",
+            [
+                metric("InvocationsProcessed", "Sum", minutes=5),
+                metric("InvocationFailures", "Sum", minutes=5),
+                metric("Invocation5XXErrors", "Sum", minutes=5),
             ],
-            right=[endpoint.queue_metric("HasBacklogWithoutCapacity", "Maximum")],
-            width=6,
         ),
-        cloudwatch.GraphWidget(
-            title=f"{title}: time in queue (ms; oldest request in s)",
-            left=[endpoint.metric("TimeInBacklog", "p50"), endpoint.metric("TimeInBacklog", "p95")],
-            right=[endpoint.queue_metric("ApproximateAgeOfOldestRequest", "Maximum")],
-            width=6,
-        ),
-        cloudwatch.GraphWidget(
-            title=f"{title}: processing time per request (ms)",
-            left=[endpoint.metric("TotalProcessingTime", "p50"), endpoint.metric("TotalProcessingTime", "p95")],
-            width=6,
-        ),
-        cloudwatch.GraphWidget(
-            title=f"{title}: requests processed and failed",
-            left=[
-                endpoint.metric("InvocationsProcessed", "Sum", minutes=5),
-                endpoint.metric("InvocationFailures", "Sum", minutes=5),
-                endpoint.metric("Invocation5XXErrors", "Sum", minutes=5),
-            ],
-            width=6,
-        ),
-    ]
+    )
 
 
 def _title(name: str) -> str:
