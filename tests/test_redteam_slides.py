@@ -306,6 +306,15 @@ def send_in_thread(running: Running, slide: bytes, answers: list[httpx.Response]
     return thread
 
 
+def quitter(running: Running, slide: bytes, sent: int) -> socket.socket:
+    """A raw connection that posts the slide (declaring all of it, sending its first `sent` bytes) and hangs
+    up when its `with` block ends, without reading an answer."""
+    connection = socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1])))
+    head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"
+    connection.sendall(f"{head}Content-Length: {len(slide)}\r\n\r\n".encode() + slide[:sent])
+    return connection
+
+
 def wait_for(condition: object, what: str) -> None:
     for _ in range(300):
         if condition():  # type: ignore[operator]
@@ -341,9 +350,7 @@ def test_a_slide_whose_client_left_while_it_waited_is_not_run(
     answers: list[httpx.Response] = []
     first = send_in_thread(running, slide, answers)
     wait_for(lambda: ran.call_count == 1, "the first slide to start")
-    with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as quitter:
-        head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"
-        quitter.sendall(f"{head}Content-Length: {len(slide)}\r\n\r\n".encode() + slide)
+    with quitter(running, slide, len(slide)):
         wait_for(lambda: running.server.slides.pending == 2, "the second slide to wait")
     release.set()
     first.join(60)
@@ -363,9 +370,7 @@ def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
     release, ran = held
     forwards = mock.Mock(wraps=job.tissue.records)
     monkeypatch.setattr(job.tissue, "records", forwards)
-    with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as quitter:
-        head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"
-        quitter.sendall(f"{head}Content-Length: {len(slide)}\r\n\r\n".encode() + slide)
+    with quitter(running, slide, len(slide)):
         wait_for(lambda: ran.call_count == 1, "the slide to start")
     time.sleep(0.2)  # the server sees the hang-up while the slide is still finding its tissue
     release.set()
@@ -376,8 +381,6 @@ def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
 
 
 def test_client_gone_mid_upload_leaves_no_files(running: Running, slide: bytes, scratch: Path) -> None:
-    with socket.create_connection(("127.0.0.1", int(running.url.rsplit(":", 1)[1]))) as quitter:
-        head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/tiff\r\n{ATTRIBUTES}: model=h1\r\n"
-        quitter.sendall(f"{head}Content-Length: {len(slide)}\r\n\r\n".encode() + slide[: len(slide) // 2])
+    with quitter(running, slide, len(slide) // 2):
         wait_for(lambda: list(scratch.glob("optimus-slide-*/body")), "the upload to start")
     wait_for(lambda: running.server.slides.pending == 0, "the upload to be dropped")
