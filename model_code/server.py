@@ -34,7 +34,7 @@ from model_code.errors import ClientError, ForwardError
 from model_code.inference import Batch, Models, Result
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
-from model_code.runners import ForwardHooks
+from model_code.runners import ForwardHooks, simulate_device
 from model_code.settings import Settings
 from model_code.slides.http import SlideService, is_slide
 
@@ -117,9 +117,7 @@ class Server:
     def _after_forward(self, model: str, records: Sequence[Record], seconds: float) -> None:
         simulated = self.settings.simulated_forward_ms
         if simulated is not None:  # benchmarks only: stand in for an accelerator's time
-            extra = (simulated[0] + simulated[1] * len(records)) / 1000
-            time.sleep(extra)
-            seconds += extra
+            seconds += simulate_device(simulated, len(records))
         poison = self.settings.simulated_poison_slide
         if poison is not None and any(record.echo.get("slide_name") == poison for record in records):
             raise RuntimeError(f"simulated device failure on a tile of slide '{poison}' (SIMULATED_POISON_SLIDE)")
