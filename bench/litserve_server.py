@@ -7,8 +7,8 @@ with `batch` / `unbatch` for inputs that are not tensors) and more than one infe
 server process per worker. Inside, the kit's own handler: the tile decode of `input_fn`, `model_fn` (with the
 server's simulated accelerator), `predict_fn` and `output_fn`, so both servers give identical answers.
 
-With SIMULATED_FORWARD_MS the workers share one simulated device: its wait is taken under a file lock, as
-forward passes of two processes on one GPU take turns. Each forward appends its batch size to --batch-log.
+The workers share one device: their forward passes (the demo model's on the CPU, then SIMULATED_FORWARD_MS's
+wait, as the kit's forward thread runs them) take turns under a file lock, as two processes' passes on one GPU do. Each forward appends its batch size to --batch-log.
 """
 
 from __future__ import annotations
@@ -56,11 +56,7 @@ class HandlerAPI(ls.LitAPI):
 
     def _on_device(self, model: str, records: Sequence[Record], seconds: float) -> None:
         if self.simulated is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_EX)
-            try:
-                simulate_device(self.simulated, len(records))
-            finally:
-                fcntl.flock(self.lock, fcntl.LOCK_UN)
+            simulate_device(self.simulated, len(records))
         if self.log is not None:
             self.log.write(f"{len(records)}\n")
 
@@ -74,7 +70,11 @@ class HandlerAPI(ls.LitAPI):
         return inputs
 
     def predict(self, records: list[Record]) -> list[Result]:
-        results = inference.predict_fn(Batch(list(records), "list"), self.models).results
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # the one device: the workers' forward passes take turns
+        try:
+            results = inference.predict_fn(Batch(list(records), "list"), self.models).results
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
         assert results is not None
         return results
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-log", type=Path, help="a file each forward appends its batch size to")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # LitServe stops its worker processes on Ctrl-C
-    with tempfile.NamedTemporaryFile(prefix="simulated-device-") as lock:
+    with tempfile.NamedTemporaryFile(prefix="litserve-device-") as lock:
         api = HandlerAPI(args.model_dir, Path(lock.name), args.batch_log)
         server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=WORKERS, healthcheck_path="/ping")
         server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
