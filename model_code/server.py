@@ -27,7 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, auth, docs, inference
-from model_code.batching import Batcher
+from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
 from model_code.connections import disconnected
 from model_code.errors import ClientError, ForwardError
@@ -85,6 +85,7 @@ class Server:
             log.error("could not load the models from %s: %s", self.settings.model_dir, self.load_error)
             self.on_fatal()
             return
+        favour_forward()
         self.batcher = Batcher(
             self._predict,
             self.settings.max_batch_size,

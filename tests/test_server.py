@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from botocore.exceptions import ClientError as BotoClientError
 
 from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port
+from model_code.batching import GIL_SWITCH_INTERVAL_S
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running, serve_in_thread
@@ -325,3 +327,7 @@ def test_records_of_one_jsonlines_request_decode_in_parallel(
     threads.clear()
     single = httpx.post(f"{running.url}/invocations", json=wire_record("h1", "embedding"))
     assert single.status_code == 200 and len(threads) == 1 and next(iter(threads)).startswith("parse")
+
+
+def test_the_forward_thread_wins_the_gil_back_within_half_a_millisecond(running: Running) -> None:
+    assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S == 0.0005
