@@ -245,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict[str, Any]] = []
         answers: dict[str, list[float]] = {}
         if not args.simulated_only:
-            found, answers = rounds(
-                contenders, model_dir, {}, CPU_CONCURRENCY, max(1, args.rounds - 1), args.duration, "(b)"
-            )
+            found, answers = rounds(contenders, model_dir, {}, CPU_CONCURRENCY, args.rounds, args.duration, "(b)")
             runs += found
         found, answers = rounds(
             contenders, model_dir, SIMULATED_ENV, SIMULATED_CONCURRENCY, args.rounds, args.duration, "(c)"
