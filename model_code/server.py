@@ -153,7 +153,7 @@ class Server:
         models, batcher = self.models, self.batcher
         loop = asyncio.get_running_loop()
         parse = functools.partial(
-            inference.parse_request, body, content_type, overrides, self._map_records, self.settings.limits
+            inference.parse_request, body, content_type, overrides, self._map_records, self.settings.limits, models
         )
         began = time.perf_counter()
         self.decoding += 1
