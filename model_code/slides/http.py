@@ -103,7 +103,11 @@ class SlideService:
             raise
         finally:
             self.pending -= 1
-        headers = {"X-Optimus-Tiles": str(summary.tiles), "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}"}
+        headers = {
+            "X-Optimus-Tiles": str(summary.tiles),
+            "X-Optimus-Skipped-Tiles": str(summary.skipped),
+            "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}",
+        }
         return FileResponse(
             out, media_type=MEDIA_TYPES[options.format], headers=headers,
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
