@@ -74,6 +74,11 @@ def choose_runner(models: Models, options: SlideOptions) -> Runner:
     return runner
 
 
+def check_bulk_rna(runner: Runner, bulk_rna: np.ndarray | None) -> None:
+    if bulk_rna is not None and runner.entry.name != "m-optimus":
+        raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
+
+
 def run_slide(
     path: Path,
     out: Path,
@@ -86,8 +91,7 @@ def run_slide(
     """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input,
     tissue.SlideCancelled once `stop` is set (its client went away)."""
     runner = choose_runner(models, options)
-    if bulk_rna is not None and runner.entry.name != "m-optimus":
-        raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA", field="bulk_rna")
+    check_bulk_rna(runner, bulk_rna)
     summary = Summary()
     began = time.perf_counter()
     slide = Slide(path, options.slide_mpp)

@@ -114,7 +114,7 @@ def tissue_mask(
 ) -> tuple[np.ndarray, float]:
     """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, and that resolution (um/px). A region
     that cannot be decoded (when `skip`) is taken for tissue, so that the model tiles there are tried, and
-    named as skipped if they cannot be read either."""
+    named as skipped if they cannot be read either; over half of them is a SlideReadError."""
     geometry, size, mpp = slide.geometry, seg.entry.tile_size, seg.entry.resolution
     extent = size * mpp / geometry.mpp
     rows, cols = math.ceil(geometry.height / extent), math.ceil(geometry.width / extent)
@@ -136,6 +136,11 @@ def tissue_mask(
     for i in failed:
         col, row = cells[i]
         mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = 1
+    if 2 * len(failed) > len(coords):
+        raise SlideReadError(
+            f"{len(failed)} of the slide's {len(coords)} tissue-seg regions (over half) cannot be decoded; first: "
+            f"{next(iter(failed.values()))}; is the file damaged?"
+        )
     if failed:
         log.warning("%d of %d tissue-seg regions cannot be decoded, taken as tissue; first: %s",
                     len(failed), len(coords), next(iter(failed.values())))  # fmt: skip
