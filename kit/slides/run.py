@@ -11,53 +11,24 @@ from __future__ import annotations
 
 import argparse
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from kit import KitError
 from kit.cli import add_aws
+from kit.slides.transport import HttpTransport, SlideFailed
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs")
+DICOM_SUFFIX = ".dcm"  # a folder of DICOM instances is one slide
 SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
-
-
-class SlideFailed(Exception):
-    """A slide the endpoint could not answer: the reason, as the server gave it."""
 
 
 class Transport(Protocol):
     """Sends one slide with its options (`key=value;...`) and writes the answer to `out`."""
 
     def send(self, slide: Path, attributes: str, out: Path) -> None: ...
-
-
-class HttpTransport:
-    """POST the slide file (streamed from disk) to URL/invocations; stream the answer to a file."""
-
-    def __init__(self, endpoint_url: str, timeout_s: float):
-        self.url = endpoint_url.rstrip("/") + "/invocations"
-        self.timeout_s = timeout_s
-
-    def send(self, slide: Path, attributes: str, out: Path) -> None:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(slide.stat().st_size),
-            "X-Amzn-SageMaker-Custom-Attributes": attributes,
-        }
-        with slide.open("rb") as body:
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as answer, out.open("wb") as file:
-                    while chunk := answer.read(1 << 20):
-                        file.write(chunk)
-            except urllib.error.HTTPError as exc:
-                raise SlideFailed(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                raise SlideFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -74,11 +45,16 @@ class Outcome:
 
 
 def find_slides(paths: list[Path]) -> list[Path]:
-    """Files as given; directories searched (recursively) for slide files, in name order."""
+    """Files as given; directories searched (recursively) for slide files and for folders of DICOM instances
+    (each one slide, sent as a tar), in name order."""
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            files = [p for p in path.rglob("*") if p.is_file()]
+            found += sorted(
+                [p for p in files if p.suffix.lower() in SLIDE_SUFFIXES]
+                + list({p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX})
+            )
         elif path.is_file():
             found.append(path)
         else:
@@ -117,16 +93,23 @@ def _one(slide: Path, transport: Transport, attributes: str, target: Path) -> Ou
     began = time.perf_counter()
     try:
         transport.send(slide, attributes, partial)
-        tiles = output_tiles(partial)
+        facts = output_attributes(partial)
     except SlideFailed as exc:
         partial.unlink(missing_ok=True)
         return Outcome(slide, "failed", reason=str(exc))
     partial.rename(target)
-    return Outcome(slide, "done", tiles, time.perf_counter() - began)
+    skipped = int(facts.get("skipped_tiles", 0))
+    note = f"{skipped} tiles skipped: {facts.get('skipped_reason', '')}" if skipped else ""
+    return Outcome(slide, "done", int(facts["tiles"]), time.perf_counter() - began, note)
 
 
 def output_tiles(path: Path) -> int:
     """The tile count a features file records (HDF5 or Zarr zip); SlideFailed when it is not one."""
+    return int(output_attributes(path)["tiles"])
+
+
+def output_attributes(path: Path) -> dict[str, Any]:
+    """A features file's attributes (HDF5 or Zarr zip), `tiles` among them; SlideFailed when it is not one."""
     import zipfile
 
     import h5py
@@ -136,11 +119,14 @@ def output_tiles(path: Path) -> int:
             import zarr
             from zarr.storage import ZipStore
 
-            return int(zarr.open_group(ZipStore(path, mode="r"), mode="r").attrs["tiles"])  # type: ignore[arg-type]
-        with h5py.File(path, "r") as features:
-            return int(features.attrs["tiles"])
+            attributes = dict(zarr.open_group(ZipStore(path, mode="r"), mode="r").attrs)
+        else:
+            with h5py.File(path, "r") as features:
+                attributes = dict(features.attrs)
+        int(attributes["tiles"])
     except (OSError, KeyError, ValueError) as exc:
         raise SlideFailed(f"the answer is not a features file ({exc})") from None
+    return attributes
 
 
 def table(outcomes: list[Outcome]) -> str:

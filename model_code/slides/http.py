@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from model_code.connections import disconnected
+from model_code.connections import awaits_continue, disconnected, drain
 from model_code.errors import ClientError
 from model_code.inference import Models
 from model_code.records import media_type
@@ -39,6 +39,7 @@ SLIDE_TYPES = frozenset(
     {"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", "application/dicom"}
     | {archives.TAR, *archives.ZIP_TYPES}
 )
+RETRY_AFTER_S = 60  # a full slide queue: about one slide's time
 ROUTE_OPTIONS = {"model_name": "model", "mode": "mode"}  # the REST routes' overrides -> slide options
 
 
@@ -56,22 +57,32 @@ class SlideService:
         self.pending = 0
         self.max_pending = max_pending  # MAX_QUEUED_SLIDES: received or running at once; more get a 503
 
+    async def _refuse(self, request: Request, reason: str, retry_after: int | None) -> Response:
+        """A 503 (retried after `retry_after` seconds when given), sent once the body is drained."""
+        await drain(request, self.max_bytes, awaits_continue(request))
+        headers = {"connection": "close", **({"Retry-After": str(retry_after)} if retry_after else {})}
+        return JSONResponse({"error": reason, "status": 503}, status_code=503, headers=headers)
+
     async def answer(
         self, request: Request, models: Models | None, overrides: dict[str, str] | None = None
     ) -> Response:
-        """`overrides`: the REST route's model_name and mode, which the options must agree with."""
-        if models is None:
-            return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
-        route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
-        options = slide_options(request.headers, request.query_params.multi_items(), route)
-        runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
-        kind = media_type(request.headers.get("content-type"))
-        if self.pending >= self.max_pending:
-            return JSONResponse(
-                {"error": f"{self.pending} slides are already here (one runs at a time); retry later", "status": 503},
-                status_code=503,
-                headers={"Retry-After": "60", "connection": "close"},
-            )
+        """`overrides`: the REST route's model_name and mode, which the options must agree with. A refusal
+        before the body is read drains what the client still sends of it (up to MAX_SLIDE_MB, unless it awaits
+        100 Continue), so that a client that sends everything before reading gets the reason, not a reset."""
+        try:
+            if models is None:
+                return await self._refuse(request, "the models are still loading", None)
+            route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
+            options = slide_options(request.headers, request.query_params.multi_items(), route)
+            runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
+            kind = media_type(request.headers.get("content-type"))
+            if self.pending >= self.max_pending:
+                busy = f"{self.pending} slides are already here (one runs at a time); retry later"
+                return await self._refuse(request, busy, RETRY_AFTER_S)
+            _check_declared(request, self.max_bytes)
+        except ClientError:
+            await drain(request, self.max_bytes, awaits_continue(request))
+            raise
         self.pending += 1
         workdir = Path(tempfile.mkdtemp(prefix="optimus-slide-"))
         try:
@@ -120,11 +131,14 @@ def _client_gone(stop: threading.Event, watcher: asyncio.Future[None]) -> None:
         stop.set()
 
 
-async def _save_body(request: Request, path: Path, limit: int) -> Path:
-    """Stream the body to `path`, refused with 413 once it is over `limit` bytes."""
+def _check_declared(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
+
+
+async def _save_body(request: Request, path: Path, limit: int) -> Path:
+    """Stream the body to `path`, refused with 413 once it is over `limit` bytes."""
     size = 0
     with path.open("wb") as file:
         async for chunk in request.stream():
