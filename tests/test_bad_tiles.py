@@ -48,7 +48,9 @@ def overlapping(coords: np.ndarray, index: int, width: int) -> np.ndarray:
     """Which model tiles (224 px at level 0 here) overlap JPEG tile `index`."""
     row, col = divmod(index, -(-width // TILE))
     x, y = coords[:, 0], coords[:, 1]
-    return (x < (col + 1) * TILE) & (x + MODEL_TILE > col * TILE) & (y < (row + 1) * TILE) & (y + MODEL_TILE > row * TILE)
+    return (
+        (x < (col + 1) * TILE) & (x + MODEL_TILE > col * TILE) & (y < (row + 1) * TILE) & (y + MODEL_TILE > row * TILE)
+    )
 
 
 def h5(answer_content: bytes) -> h5py.File:

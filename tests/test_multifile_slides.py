@@ -53,7 +53,10 @@ def test_a_tar_of_a_dicom_series_is_opened_as_that_slide(running: Running) -> No
     answer = post_slide(running, tar_of(series()), "model=h1", "application/x-tar")
     assert answer.status_code == 200, answer.text
     with h5py.File(io.BytesIO(answer.content)) as out:
-        assert out.attrs["slide_vendor"] == "dicom" and (out.attrs["slide_width"], out.attrs["slide_height"]) == (16, 16)
+        assert out.attrs["slide_vendor"] == "dicom" and (out.attrs["slide_width"], out.attrs["slide_height"]) == (
+            16,
+            16,
+        )
         assert out.attrs["slide_mpp"] == pytest.approx(0.499) and not out.attrs["bulk_rna"]
 
 

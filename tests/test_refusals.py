@@ -16,10 +16,10 @@ import h5py
 import numpy as np
 import pytest
 
+from kit.local import free_port
 from kit.slides.run import Outcome, run_slides, table
 from kit.slides.synthetic import make_slide
 from kit.slides.transport import HttpTransport, SlideFailed, slide_body
-from kit.local import free_port
 from model_code.settings import Settings
 from model_code.slides import job
 from tests.serving import Running, serve_in_thread
@@ -97,7 +97,9 @@ def test_a_full_queue_is_retried_after_its_retry_after(
     slide = make_slide(tmp_path / "half.svs", 0.5)
     first: list[Outcome] = []
     holder = threading.Thread(
-        target=lambda: first.extend(run_slides([slide], HttpTransport(running.url, 60), "model=h1", tmp_path / "a", "h5"))
+        target=lambda: first.extend(
+            run_slides([slide], HttpTransport(running.url, 60), "model=h1", tmp_path / "a", "h5")
+        )
     )
     holder.start()
     for _ in range(500):
@@ -118,9 +120,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(
         assert out.attrs["tiles"] > 0
 
 
-def test_retries_of_a_503_are_bounded(
-    running: Running, tmp_path: Path, one_at_a_time: threading.Event
-) -> None:
+def test_retries_of_a_503_are_bounded(running: Running, tmp_path: Path, one_at_a_time: threading.Event) -> None:
     slide = make_slide(tmp_path / "half.svs", 0.5)
     holder = threading.Thread(target=lambda: HttpTransport(running.url, 60).send(slide, "model=h1", tmp_path / "a.h5"))
     holder.start()

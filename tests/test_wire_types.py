@@ -61,7 +61,11 @@ def test_metadata_answers_are_counted_before_any_is_built(models: Models) -> Non
     with pytest.raises(ClientError) as refused:
         parse_request(records, "application/json", None, limits=limits, models=models)
     assert refused.value.status_code == 413 and f"at least {each * 100} bytes" in refused.value.reason
-    assert len(parse_request(records, "application/json", None, limits=Limits(max_response_bytes=each * 100), models=models).records)
+    assert len(
+        parse_request(
+            records, "application/json", None, limits=Limits(max_response_bytes=each * 100), models=models
+        ).records
+    )
     # Without the loaded models (input_fn under AWS's toolkit), each gene is counted at its shortest name.
     with pytest.raises(ClientError, match=r"at least 10150400 bytes"):
         parse_request(records, "application/json", None, limits=Limits(max_response_bytes=10_000_000))
@@ -70,6 +74,8 @@ def test_metadata_answers_are_counted_before_any_is_built(models: Models) -> Non
 def test_the_server_refuses_a_metadata_list_before_building_it(running: Running) -> None:
     """Over real HTTP: the pre-check's reason ("take at least"), not the writer's ("the answer is over")."""
     each = running.server.models.metadata_bytes["m-optimus"]  # type: ignore[union-attr]
-    records = [{"model_name": "m-optimus", "mode": "metadata"}] * (running.server.settings.limits.max_response_bytes // each + 1)
+    records = [{"model_name": "m-optimus", "mode": "metadata"}] * (
+        running.server.settings.limits.max_response_bytes // each + 1
+    )
     got = httpx.post(f"{running.url}/invocations", json=records, timeout=60)
     assert got.status_code == 413 and "take at least" in got.json()["reason"], got.text[:300]

@@ -114,6 +114,7 @@ def output_attributes(path: Path) -> dict[str, Any]:
 
     import h5py
 
+    attributes: dict[str, Any]
     try:
         if zipfile.is_zipfile(path):
             import zarr

@@ -45,7 +45,9 @@ def unpack(body: Path, kind: str, workdir: Path, limit: int) -> tuple[Path, np.n
     try:
         files = _tar(body, root) if kind == TAR else _zip(body, root, limit)
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ClientError(f"is not a readable {'tar' if kind == TAR else 'zip'} archive ({exc})", field="body") from None
+        raise ClientError(
+            f"is not a readable {'tar' if kind == TAR else 'zip'} archive ({exc})", field="body"
+        ) from None
     rnas = [path for path in files if path.name == BULK_RNA_FILE]
     if len(rnas) > 1:
         raise ClientError(f"the archive holds {len(rnas)} {BULK_RNA_FILE} files; send one", field="bulk_rna")

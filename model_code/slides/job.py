@@ -151,7 +151,9 @@ def run_slide(
 
 def skipped_note(skipped: int, reason: str) -> str:
     """What a slide's output left out, in words ('' when nothing)."""
-    return f"{skipped} tile{'s' if skipped != 1 else ''} skipped (cannot be decoded; first: {reason})" if skipped else ""
+    return (
+        f"{skipped} tile{'s' if skipped != 1 else ''} skipped (cannot be decoded; first: {reason})" if skipped else ""
+    )
 
 
 def _first(failed: dict[int, str], coords: np.ndarray) -> str:

@@ -10,10 +10,10 @@ calling thread alone (measured: no intra-op threads), so reader threads do not o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-import threading
 from pathlib import Path
 
 import numpy as np

@@ -116,4 +116,6 @@ def _split(
     """(coords, tissue ratios) of the tiles kept, and the coords [K, 2] of those skipped."""
     keep = np.ones(len(coords), dtype=bool)
     keep[skipped] = False
-    return (coords[keep].astype(np.int64), ratios[keep].astype(np.float32)), coords[~keep].astype(np.int64).reshape(-1, 2)
+    return (coords[keep].astype(np.int64), ratios[keep].astype(np.float32)), coords[~keep].astype(np.int64).reshape(
+        -1, 2
+    )
