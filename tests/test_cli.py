@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kit.__main__ import main
-from kit.cli import COMMANDS, build_parser, command_table
+from kit.cli import COMMANDS
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "timm")
