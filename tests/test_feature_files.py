@@ -106,7 +106,9 @@ def test_trident_job_tree_is_where_its_slide_encoders_look() -> None:
         return f"{coords_dir}/features_{slide_encoder.split('mean-')[1]}/{wsi_name}.h5"
 
     tree = job_dir(0.5, 224, "h0")
-    assert output_name("sub/slide-7.svs", "h5", tree) == trident_patch_features_path("mean-hoptimus0", 20, 224, "slide-7")
+    assert output_name("sub/slide-7.svs", "h5", tree) == trident_patch_features_path(
+        "mean-hoptimus0", 20, 224, "slide-7"
+    )
     assert output_name("sub/slide-7.svs", "h5") == "sub/slide-7.h5"
     assert output_name("a.b.svs", "zarr") == "a.b.zarr.zip" and output_name("dicom-series", "h5") == "dicom-series.h5"
     assert job_dir(0.25, 256, "h1") == "40x_256px_0px_overlap/features_hoptimus1"

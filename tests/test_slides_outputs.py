@@ -113,7 +113,9 @@ def test_trident_tree_puts_files_where_trident_looks(
     assert main(slides_run(running, str(cohort / "a.svs"), "--out", str(out), "--trident-tree")) == 0
     assert (out / "20x_224px_0px_overlap" / "features_hoptimus1" / "a.h5").is_file()
     capsys.readouterr()
-    assert main(slides_run(running, str(cohort / "a.svs"), "--out", str(out), "--trident-tree", "--layout", "stamp")) == 2
+    assert (
+        main(slides_run(running, str(cohort / "a.svs"), "--out", str(out), "--trident-tree", "--layout", "stamp")) == 2
+    )
     assert "--trident-tree lays out TRIDENT's h5 files" in capsys.readouterr().err
 
 

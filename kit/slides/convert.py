@@ -103,7 +103,9 @@ def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = 
     widths = {"features": features.shape[1], **{name: array.shape[1] for name, array in per_tile.items()}}
     attributes["layout"] = layout
     if RECIPE in attributes:
-        attributes[RECIPE] = json.dumps(json.loads(attributes[RECIPE]) | {"layout": layout, "format": "h5"}, sort_keys=True)
+        attributes[RECIPE] = json.dumps(
+            json.loads(attributes[RECIPE]) | {"layout": layout, "format": "h5"}, sort_keys=True
+        )
     writer = open_writer("h5", h5_out, coords, ratios, widths, str(features.dtype), mask, layout)
     writer.write(0, {"features": features, **per_tile})
     writer.close(attributes)

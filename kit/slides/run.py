@@ -88,6 +88,7 @@ class SlideJob:
     slide: Path
     name: str
     target: Path
+    bulk_rna: bool = False
 
 
 def named_slides(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -111,9 +112,7 @@ def find_slides(paths: list[Path]) -> list[Path]:
     return [slide for slide, _ in named_slides(paths)]
 
 
-def plan_outputs(
-    slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: str | None = None
-) -> list[SlideJob]:
+def plan_outputs(slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: str | None = None) -> list[SlideJob]:
     """Each slide's output under `out_dir` (model_code.slides.layouts.output_name); two slides with one
     output are refused."""
     from model_code.slides.layouts import output_name
@@ -122,7 +121,9 @@ def plan_outputs(
     by_target: dict[Path, list[SlideJob]] = {}
     for one in jobs:
         by_target.setdefault(one.target, []).append(one)
-    clashes = [f"{target} ({', '.join(str(j.slide) for j in same)})" for target, same in by_target.items() if len(same) > 1]
+    clashes = [
+        f"{target} ({', '.join(str(j.slide) for j in same)})" for target, same in by_target.items() if len(same) > 1
+    ]
     if clashes:
         raise KitError(
             f"slides with one output name would overwrite each other: {'; '.join(clashes)}; "
@@ -140,7 +141,7 @@ def check_existing(jobs: list[SlideJob], wanted: dict[str, object]) -> None:
     for one in jobs:
         if one.target.exists():
             try:
-                found = differences(read_attributes(one.target), wanted)
+                found = differences(read_attributes(one.target), {**wanted, "bulk_rna": one.bulk_rna})
             except (OSError, ValueError, KeyError) as exc:
                 found = [f"not a features file ({exc})"]
             if found:
@@ -153,9 +154,7 @@ def check_existing(jobs: list[SlideJob], wanted: dict[str, object]) -> None:
         )
 
 
-def run_slides(
-    slides: list[SlideJob], transport: Transport, attributes: str, overwrite: bool = False
-) -> list[Outcome]:
+def run_slides(slides: list[SlideJob], transport: Transport, attributes: str, overwrite: bool = False) -> list[Outcome]:
     """Every slide through `transport` with a progress bar and a line per slide; failures do not stop the rest.
     An existing output is skipped (check_existing has checked it) unless `overwrite`."""
     from tqdm import tqdm
@@ -167,9 +166,7 @@ def run_slides(
             outcome = _one(one, transport, attributes, overwrite)
             outcomes.append(outcome)
             if outcome.status == "done":
-                bar.write(
-                    f"{one.name}: {outcome.tiles} tiles in {outcome.seconds:.1f} s ({outcome.tiles_per_s:.1f}/s)"
-                )
+                bar.write(f"{one.name}: {outcome.tiles} tiles in {outcome.seconds:.1f} s ({outcome.tiles_per_s:.1f}/s)")
             else:
                 bar.write(f"{one.name}: {outcome.status} {outcome.reason}")
     return outcomes
@@ -211,9 +208,7 @@ def table(outcomes: list[Outcome]) -> str:
     width = max([len("slide"), *(len(o.name) for o in outcomes)])
     lines = [f"{'slide':{width}} {'status':8} {'tiles':>7} {'seconds':>8} {'tiles/s':>8}  reason"]
     for o in outcomes:
-        lines.append(
-            f"{o.name:{width}} {o.status:8} {o.tiles:7d} {o.seconds:8.1f} {o.tiles_per_s:8.1f}  {o.reason}"
-        )
+        lines.append(f"{o.name:{width}} {o.status:8} {o.tiles:7d} {o.seconds:8.1f} {o.tiles_per_s:8.1f}  {o.reason}")
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     rate = tiles / seconds if seconds else 0.0
     lines.append(
@@ -232,7 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--endpoint", help="a SageMaker async endpoint of the stack: optimus-h1-slides, or h1-slides")
     parser.add_argument("--model", required=True, help="h1, h0, h0-mini or m-optimus")
     parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr.zip")
-    parser.add_argument("--format", choices=tuple(SUFFIXES), default="h5", help="h5 (default) or zarr (the vendor SDK's)")
+    parser.add_argument(
+        "--format", choices=tuple(SUFFIXES), default="h5", help="h5 (default) or zarr (the vendor SDK's)"
+    )
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="of the features")
     parser.add_argument(
         "--layout", choices=LAYOUTS, default="trident",
@@ -243,7 +240,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lay the outputs as TRIDENT lays a job: OUT/20x_224px_0px_overlap/features_hoptimus1/<slide>.h5",
     )  # fmt: skip
     parser.add_argument(
-        "--overwrite", action="store_true", help="redo slides whose output exists (default: reuse it if made the same way)"
+        "--overwrite",
+        action="store_true",
+        help="redo slides whose output exists (default: reuse it if made the same way)",
     )
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -264,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     for option in args.option:
         if "=" not in option or ";" in option:
             raise KitError(f"--option {option!r}: give KEY=VALUE")
-    given = [f"model={args.model}", f"format={args.format}", f"dtype={args.dtype}", f"layout={args.layout}"]
+    given = [f"model={args.model}", f"format={args.format}", f"dtype={args.dtype}"]
+    given += [f"layout={args.layout}"] if args.layout != "trident" else []  # the server's default
     attributes = ";".join([*given, *args.option])
     wanted = wanted_recipe(attributes)
     if args.trident_tree and (args.format, args.layout) != ("h5", "trident"):
@@ -272,7 +272,11 @@ def run(args: argparse.Namespace) -> int:
     if args.endpoint:
         from kit.cohorts.command import run_async
 
-        return run_async(args, attributes, SUFFIXES[args.format])
+        if args.overwrite or args.trident_tree:
+            raise KitError(
+                "--overwrite and --trident-tree are for --endpoint-url; with --endpoint, move old outputs away"
+            )
+        return run_async(args, attributes, SUFFIXES[args.format], wanted)
     if args.cohort or not args.slides:
         raise KitError("--endpoint-url takes slide files or directories (a cohort CSV needs --endpoint)")
     if args.out.exists() and not args.out.is_dir():

@@ -18,6 +18,8 @@ numpy is imported where it is used: the CLI reads this module's names to build i
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -37,7 +39,7 @@ VENDOR_NAMES = {"features": "outputs"}  # the vendor SDK's Zarr names
 def magnification(mpp: float) -> float:
     """TRIDENT's magnification of a resolution: 20x is 0.5 um/px (a whole number when it is one)."""
     value = 10 / mpp
-    return int(round(value)) if abs(value - round(value)) < 1e-6 else round(value, 3)
+    return round(value) if abs(value - round(value)) < 1e-6 else round(value, 3)
 
 
 def level0_magnification(slide_mpp: float) -> float:
@@ -73,7 +75,7 @@ def coords_dataset(layout: str, coords: np.ndarray, attributes: dict[str, Any]) 
         return (coords * attributes["slide_mpp"]).astype(np.float32), {}
     return coords.astype(np.int64), {
         "patch_size": int(attributes["tile_size"]),
-        "patch_size_level0": int(round(attributes["patch_size_level0"])),
+        "patch_size_level0": round(attributes["patch_size_level0"]),
         "level0_magnification": level0_magnification(attributes["slide_mpp"]),
         "target_magnification": magnification(attributes["mpp"]),
         "overlap": 0,
@@ -86,7 +88,10 @@ def coords_dataset(layout: str, coords: np.ndarray, attributes: dict[str, Any]) 
 def features_attributes(layout: str, attributes: dict[str, Any]) -> dict[str, Any]:
     if layout == "stamp":
         return {}
-    return {"encoder": TRIDENT_ENCODERS.get(attributes["model"], attributes["model"]), "name": attributes.get("slide_name") or ""}
+    return {
+        "encoder": TRIDENT_ENCODERS.get(attributes["model"], attributes["model"]),
+        "name": attributes.get("slide_name") or "",
+    }
 
 
 def root_attributes(layout: str, attributes: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +143,8 @@ def read_output(path: Path) -> Output:
 def read_attributes(path: Path) -> dict[str, Any]:
     """The root attributes of an output (HDF5 or Zarr zip) without reading its arrays."""
     if zipfile.is_zipfile(path):
-        import zarr
-        from zarr.storage import ZipStore
-
-        return dict(zarr.open_group(ZipStore(path, mode="r"), mode="r").attrs)  # type: ignore[arg-type]
+        with _zarr_group(path) as group:
+            return dict(group.attrs)
     import h5py
 
     with h5py.File(path, "r") as file:
@@ -150,15 +153,20 @@ def read_attributes(path: Path) -> dict[str, Any]:
 
 def _read_zarr(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     import numpy as np
+
+    names = {vendor: ours for ours, vendor in VENDOR_NAMES.items()}
+    with _zarr_group(path) as group:
+        return {names.get(name, name): np.asarray(array[()]) for name, array in group.arrays()}, dict(group.attrs)
+
+
+@contextmanager
+def _zarr_group(path: Path) -> Iterator[Any]:
     import zarr
     from zarr.storage import ZipStore
 
     store = ZipStore(path, mode="r")
     try:
-        group = zarr.open_group(store, mode="r")  # type: ignore[arg-type]
-        names = {vendor: ours for ours, vendor in VENDOR_NAMES.items()}
-        arrays = {names.get(name, name): np.asarray(array[()]) for name, array in group.arrays()}
-        return arrays, dict(group.attrs)
+        yield zarr.open_group(store, mode="r")
     finally:
         store.close()
 

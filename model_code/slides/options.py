@@ -81,7 +81,11 @@ def slide_options(
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "options"
         known = ", ".join(SlideOptions.model_fields)
-        reason = f"unknown option (known: {known})" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        reason = (
+            f"unknown option (known: {known})"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
         raise ClientError(reason, field=field) from None
 
 

@@ -54,9 +54,7 @@ def differences(attributes: dict[str, Any], wanted: dict[str, Any], model_versio
     made = json.loads(attributes[RECIPE])
     if attributes.get("slide_mpp_source") != "slide_mpp option":
         made["slide_mpp"] = wanted.get("slide_mpp")
-    found = [
-        f"{key} {made.get(key)} there, {value} asked" for key, value in wanted.items() if made.get(key) != value
-    ]
+    found = [f"{key} {made.get(key)} there, {value} asked" for key, value in wanted.items() if made.get(key) != value]
     if model_version is not None and attributes.get("model_version") != model_version:
         found.append(f"weights {attributes.get('model_version')} there, {model_version} here")
     return found
