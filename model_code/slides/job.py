@@ -26,6 +26,7 @@ from model_code.manifest import MANIFEST
 from model_code.runners import Runner
 from model_code.slides import tissue
 from model_code.slides.options import SlideOptions
+from model_code.slides.provenance import RECIPE, provenance, recipe
 from model_code.slides.reader import Slide, SlideReadError
 from model_code.slides.writers import open_writer
 
@@ -109,7 +110,9 @@ def run_slide(
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)
             keys = _keys(options.mode)
             widths = {name: runner.entry.outputs[key] for name, key in keys.items()}
-            writer = open_writer(options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask)
+            writer = open_writer(
+                options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask, options.layout
+            )
             started = time.perf_counter()
             size = runner.entry.tile_size
 
@@ -217,7 +220,10 @@ def _attributes(
         "skipped_tiles": summary.skipped,
         "skipped_reason": summary.skipped_reason or None,
         "seconds": json.dumps({k: round(v, 3) for k, v in summary.seconds.items()}),
+        "layout": options.layout,
+        RECIPE: json.dumps(recipe(options, entry.name, with_rna), sort_keys=True),
         "kit_version": __version__,
+        **provenance(),
     }
 
 
