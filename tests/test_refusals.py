@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from kit.local import free_port
-from kit.slides.run import Outcome, run_slides, table
+from kit.slides.run import Outcome, named_slides, plan_outputs, run_slides, table
 from kit.slides.synthetic import make_slide
 from kit.slides.transport import HttpTransport, SlideFailed, slide_body
 from model_code.settings import Settings
@@ -27,6 +27,11 @@ from tests.test_bad_tiles import damaged, tile_index
 from tests.test_multifile_slides import DICOM
 
 LIMIT = 1 << 20  # MAX_SLIDE_MB of the small server
+
+
+def run(paths: list[Path], url: str, out: Path) -> list[Outcome]:
+    """`kit slides run PATHS --endpoint-url URL --model h1 --out OUT`, as its command runs it."""
+    return run_slides(plan_outputs(named_slides(paths), out, "h5"), HttpTransport(url, 60), "model=h1")
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +101,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(
 ) -> None:
     slide = make_slide(tmp_path / "half.svs", 0.5)
     first: list[Outcome] = []
-    holder = threading.Thread(
-        target=lambda: first.extend(
-            run_slides([slide], HttpTransport(running.url, 60), "model=h1", tmp_path / "a", "h5")
-        )
-    )
+    holder = threading.Thread(target=lambda: first.extend(run([slide], running.url, tmp_path / "a")))
     holder.start()
     for _ in range(500):
         if running.server.slides.pending:
@@ -145,10 +146,7 @@ def test_kit_sends_a_dicom_folder_as_a_streamed_tar(running: Running, tmp_path: 
     assert body.content_type == "application/x-tar" and body.length == sum(len(c) for c in body.chunks())
     sent = mock.Mock(wraps=slide_body)
     with mock.patch("kit.slides.transport.slide_body", sent):
-        from kit.slides.run import find_slides
-
-        (outcome,) = run_slides(find_slides([tmp_path / "cohort"]), HttpTransport(running.url, 60), "model=h1",
-                                tmp_path / "out", "h5")  # fmt: skip
+        (outcome,) = run([tmp_path / "cohort"], running.url, tmp_path / "out")
     assert outcome.status == "done", outcome.reason
     assert sent.call_args.args == (folder,)
     with h5py.File(tmp_path / "out" / "case-1.h5") as out:
@@ -157,12 +155,12 @@ def test_kit_sends_a_dicom_folder_as_a_streamed_tar(running: Running, tmp_path: 
 
 def test_the_table_names_skipped_tiles(running: Running, tmp_path: Path) -> None:
     good = make_slide(tmp_path / "good.svs", 0.5)
-    first = run_slides([good], HttpTransport(running.url, 60), "model=h1", tmp_path / "a", "h5")
+    first = run([good], running.url, tmp_path / "a")
     with h5py.File(tmp_path / "a" / "good.h5") as out:
         x, y = (int(v) for v in out["coords"][0])
     width = 1792
     bad = damaged(good, tmp_path / "damaged.svs", [tile_index(x, y, width)])
-    outcomes = run_slides([bad], HttpTransport(running.url, 60), "model=h1", tmp_path / "b", "h5")
+    outcomes = run([bad], running.url, tmp_path / "b")
     report = table(first + outcomes)
     assert outcomes[0].status == "done" and "tiles skipped: tile at" in report and "cannot be decoded" in report
     assert np.isfinite(outcomes[0].tiles_per_s)

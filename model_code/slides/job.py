@@ -103,7 +103,9 @@ def run_slide(
         with ThreadPoolExecutor(workers, thread_name_prefix="slide-read") as pool:
             prefetch = 2 * workers
             skip = options.on_bad_tile == "skip"
-            mask, mask_mpp = tissue.tissue_mask(slide, models.runners[TISSUE_SEG], pool, prefetch, stop, skip)
+            mask, mask_mpp, unreadable = tissue.tissue_mask(
+                slide, models.runners[TISSUE_SEG], pool, prefetch, stop, skip
+            )
             summary.seconds["tissue"] = time.perf_counter() - began
             ratios = tissue.tissue_ratios(mask, mask_mpp, slide.geometry, grid)
             kept, kept_ratios = tissue.select(grid, ratios, options.min_tissue)
@@ -128,6 +130,8 @@ def run_slide(
                     outputs = runner(tissue.records(chunk.pixels, runner.entry.name, options.mode, bulk_rna))
                     writer.write(done, {name: np.stack([o[key] for o in outputs]) for name, key in keys.items()})
                     done += len(chunk.pixels)
+            if unreadable and not done:  # nothing of the slide could be read
+                raise SlideReadError(f"{unreadable}; is the file damaged?")
             summary.tiles, summary.skipped = done, len(failed)
             summary.skipped_reason = _first(failed, kept.coords)
             summary.seconds["tiles"] = time.perf_counter() - started

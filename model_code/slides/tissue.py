@@ -111,10 +111,10 @@ def records(pixels: np.ndarray, model: str, mode: str, bulk_rna: np.ndarray | No
 
 def tissue_mask(
     slide: Slide, seg: Runner, pool: Executor, prefetch: int, stop: threading.Event, skip: bool
-) -> tuple[np.ndarray, float]:
-    """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, and that resolution (um/px). A region
-    that cannot be decoded (when `skip`) is taken for tissue, so that the model tiles there are tried, and
-    named as skipped if they cannot be read either; over half of them is a SlideReadError."""
+) -> tuple[np.ndarray, float, str]:
+    """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, that resolution (um/px), and why
+    no region could be decoded ('' when some could). A region that cannot be decoded (when `skip`) is taken
+    for tissue, so that the model tiles there are tried, and named as skipped if they cannot be read either."""
     geometry, size, mpp = slide.geometry, seg.entry.tile_size, seg.entry.resolution
     extent = size * mpp / geometry.mpp
     rows, cols = math.ceil(geometry.height / extent), math.ceil(geometry.width / extent)
@@ -136,16 +136,14 @@ def tissue_mask(
     for i in failed:
         col, row = cells[i]
         mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = 1
-    if 2 * len(failed) > len(coords):
-        raise SlideReadError(
-            f"{len(failed)} of the slide's {len(coords)} tissue-seg regions (over half) cannot be decoded; first: "
-            f"{next(iter(failed.values()))}; is the file damaged?"
-        )
+    unreadable = ""
+    if len(failed) == len(coords):
+        unreadable = f"none of the slide's {len(coords)} tissue-seg regions can be decoded; first: {failed[0]}"
     if failed:
         log.warning("%d of %d tissue-seg regions cannot be decoded, taken as tissue; first: %s",
                     len(failed), len(coords), next(iter(failed.values())))  # fmt: skip
     height, width = round(geometry.height * geometry.mpp / mpp), round(geometry.width * geometry.mpp / mpp)
-    return mask[: max(height, 1), : max(width, 1)], mpp
+    return mask[: max(height, 1), : max(width, 1)], mpp, unreadable
 
 
 def tissue_ratios(mask: np.ndarray, mask_mpp: float, geometry: Geometry, tiles: Grid) -> np.ndarray:
