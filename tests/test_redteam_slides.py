@@ -285,9 +285,8 @@ def test_endpoint_without_tissue_seg_refuses_slides(tmp_path: Path, slide: bytes
 # --- crowds and hang-ups ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def held(running: Running, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, mock.Mock]]:
-    """Slides stop once their tissue is being found, until the event is set; the mock counts slides run."""
+def hold_tissue_pass(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Slides stop once their tissue is being found, until the event is set."""
     release = threading.Event()
     plain = job.tissue.tissue_mask
 
@@ -296,6 +295,13 @@ def held(running: Running, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[th
         return plain(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(job.tissue, "tissue_mask", waiting)
+    return release
+
+
+@pytest.fixture
+def held(running: Running, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, mock.Mock]]:
+    """Slides stop once their tissue is being found, until the event is set; the mock counts slides run."""
+    release = hold_tissue_pass(monkeypatch)
     ran = mock.Mock(wraps=job.run_slide)
     monkeypatch.setattr("model_code.slides.http.run_slide", ran)
     monkeypatch.setattr(running.server.slides, "max_pending", 2)

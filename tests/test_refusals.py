@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -21,10 +21,10 @@ from kit.slides.run import Outcome, named_slides, plan_outputs, run_slides, tabl
 from kit.slides.synthetic import make_slide
 from kit.slides.transport import HttpTransport, SlideFailed, slide_body
 from model_code.settings import Settings
-from model_code.slides import job
 from tests.serving import Running, serve_in_thread
 from tests.test_bad_tiles import damaged, tile_index
 from tests.test_multifile_slides import DICOM
+from tests.test_redteam_slides import hold_tissue_pass, wait_for
 
 LIMIT = 1 << 20  # MAX_SLIDE_MB of the small server
 
@@ -83,30 +83,26 @@ def test_a_slide_over_max_slide_mb_is_a_413_the_kit_reads(
 @pytest.fixture
 def one_at_a_time(running: Running, monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """One slide holds the server's only queue place (it waits in its tissue pass) until the event is set."""
-    release = threading.Event()
-    plain = job.tissue.tissue_mask
-
-    def waiting(*args: object, **kwargs: object) -> object:
-        assert release.wait(60), "never released"
-        return plain(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(job.tissue, "tissue_mask", waiting)
+    release = hold_tissue_pass(monkeypatch)
     monkeypatch.setattr(running.server.slides, "max_pending", 1)
     yield release
     release.set()
 
 
+def holding(running: Running, send: Callable[[], object]) -> threading.Thread:
+    """`send` in a thread, once its slide holds the queue."""
+    holder = threading.Thread(target=send)
+    holder.start()
+    wait_for(lambda: running.server.slides.pending == 1, "the first slide to hold the queue")
+    return holder
+
+
 def test_a_full_queue_is_retried_after_its_retry_after(
-    running: Running, big: Path, tmp_path: Path, one_at_a_time: threading.Event
+    running: Running, tmp_path: Path, one_at_a_time: threading.Event
 ) -> None:
     slide = make_slide(tmp_path / "half.svs", 0.5)
     first: list[Outcome] = []
-    holder = threading.Thread(target=lambda: first.extend(run([slide], running.url, tmp_path / "a")))
-    holder.start()
-    for _ in range(500):
-        if running.server.slides.pending:
-            break
-        threading.Event().wait(0.01)
+    holder = holding(running, lambda: first.extend(run([slide], running.url, tmp_path / "a")))
     waits: list[float] = []
 
     def sleep(seconds: float) -> None:  # instead of waiting, the held slide is let go
@@ -114,8 +110,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(
         one_at_a_time.set()
         holder.join(60)
 
-    transport = HttpTransport(running.url, 60, retries=2, sleep=sleep)
-    transport.send(slide, "model=h1", tmp_path / "second.h5")
+    HttpTransport(running.url, 60, retries=2, sleep=sleep).send(slide, "model=h1", tmp_path / "second.h5")
     assert waits == [60.0] and [o.status for o in first] == ["done"]
     with h5py.File(tmp_path / "second.h5") as out:
         assert out.attrs["tiles"] > 0
@@ -123,12 +118,7 @@ def test_a_full_queue_is_retried_after_its_retry_after(
 
 def test_retries_of_a_503_are_bounded(running: Running, tmp_path: Path, one_at_a_time: threading.Event) -> None:
     slide = make_slide(tmp_path / "half.svs", 0.5)
-    holder = threading.Thread(target=lambda: HttpTransport(running.url, 60).send(slide, "model=h1", tmp_path / "a.h5"))
-    holder.start()
-    for _ in range(500):
-        if running.server.slides.pending:
-            break
-        threading.Event().wait(0.01)
+    holder = holding(running, lambda: HttpTransport(running.url, 60).send(slide, "model=h1", tmp_path / "a.h5"))
     waits: list[float] = []
     with pytest.raises(SlideFailed, match=r"HTTP 503: .*retry later"):
         HttpTransport(running.url, 60, retries=2, sleep=waits.append).send(slide, "model=h1", tmp_path / "b.h5")
