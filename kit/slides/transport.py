@@ -2,7 +2,7 @@
 
 A slide file goes as it is (`application/octet-stream`); a slide of several files (a folder holding a DICOM
 series, an `.mrxs` with its folder) goes as an uncompressed tar, written while it is sent, its length known
-in advance. The request asks `Expect: 100-continue`, so a server that refuses before reading the body (an
+in advance. A plain-HTTP request asks `Expect: 100-continue`, so a server that refuses before reading the body (an
 unknown option, a slide over MAX_SLIDE_MB, a full slide queue) is heard before the body is sent; a server
 or proxy that does not answer 100 within EXPECT_WAIT_S gets the body anyway, and if it answers and hangs up
 while the body is still going, the answer is read after the failed send. A 503 with `Retry-After` (a full
@@ -140,11 +140,11 @@ class HttpTransport:
                 ("Content-Type", body.content_type),
                 ("Content-Length", str(body.length)),
                 ("X-Amzn-SageMaker-Custom-Attributes", attributes),
-                ("Expect", "100-continue"),
+                *([] if self.https else [("Expect", "100-continue")]),  # TLS sockets cannot peek at the answer
             ):
                 connection.putheader(name, value)
             connection.endheaders()
-            answer = None if self._continued(connection) else connection.getresponse()
+            answer = None if self.https or self._continued(connection) else connection.getresponse()
             if answer is None:
                 answer = self._send_body(connection, body)
             if answer.status == 200:
