@@ -15,53 +15,24 @@ from __future__ import annotations
 
 import argparse
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from kit import KitError
 from kit.cli import add_aws
+from kit.slides.transport import HttpTransport, SlideFailed
 from model_code.slides.layouts import LAYOUTS, SUFFIXES
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")
-
-
-class SlideFailed(Exception):
-    """A slide the endpoint could not answer: the reason, as the server gave it."""
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs")
+DICOM_SUFFIX = ".dcm"  # a folder of DICOM instances is one slide, sent as a tar (kit/slides/transport.py)
 
 
 class Transport(Protocol):
     """Sends one slide with its options (`key=value;...`) and writes the answer to `out`."""
 
     def send(self, slide: Path, attributes: str, out: Path) -> None: ...
-
-
-class HttpTransport:
-    """POST the slide file (streamed from disk) to URL/invocations; stream the answer to a file."""
-
-    def __init__(self, endpoint_url: str, timeout_s: float):
-        self.url = endpoint_url.rstrip("/") + "/invocations"
-        self.timeout_s = timeout_s
-
-    def send(self, slide: Path, attributes: str, out: Path) -> None:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(slide.stat().st_size),
-            "X-Amzn-SageMaker-Custom-Attributes": attributes,
-        }
-        with slide.open("rb") as body:
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as answer, out.open("wb") as file:
-                    while chunk := answer.read(1 << 20):
-                        file.write(chunk)
-            except urllib.error.HTTPError as exc:
-                raise SlideFailed(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                raise SlideFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -92,13 +63,18 @@ class SlideJob:
 
 
 def named_slides(paths: list[Path]) -> list[tuple[Path, str]]:
-    """Files as given (named by their file name); directories searched (recursively) for slide files, in
-    name order, each named by its path in the directory."""
+    """Files as given (named by their file name); directories searched (recursively) for slide files and
+    folders of DICOM instances (each one slide), in name order, each named by its path in the directory; a
+    folder of DICOM instances given is that slide."""
     found: list[tuple[Path, str]] = []
     for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-            found += [(p, p.relative_to(path).as_posix()) for p in files]
+        if path.is_dir() and any(p.suffix.lower() == DICOM_SUFFIX for p in path.iterdir()):
+            found.append((path, path.name))
+        elif path.is_dir():
+            files = [p for p in path.rglob("*") if p.is_file()]
+            series = {p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX}
+            slides = sorted([p for p in files if p.suffix.lower() in SLIDE_SUFFIXES] + list(series))
+            found += [(p, p.relative_to(path).as_posix()) for p in slides]
         elif path.is_file():
             found.append((path, path.name))
         else:
@@ -184,11 +160,12 @@ def _one(one: SlideJob, transport: Transport, attributes: str, overwrite: bool) 
     try:
         transport.send(slide, attributes, partial)
         tiles = output_tiles(partial)
+        note = skipped_note(partial)
     except SlideFailed as exc:
         partial.unlink(missing_ok=True)
         return Outcome(slide, "failed", reason=str(exc), name=one.name)
     partial.replace(target)
-    return Outcome(slide, "done", tiles, time.perf_counter() - began, name=one.name)
+    return Outcome(slide, "done", tiles, time.perf_counter() - began, note, name=one.name)
 
 
 def output_tiles(path: Path) -> int:
@@ -199,6 +176,15 @@ def output_tiles(path: Path) -> int:
         return int(read_attributes(path)["tiles"])
     except (OSError, KeyError, ValueError) as exc:
         raise SlideFailed(f"the answer is not a features file ({exc})") from None
+
+
+def skipped_note(path: Path) -> str:
+    """'' or the tiles a features file left out (their pixels cannot be decoded), and why the first was."""
+    from model_code.slides.layouts import read_attributes
+
+    attributes = read_attributes(path)
+    skipped = int(attributes.get("skipped_tiles", 0))
+    return f"{skipped} tiles skipped: {attributes.get('skipped_reason', '')}" if skipped else ""
 
 
 def table(outcomes: list[Outcome]) -> str:
