@@ -8,7 +8,8 @@ server process per worker. Inside, the kit's own handler: the tile decode of `in
 server's simulated accelerator), `predict_fn` and `output_fn`, so both servers give identical answers.
 
 The workers share one device: their forward passes (the demo model's on the CPU, then SIMULATED_FORWARD_MS's
-wait, as the kit's forward thread runs them) take turns under a file lock, as two processes' passes on one GPU do. Each forward appends its batch size to --batch-log.
+wait, as the kit's forward thread runs them) take turns under a file lock, as two processes' passes on one GPU do.
+Each forward appends its batch size to --batch-log.
 """
 
 from __future__ import annotations
