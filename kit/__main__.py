@@ -1,5 +1,5 @@
-"""`python -m kit COMMAND`: build, verify and upload model artifacts, wait for endpoints, check them
-(smoke), and run the whole path offline (demo). `python -m kit COMMAND --help` for each."""
+"""`python -m kit COMMAND`: the operator's commands of the Optimus SageMaker kit, from packaging a model
+artifact to deploying, checking and using its endpoints; each is listed below."""
 
 from __future__ import annotations
 

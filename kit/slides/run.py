@@ -18,11 +18,29 @@ from pathlib import Path
 from typing import Protocol
 
 from kit import KitError
-from kit.cli import add_aws
+from kit.cli import add_aws, endpoint_url
+from model_code.catalogue import EMBEDDING, MODELS, canonical_name
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")
 SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
+SLIDE_MODELS = tuple(name for name, spec in MODELS.items() if EMBEDDING in spec.modes)  # tissue-seg finds tissue
+OWN_FLAGS = ("model", "format", "dtype")  # slide options with an option of their own
+
+
+def parse_slide_model(text: str) -> str:
+    """An encoder's catalogue name (aliases resolved); anything else is a usage error naming the choices."""
+    name = canonical_name(text.strip())
+    if name not in SLIDE_MODELS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a slide model ({', '.join(SLIDE_MODELS)})")
+    return name
+
+
+def other_options() -> list[str]:
+    """The slide options --option passes: the server's, less those with a flag here."""
+    from model_code.slides.options import SlideOptions
+
+    return [name for name in SlideOptions.model_fields if name not in OWN_FLAGS]
 
 
 class SlideFailed(Exception):
@@ -162,19 +180,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "slides", nargs="*", help="slide files or directories (with --endpoint also s3:// prefixes under AsyncInput)"
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--endpoint-url", help="a server, e.g. http://127.0.0.1:8080")
+    where.add_argument("--endpoint-url", type=endpoint_url, help="a server, e.g. http://127.0.0.1:8080")
     where.add_argument("--endpoint", help="a SageMaker async endpoint of the stack: optimus-h1-slides, or h1-slides")
-    parser.add_argument("--model", required=True, help="h1, h0, h0-mini or m-optimus")
+    parser.add_argument(
+        "--model",
+        type=parse_slide_model,
+        help=f"{', '.join(SLIDE_MODELS)} (default: the endpoint's one model besides tissue-seg)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr.zip")
-    parser.add_argument("--format", choices=tuple(SUFFIXES), default="h5")
-    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    parser.add_argument(
+        "--format", choices=tuple(SUFFIXES), default="h5", help="h5 (HDF5) or zarr (a Zarr zip store), default h5"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float16", "float32"), default="float16", help="of the stored features, default float16"
+    )
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="another slide option: mode, mpp, tile_size, min_tissue, slide_mpp (README, 'Whole slides')",
+        help=f"another slide option, repeatable: {', '.join(other_options())} (README, 'Whole slides')",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide (--endpoint: in all)")
     cohort = parser.add_argument_group("SageMaker async (--endpoint)")
-    cohort.add_argument("--cohort", type=Path, help="a cohort CSV: slide, slide_id, bulk_rna (kit/cohorts/cohort.py)")
+    cohort.add_argument(
+        "--cohort",
+        type=Path,
+        help="a CSV, one slide a row: `slide` (a path relative to the CSV, or s3://BUCKET/KEY), optional "
+        "`slide_id` (default the file's stem), `bulk_rna` (a JSON file of raw counts) and `tiles`",
+    )
     cohort.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
     cohort.add_argument("--retries", type=int, default=2, help="resubmissions of a failed slide, %(default)s")
     cohort.add_argument("--poll", type=float, default=30, help="seconds between checks, %(default)s")
@@ -187,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
     for option in args.option:
         if "=" not in option or ";" in option:
             raise KitError(f"--option {option!r}: give KEY=VALUE")
-    attributes = ";".join([f"model={args.model}", f"format={args.format}", f"dtype={args.dtype}", *args.option])
+    model = [f"model={args.model}"] if args.model else []
+    attributes = ";".join([*model, f"format={args.format}", f"dtype={args.dtype}", *args.option])
     if args.endpoint:
         from kit.cohorts.command import run_async
 
