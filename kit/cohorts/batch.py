@@ -74,12 +74,12 @@ def wait(
     aws: boto3.Session, job_name: str, output_uri: str, files: int, poll_s: float, timeout_s: float
 ) -> dict[str, Any]:
     """Poll until the job ends, with a bar of output files written out of input files; its last description."""
-    from tqdm import tqdm
+    from kit.progress import progress
 
     sagemaker = aws.client("sagemaker")
     bucket, prefix = _split(output_uri)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=files, unit="file", dynamic_ncols=True) as bar:
+    with progress(total=files, unit="file") as bar:
         while True:
             job = sagemaker.describe_transform_job(TransformJobName=job_name)
             done = len(input_files(aws, f"s3://{bucket}/{prefix}"))

@@ -108,11 +108,11 @@ def find_slides(paths: list[Path]) -> list[Path]:
 
 def run_slides(slides: list[Path], transport: Transport, attributes: str, out_dir: Path, fmt: str) -> list[Outcome]:
     """Every slide through `transport` with a progress bar and a line per slide; failures do not stop the rest."""
-    from tqdm import tqdm
+    from kit.progress import progress
 
     out_dir.mkdir(parents=True, exist_ok=True)
     outcomes: list[Outcome] = []
-    with tqdm(slides, unit="slide", dynamic_ncols=True) as bar:
+    with progress(slides, unit="slide") as bar:
         for slide in bar:
             bar.set_postfix_str(slide.name)
             outcome = _one(slide, transport, attributes, out_dir / f"{slide.stem}{SUFFIXES[fmt]}")
