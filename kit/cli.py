@@ -34,6 +34,10 @@ COMMANDS: dict[str, str] = {
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
 }
+DESCRIPTION = (
+    "The operator's commands of the Optimus SageMaker kit, from packaging a model artifact to deploying,\n"
+    "checking and using its endpoints."
+)
 GROUPS = {"slides": "whole slides: `slides run` sends them to an endpoint and writes each one's features file"}
 # One command line per command, shown under its --help (tests/test_cli.py checks each parses).
 EXAMPLES = {
@@ -162,7 +166,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message} (`{self.prog} --help` for its options)\n")
 
 
-def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     """The parser of every registered command; each subparser's `run` default is its module's run."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
