@@ -168,7 +168,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
     """The parser of every registered command; each subparser's `run` default is its module's run."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser = Parser(
         prog="python -m kit",
@@ -176,8 +176,8 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
         epilog="`python -m kit COMMAND --help` (`python -m kit slides run --help`): its options and an example.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
-    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction[Parser]] = {}
+    top: argparse._SubParsersAction[Parser] = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         *group, verb = name.split(" ")
@@ -185,7 +185,9 @@ def build_parser(description: str = DESCRIPTION) -> argparse.ArgumentParser:
         if group:
             if group[0] not in groups:
                 group_parser = top.add_parser(group[0], help=GROUPS[group[0]], description=GROUPS[group[0]])
-                groups[group[0]] = group_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+                groups[group[0]] = group_parser.add_subparsers(
+                    dest="verb", required=True, metavar="VERB", parser_class=Parser
+                )
             commands = groups[group[0]]
         command = commands.add_parser(
             verb,

@@ -1,8 +1,8 @@
 """Every error a command can meet, as one line naming what to do and an exit status.
 
 2: usage and configuration (a bad option, a file that is missing or in the way, no credentials or region, a
-stack or endpoint that does not exist, access denied); 1: a check that failed (an artifact, an endpoint, an upload). Anything else is a
-bug in the kit and keeps its traceback.
+stack or endpoint that does not exist, access denied); 1: a check that failed (an artifact, an endpoint, an
+upload). Anything else is a bug in the kit and keeps its traceback.
 """
 
 from __future__ import annotations

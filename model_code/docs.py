@@ -198,7 +198,9 @@ def index(
     )
     shown = ", ".join(html.escape(name) for name in names) or state
     commands = "".join(f"<pre>{html.escape(command)}</pre>" for command in tries)
-    first = f"<h2>A first request</h2>{commands}<p>Every route, tried in the browser: <a href='{DOCS_URL}'>/docs</a>.</p>"
+    first = (
+        f"<h2>A first request</h2>{commands}<p>Every route, tried in the browser: <a href='{DOCS_URL}'>/docs</a>.</p>"
+    )
     return HTMLResponse(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{TITLE}</title></head><body>"
         f"<h1>{TITLE} {html.escape(version)}</h1><p>Models: {shown}</p>{first if tries else ''}<ul>{items}</ul>"

@@ -338,7 +338,9 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
         lifespan=lifespan,
     )
     app.state.server = server
-    auth.protect(app, settings.auth, docs.DOCS_PATHS, settings.host)  # before RequestMetrics, which then counts its 401s too
+    auth.protect(
+        app, settings.auth, docs.DOCS_PATHS, settings.host
+    )  # before RequestMetrics, which then counts its 401s too
     docs.document(app, lambda: list(server.models.runners) if server.models is not None else None)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 

@@ -231,7 +231,11 @@ def test_slides_model_choices_and_default_follow_the_server() -> None:
                  ._subparsers._actions[-1].choices["run"]._actions}  # fmt: skip
     for name in ("model", "format", "dtype"):
         assert name in SlideOptions.model_fields
-    assert all(option in help_text["option"] for option in SlideOptions.model_fields if option not in ("model", "format", "dtype"))
+    assert all(
+        option in help_text["option"]
+        for option in SlideOptions.model_fields
+        if option not in ("model", "format", "dtype")
+    )
     assert "slide_name" in help_text["option"] and "slide_id" in help_text["cohort"]
     assert "tissue-seg" not in help_text["model"].split("(")[0] and all(m in MODELS for m in ("h1", "h0", "h0-mini"))
     with pytest.raises(SystemExit):

@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="native",
         help="--demo only: aoti makes every demo model an AOTInductor package (needs a C++ compiler)",
     )
-    parser.add_argument("--aoti-device", choices=("cpu", "cuda"), default="cpu", help="--format aoti: the device to compile for")
+    parser.add_argument(
+        "--aoti-device", choices=("cpu", "cuda"), default="cpu", help="--format aoti: the device to compile for"
+    )
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored ViT weights")
     parser.add_argument(
         "--with-code", action="store_true", help="add code/ so AWS's PyTorch serving image can run the handler"

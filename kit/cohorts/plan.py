@@ -114,12 +114,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instances working on the cohort (default: the kit's maxInstances, %(default)s)",
     )
     parser.add_argument(
-        "--min-instances", type=int, default=defaults["minInstances"].default, help="real-time's floor, kept up around the clock (default %(default)s)"
+        "--min-instances",
+        type=int,
+        default=defaults["minInstances"].default,
+        help="real-time's floor, kept up around the clock (default %(default)s)",
     )
     parser.add_argument(
-        "--utilisation", type=float, default=defaults["targetUtilisation"].default, help="real-time's scaling target, a fraction of one instance's throughput (default %(default)s)"
+        "--utilisation",
+        type=float,
+        default=defaults["targetUtilisation"].default,
+        help="real-time's scaling target, a fraction of one instance's throughput (default %(default)s)",
     )
-    parser.add_argument("--startup-minutes", type=float, default=10, help="minutes an instance takes to start (default %(default)s)")
+    parser.add_argument(
+        "--startup-minutes", type=float, default=10, help="minutes an instance takes to start (default %(default)s)"
+    )
     parser.add_argument(
         "--scale-in-minutes",
         type=float,

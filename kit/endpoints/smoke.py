@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import urllib.parse
-from pathlib import Path
 
 from kit import KitError
 from kit.cli import add_aws, add_json, add_models, endpoint_url, output_path, positive, session, write_output
@@ -31,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", help="with --endpoint-url: the bearer token of a server that asks for one (default $OPTIMUS_TOKEN)"
     )
     parser.add_argument(
-        "--requests", type=positive(int, 2), default=20, help="requests for the latency figures, at least 2 (default 20)"
+        "--requests",
+        type=positive(int, 2),
+        default=20,
+        help="requests for the latency figures, at least 2 (default 20)",
     )
     add_json(parser, "the report")
     parser.add_argument(
