@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_model_dir(args.model_dir)  # before torch is imported (seconds)
-    from kit.artifacts.builder import verify_artifact
+    from kit.artifacts.checking import verify_artifact
 
     report = verify_artifact(args.model_dir)
     for model, row in report.items():

@@ -196,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help=f"another slide option, repeatable: {', '.join(other_options())} (README, 'Whole slides')",
+        help=f"another slide option, repeatable: {', '.join(other_options())} (docs/slides.md)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide (--endpoint: in all)")
     cohort = parser.add_argument_group("SageMaker async (--endpoint)")
