@@ -33,12 +33,13 @@ COMMANDS: dict[str, str] = {
     "batch": "kit.cohorts.batch",
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
+    "slides convert": "kit.slides.convert",
 }
 DESCRIPTION = (
     "The operator's commands of the Optimus SageMaker kit, from packaging a model artifact to deploying,\n"
     "checking and using its endpoints."
 )
-GROUPS = {"slides": "whole slides: `slides run` sends them to an endpoint and writes each one's features file"}
+GROUPS = {"slides": "whole slides: `slides run` sends them to an endpoint, `slides convert` relays the outputs"}
 # One command line per command, shown under its --help (tests/test_cli.py checks each parses).
 EXAMPLES = {
     "package": "python -m kit package --demo --models h1,tissue-seg --out build/demo/H1",
@@ -50,7 +51,8 @@ EXAMPLES = {
     "plan": "python -m kit plan --slides 1000 --tiles-per-slide 20000 --price-per-hour 1.41",
     "batch": "python -m kit batch --endpoint h1 --input s3://RESULTS_BUCKET/optimus-h1/batch/input/run-1/",
     "demo": "python -m kit demo --workdir build/demo",
-    "slides run": "python -m kit slides run slides/ --endpoint-url http://127.0.0.1:8080 --out features/",
+    "slides run": "python -m kit slides run slides/ --endpoint-url http://127.0.0.1:8080 --model h1 --out features/",
+    "slides convert": "python -m kit slides convert features/ --to stamp --out stamp-features/",
 }
 
 

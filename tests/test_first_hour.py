@@ -70,13 +70,13 @@ def test_missing_and_in_the_way_files_are_one_line(tmp_path: Path) -> None:
     slide.write_bytes(b"II*\x00")
     taken.write_text("a file where the output folder should go")
     refused(
-        ["slides", "run", str(slide), "--endpoint-url", "http://127.0.0.1:9", "--out", str(taken)],
+        ["slides", "run", str(slide), "--endpoint-url", "http://127.0.0.1:9", "--model", "h1", "--out", str(taken)],
         tmp_path,
-        f"{taken}: File exists",
+        f"--out {taken}: is a file",
     )
 
 
-@pytest.mark.parametrize("command", [["smoke"], ["slides", "run", "x.svs", "--out", "o"]])
+@pytest.mark.parametrize("command", [["smoke"], ["slides", "run", "x.svs", "--model", "h1", "--out", "o"]])
 def test_a_url_without_a_scheme_is_a_usage_error(command: list[str], tmp_path: Path) -> None:
     refused([*command, "--endpoint-url", "127.0.0.1:18901"], tmp_path, "give http://HOST:PORT, e.g. http://127.0.0.1")
 
@@ -84,8 +84,8 @@ def test_a_url_without_a_scheme_is_a_usage_error(command: list[str], tmp_path: P
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["slides", "run", "missing.svs", "--endpoint", "h1-slides", "--out", "o"], "missing.svs: no such file"),
-        (["slides", "run", "s3:/bad/uri", "--endpoint", "h1-slides", "--out", "o"], "s3:/bad/uri: no such file"),
+        (["slides", "run", "missing.svs", "--endpoint", "h1-slides", "--model", "h1", "--out", "o"], "missing.svs: no"),
+        (["slides", "run", "s3:/bad/uri", "--endpoint", "h1-slides", "--model", "h1", "--out", "o"], "s3:/bad/uri: no"),
         (["slides", "run", "a.svs", "--endpoint", "h1-slides", "--out", "o", "--model", "h42"], "not a slide model"),
         (["upload", "README.md", "s3:/bad/uri"], "'s3:/bad/uri' is not s3://BUCKET/KEY"),
         (["batch", "--endpoint", "h1", "--input", "s3:/bad/uri"], "'s3:/bad/uri' is not s3://BUCKET/PREFIX/"),
@@ -221,25 +221,19 @@ def test_every_command_shows_an_example_that_parses(capsys: pytest.CaptureFixtur
         assert args.run.__module__ == COMMANDS[name], example
 
 
-def test_slides_model_choices_and_default_follow_the_server() -> None:
-    from model_code.catalogue import MODELS
+def test_slides_run_help_lists_models_options_and_the_cohort_csv() -> None:
     from model_code.slides.options import SlideOptions
 
-    args = build_parser().parse_args(["slides", "run", "s.svs", "--endpoint-url", "http://h:1", "--out", "o"])
-    assert args.model is None  # the server picks the endpoint's one model besides tissue-seg (README's default)
-    help_text = {a.dest: a.help or "" for a in build_parser()._subparsers._actions[-1].choices["slides"]  # type: ignore[union-attr]
-                 ._subparsers._actions[-1].choices["run"]._actions}  # fmt: skip
-    for name in ("model", "format", "dtype"):
-        assert name in SlideOptions.model_fields
-    assert all(
-        option in help_text["option"]
-        for option in SlideOptions.model_fields
-        if option not in ("model", "format", "dtype")
-    )
-    assert "slide_name" in help_text["option"] and "slide_id" in help_text["cohort"]
-    assert "tissue-seg" not in help_text["model"].split("(")[0] and all(m in MODELS for m in ("h1", "h0", "h0-mini"))
+    (run,) = [parser for name, parser in every_parser() if name == "slides run"]
+    helps = {action.dest: action.help or "" for action in run._actions}
+    assert helps["model"].startswith("h1, h0, h0-mini, m-optimus:")  # the slide models; tissue-seg finds tissue
+    others = [name for name in SlideOptions.model_fields if name not in ("model", "format", "dtype", "layout")]
+    assert "slide_name" in others and all(name in helps["option"] for name in others)
+    assert all(column in helps["cohort"] for column in ("`slide`", "`slide_id`", "`bulk_rna`", "`tiles`"))
+    args = ["slides", "run", "s.svs", "--endpoint-url", "http://h:1", "--out", "o"]
+    assert build_parser().parse_args([*args, "--model", "m-optimus-stx"]).model == "m-optimus"  # aliases resolved
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["slides", "run", "s", "--endpoint-url", "http://h:1", "--out", "o", "--model", "x"])
+        build_parser().parse_args([*args, "--model", "tissue-seg"])
 
 
 def test_docs_name_the_commands_that_take_json() -> None:
