@@ -150,9 +150,16 @@ def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
             with archive.extractfile(slides[0]) as source, (workdir / "slide").open("wb") as target:  # type: ignore[union-attr]
                 shutil.copyfileobj(source, target, 1 << 20)
             with archive.extractfile(rna) as source:  # type: ignore[union-attr]
-                counts = orjson.loads(source.read(16 << 20))
+                text = source.read(16 << 20)
     except (tarfile.TarError, OSError) as exc:
         raise ClientError(f"is not a readable tar archive ({exc})", field="body") from None
+    return workdir / "slide", bulk_rna_counts(text)
+
+
+def bulk_rna_counts(text: bytes) -> np.ndarray:
+    """bulk_rna.json (a JSON list of the 19374 raw counts, -1 for a gene not measured) -> the log1p vector."""
+    try:
+        counts = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise ClientError(f"{BULK_RNA_FILE} is not JSON ({exc})", field="bulk_rna") from None
     if not isinstance(counts, list):
@@ -161,7 +168,7 @@ def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
         raise ClientError(f"{BULK_RNA_FILE} must hold numbers only", field="bulk_rna")
     bulk = bulk_rna_vector(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
     assert bulk is not None
-    return workdir / "slide", bulk
+    return bulk
 
 
 def _files(archive: tarfile.TarFile, size: int) -> list[tarfile.TarInfo]:
