@@ -6,8 +6,8 @@ series of several files)."""
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -177,7 +177,9 @@ def test_cohort_jsonl_names_the_slides_their_ids_and_mpp(artifact: Path, cohort:
 def test_train_runs_a_sharded_channel_whole_on_each_host(artifact: Path, cohort: Path, tmp_path: Path) -> None:
     shard = tmp_path / "shard"
     make_slide(shard / "only.svs", 0.5)
-    root = write_job(tmp_path / "ml", "algo-2", ["algo-1", "algo-2"], H1, artifact, shard, distribution="ShardedByS3Key")
+    root = write_job(
+        tmp_path / "ml", "algo-2", ["algo-1", "algo-2"], H1, artifact, shard, distribution="ShardedByS3Key"
+    )
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     train = [str(REPO / "container" / "train"), "--ml-root", str(root)]  # the image's `train`, as SageMaker runs it
     run = subprocess.run(train, env=_env({"PATH": path}), capture_output=True, text=True, timeout=600, check=False)

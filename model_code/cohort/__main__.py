@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model_code.cohort", description=__doc__)
     parser.add_argument("--ml-root", type=Path, default=Path("/opt/ml"), help="what stands for /opt/ml")
     parser.add_argument("--scratch", type=Path, help="local disk for the slides' copies (default: ML_ROOT/scratch)")
-    parser.add_argument("--read-threads", type=int, default=default_slide_read_threads(), help="threads reading a slide")
+    parser.add_argument(
+        "--read-threads", type=int, default=default_slide_read_threads(), help="threads reading a slide"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from model_code.cohort.config import JobConfig, JobFailed, read_config
-from model_code.cohort.contract import COHORT_CHANNEL, COHORT_FILE, DONE, FAILED, SLIDES_CHANNEL, MODEL_CHANNEL
+from model_code.cohort.contract import COHORT_CHANNEL, COHORT_FILE, DONE, FAILED, MODEL_CHANNEL, SLIDES_CHANNEL
 from model_code.cohort.copier import CopyAhead, Stopped
 from model_code.cohort.resume import finished_tiles, recipe
 from model_code.cohort.split import split
@@ -96,12 +96,13 @@ class Worker:
         cohort = config.channel(COHORT_CHANNEL) / COHORT_FILE
         units = read_cohort(cohort, slides) if cohort.is_file() else list_units(slides)
         if not units:
-            raise JobFailed(f"no slides in the channel '{SLIDES_CHANNEL}'" + (f" ({COHORT_FILE} is empty)" if cohort.is_file() else ""))
+            raise JobFailed(
+                f"no slides in the channel '{SLIDES_CHANNEL}'"
+                + (f" ({COHORT_FILE} is empty)" if cohort.is_file() else "")
+            )
         return units if config.sharded else split(units, config.hosts)[config.host]
 
-    def _task(
-        self, config: JobConfig, runner: Runner, models: Models, unit: Unit, status: StatusLog
-    ) -> Task | None:
+    def _task(self, config: JobConfig, runner: Runner, models: Models, unit: Unit, status: StatusLog) -> Task | None:
         """The slide's task, or None when its output is already there, made the same way (recorded if its
         outcome was not); a slide whose own options are refused is recorded as failed."""
         overrides = {"slide_mpp": unit.slide_mpp, "slide_name": unit.slide_id or unit.name}
@@ -133,7 +134,9 @@ class Worker:
             if following is not None:
                 copier.ahead(following)
             rna = self._bulk_rna(config, unit)
-            summary = run_slide(openslide_path(local, unit), made, task.options, models, rna, self.read_threads, self.stop)
+            summary = run_slide(
+                openslide_path(local, unit), made, task.options, models, rna, self.read_threads, self.stop
+            )
             _publish(made, task.out)
         except (SlideCancelled, Stopped):
             return
@@ -154,7 +157,9 @@ class Worker:
         try:
             return bulk_rna_counts((config.channel(COHORT_CHANNEL) / unit.bulk_rna).read_bytes())
         except OSError as exc:
-            raise ClientError(f"cannot read '{unit.bulk_rna}' in the channel '{COHORT_CHANNEL}': {exc.strerror}", field="bulk_rna") from None
+            raise ClientError(
+                f"cannot read '{unit.bulk_rna}' in the channel '{COHORT_CHANNEL}': {exc.strerror}", field="bulk_rna"
+            ) from None
 
 
 def _publish(made: Path, out: Path) -> None:
