@@ -61,7 +61,8 @@ synth: install build/demo/H1/model.tar.gz build/demo/M/model.tar.gz
 	rm -rf cdk.out
 	$(PY) app.py
 	$(VENV)/bin/cfn-lint cdk.out/*.template.json
-	@echo "synthesized into cdk.out/: cdk-nag and cfn-lint clean"
+	$(PY) -m stacks.diagram cdk.out --write docs/architecture.md
+	@echo "synthesized into cdk.out/: cdk-nag and cfn-lint clean; docs/architecture.md redrawn"
 
 build/demo/H1/model.tar.gz: $(STAMP)
 	$(PY) -m kit package --demo --models h1,tissue-seg --out build/demo/H1
