@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import write_figures
 from kit.artifacts.builder import package
@@ -73,7 +74,7 @@ def _bytes_under(root: Path, skip: Path) -> int:
     return total
 
 
-def outcomes(root: Path) -> list[dict[str, object]]:
+def outcomes(root: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (root / "checkpoints/status/algo-1.jsonl").read_text().splitlines()]
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=Path("build/bench/cohort.json"))
     parser.add_argument("--slides", type=int, default=6)
-    parser.add_argument("--large-gb", type=float, default=1.05)
+    parser.add_argument("--large-gb", type=float, default=1.05, help="the large slide is at least this big")
     args = parser.parse_args(argv)
     work = Path("build/bench")
     model_dir = package(["h1", "tissue-seg"], work / "slides-artifact", demo=True)
@@ -92,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         root = write_job(Path(tmp) / "ml", "algo-1", ["algo-1"], {"model": "h1"}, model_dir, slides)
         worker_total_s, _, _ = run_worker(root)
         rows = outcomes(root)
-        tiles = sum(int(row["tiles"]) for row in rows)  # type: ignore[call-overload]
-        worker_s = sum(float(row["seconds"]) for row in rows)  # type: ignore[arg-type]
+        tiles = sum(int(row["tiles"]) for row in rows)
+        worker_s = sum(float(row["seconds"]) for row in rows)
         started = time.perf_counter()
         with serve_model(model_dir) as server:
             transport = HttpTransport(server.url, 600)

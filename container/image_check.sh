@@ -165,7 +165,7 @@ assert [row["slide"] for row in rows if row["status"] == "done"] in (["a.svs", "
 for name in ("a.h5", "sub/b.h5"):
     with h5py.File(root / "checkpoints" / name) as features:
         assert features["features"].shape[0] == features.attrs["tiles"] > 0, name
-assert not (root / "scratch").exists() and not (root / "output/failure").exists()
+assert not list((root / "scratch").rglob("*.*")) and not (root / "output/failure").exists()
 print("train: features files and status lines as expected")
 PYCHECK
 

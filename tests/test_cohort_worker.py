@@ -106,7 +106,7 @@ def test_two_hosts_split_the_cohort_and_write_features_files(artifact: Path, coh
             assert features.attrs["slide_name"] == slide
         assert int(row["tiles"]) > 0  # type: ignore[call-overload]
     assert not list((tmp_path / "algo-1" / "checkpoints").rglob("*.partial"))
-    assert not (tmp_path / "algo-1" / "scratch").exists(), "local copies are deleted"
+    assert not list((tmp_path / "algo-1" / "scratch").rglob("*.*")), "local copies are deleted"
     progress = [line for line in runs["algo-1"].stdout.splitlines() if line.startswith(PROGRESS_PREFIX)]
     assert all(re.search(metric["Regex"], progress[-1]) for metric in METRIC_DEFINITIONS)
 
@@ -132,7 +132,7 @@ def test_sigterm_stops_mid_slide_and_a_restart_redoes_nothing_finished(artifact:
     assert 1 <= len(first) < 4, "stopped before the end"
     made = {p.relative_to(root / "checkpoints").as_posix(): p.stat().st_mtime_ns for p in root.glob("checkpoints/*.h5")}
     assert sorted(made) == sorted(name.replace(".svs", ".h5") for name in first), "only finished slides have outputs"
-    assert not list(root.rglob("*.partial")) and not (root / "scratch").exists()
+    assert not list(root.rglob("*.partial")) and not list((root / "scratch").rglob("*.*"))
 
     again = run_worker(root)
     assert again.returncode == 0, again.stderr

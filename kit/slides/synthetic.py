@@ -113,7 +113,7 @@ def write_large_svs(path: Path, target_bytes: int, mpp: float = 0.25, tile: int 
     with tifffile.TiffFile(path) as bank:
         page, handle = bank.pages[0], bank.filehandle
         segments = []
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):  # type: ignore[union-attr]
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=True):
             handle.seek(offset)
             segments.append(handle.read(count))
     cols = 64

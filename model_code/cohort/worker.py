@@ -45,7 +45,8 @@ class Task:
 
 class Worker:
     def __init__(self, ml_root: Path, scratch: Path, read_threads: int, stop: threading.Event):
-        self.ml_root, self.scratch, self.read_threads, self.stop = ml_root, scratch, read_threads, stop
+        self.ml_root, self.read_threads, self.stop = ml_root, read_threads, stop
+        self.scratch = scratch / "optimus-cohort"  # the worker's own: emptied at start and end
 
     def run(self) -> int:
         """0 once every slide of the host has an outcome; 143 when stopped first."""
