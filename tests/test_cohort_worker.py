@@ -71,7 +71,7 @@ def test_a_slide_is_a_file_or_a_multi_file_unit(cohort: Path) -> None:
     assert sorted(units) == ["a.svs", "no-mpp.svs", "series", "sub/b.svs", "truncated.svs"]
     assert len(units["series"].files) >= 2 and all(name.startswith("series/") for name in units["series"].files)
     assert units["series"].size == sum(p.stat().st_size for p in (cohort / "series").iterdir())
-    assert units["sub/b.svs"].output(".h5") == "sub/b.h5" and units["series"].output(".zarr.zip") == "series.zarr.zip"
+    assert units["sub/b.svs"].output("h5") == "sub/b.h5" and units["series"].output("zarr") == "series.zarr.zip"
 
 
 def test_the_split_is_balanced_by_bytes_not_by_count() -> None:

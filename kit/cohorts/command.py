@@ -41,9 +41,11 @@ def cohort_slides(args: argparse.Namespace, aws: boto3.Session) -> list[CohortSl
     return slides
 
 
-def run_async(args: argparse.Namespace, attributes: str, suffix: str) -> int:
+def run_async(args: argparse.Namespace, attributes: str, suffix: str, wanted: dict[str, object]) -> int:
+    """`wanted`: the recipe the options ask for (model_code/slides/provenance.py), which existing outputs must match."""
     from kit.cohorts.deployment import find_deployment
     from kit.cohorts.runner import Cohort, instance_hours, report, run_cohort
+    from kit.slides.run import SlideJob, check_existing
 
     aws = session(args)
     deployment = find_deployment(aws, args.stack, args.endpoint)
@@ -51,6 +53,9 @@ def run_async(args: argparse.Namespace, attributes: str, suffix: str) -> int:
         raise KitError(f'{deployment.endpoint_name} is a real-time endpoint: deploy an entry with "async": true')
     slides = cohort_slides(args, aws)
     cohort = Cohort(deployment, aws, args.out, suffix, attributes, args.retries, min(3600, int(args.timeout)))
+    check_existing(
+        [SlideJob(Path(s.source), s.slide_id, cohort.target(s.slide_id), bool(s.bulk_rna)) for s in slides], wanted
+    )
     requests, wall_s = run_cohort(cohort, slides, args.poll, timeout_s=args.wait_hours * 3600)
     now = time.time()
     hours = instance_hours(aws, deployment.endpoint_name, now - wall_s, now)

@@ -9,11 +9,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import openslide
-
 from model_code.cohort.config import JobFailed
+from model_code.slides.layouts import SUFFIXES, output_name
 
-SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs"})
+SLIDE_SUFFIXES = frozenset({".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".svslide", ".mrxs"})
 DICOM_SUFFIX = ".dcm"
 
 
@@ -29,12 +28,9 @@ class Unit:
     slide_mpp: float | None = None
     bulk_rna: str | None = None
 
-    def output(self, suffix: str) -> str:
+    def output(self, fmt: str) -> str:
         """Where its features go under the checkpoints: `sub/b.svs` -> `sub/b.h5`, a slide_id -> `ID.h5`."""
-        if self.slide_id is not None:
-            return self.slide_id + suffix
-        path = PurePosixPath(self.name)
-        return str(path.with_suffix("") if path.suffix.lower() in SLIDE_SUFFIXES else path) + suffix
+        return self.slide_id + SUFFIXES[fmt] if self.slide_id is not None else output_name(self.name, fmt)
 
 
 def list_units(channel: Path) -> list[Unit]:
@@ -95,15 +91,3 @@ def _check(name: object, slide_id: object, mpp: object, rna: object) -> None:
             raise ValueError(f"'{field}' must be a relative path without '..', not {value!r}")
     if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, int | float)):
         raise ValueError(f"'slide_mpp' must be a number or null, not {mpp!r}")
-
-
-def openslide_path(local: Path, unit: Unit) -> Path:
-    """The file OpenSlide opens for a unit copied under `local`: the slide file, or the first file of a DICOM
-    series' folder that OpenSlide recognises."""
-    path = local / unit.name
-    if not path.is_dir():
-        return path
-    for file in sorted(path.rglob(f"*{DICOM_SUFFIX}")):
-        if openslide.OpenSlide.detect_format(file):
-            return file
-    return path

@@ -18,18 +18,19 @@ import torch
 from model_code.cohort.config import JobConfig, JobFailed, read_config
 from model_code.cohort.contract import COHORT_CHANNEL, COHORT_FILE, DONE, FAILED, MODEL_CHANNEL, SLIDES_CHANNEL
 from model_code.cohort.copier import CopyAhead, Stopped
-from model_code.cohort.resume import finished_tiles, recipe
+from model_code.cohort.resume import finished_tiles
 from model_code.cohort.split import split
 from model_code.cohort.status import StatusLog
-from model_code.cohort.units import Unit, list_units, openslide_path, read_cohort
+from model_code.cohort.units import Unit, list_units, read_cohort
 from model_code.errors import ClientError
 from model_code.inference import Models, model_fn
 from model_code.runners import Runner
-from model_code.slides.http import bulk_rna_counts
-from model_code.slides.job import choose_runner, run_slide
+from model_code.slides.archives import bulk_rna_file
+from model_code.slides.job import choose_runner, model_version, run_slide
 from model_code.slides.options import SlideOptions, slide_options
+from model_code.slides.provenance import recipe
+from model_code.slides.slide_files import slide_file
 from model_code.slides.tissue import SlideCancelled
-from model_code.slides.writers import SUFFIXES
 
 log = logging.getLogger("optimus.cohort")
 
@@ -113,8 +114,9 @@ class Worker:
         except ClientError as exc:
             status.record(unit.name, FAILED, str(exc), 0, 0.0)
             return None
-        out = config.checkpoints / unit.output(SUFFIXES[options.format])
-        tiles = finished_tiles(out, recipe(options, runner, models, unit.bulk_rna is not None))
+        out = config.checkpoints / unit.output(options.format)
+        wanted = recipe(options, runner.entry.name, unit.bulk_rna is not None)
+        tiles = finished_tiles(out, wanted, model_version(models.model_dir, runner.entry.files))
         if tiles is None:
             return Task(unit, options, out)
         if status.outcomes.get(unit.name) != DONE:
@@ -135,9 +137,7 @@ class Worker:
             if following is not None:
                 copier.ahead(following)
             rna = self._bulk_rna(config, unit)
-            summary = run_slide(
-                openslide_path(local, unit), made, task.options, models, rna, self.read_threads, self.stop
-            )
+            summary = run_slide(slide_file(local), made, task.options, models, rna, self.read_threads, self.stop)
             _publish(made, task.out)
         except (SlideCancelled, Stopped):
             return
@@ -156,7 +156,7 @@ class Worker:
         if unit.bulk_rna is None:
             return None
         try:
-            return bulk_rna_counts((config.channel(COHORT_CHANNEL) / unit.bulk_rna).read_bytes())
+            return bulk_rna_file(config.channel(COHORT_CHANNEL) / unit.bulk_rna)
         except OSError as exc:
             raise ClientError(
                 f"cannot read '{unit.bulk_rna}' in the channel '{COHORT_CHANNEL}': {exc.strerror}", field="bulk_rna"
