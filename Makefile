@@ -33,6 +33,7 @@ demo: install
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.slides
+	$(PY) -m bench.cohort
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
 	$(PY) -m bench.load_bench
 
