@@ -23,6 +23,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/actionlint
 
 demo: install
 	$(PY) -m kit demo
@@ -33,6 +34,7 @@ demo: install
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.slides
+	$(PY) -m bench.cohort
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
 	$(PY) -m bench.load_bench
 

@@ -14,12 +14,12 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher, favour_forward
-from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
+from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import awaits_continue, disconnected, drain
 from model_code.decoding import DecodePool
 from model_code.errors import ClientError, ForwardError
@@ -42,15 +42,10 @@ log = logging.getLogger("optimus.server")
 
 DRAIN_BYTES = 128 * 1024 * 1024  # of a refused body, read and discarded so the client can read its 413
 REST_MODES = {"embed": EMBEDDING, "predict": PREDICTION, "predict_with_embedding": PREDICTION_WITH_EMBEDDING}
-RECORD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": WireRecord.model_json_schema()},
-            "application/jsonlines": {"schema": {"type": "string", "description": "one record per line"}},
-        },
-    }
-}
+WIRE_SCHEMA = docs.describe_wire(WireRecord.model_json_schema())
+BODY = "one record, a JSON list of records, JSON lines, or a whole slide (options in the query, docs/slides.md)"
+RECORD_BODY = docs.request_body(WIRE_SCHEMA, BODY) | {docs.WIRE_KEY: True}
+REST_BODY = docs.request_body(docs.rest_schema(WIRE_SCHEMA), BODY)
 
 
 class Server:
@@ -328,7 +323,10 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
         lifespan=lifespan,
     )
     app.state.server = server
-    auth.protect(app, settings.auth, docs.DOCS_PATHS)  # before RequestMetrics, which then counts its 401s too
+    auth.protect(
+        app, settings.auth, docs.DOCS_PATHS, settings.host
+    )  # before RequestMetrics, which then counts its 401s too
+    docs.document(app, lambda: list(server.models.runners) if server.models is not None else None)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
     @app.exception_handler(ClientError)
@@ -367,7 +365,8 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
     async def index(request: Request) -> Response:
         """The models, the version and links to /docs, /metrics, /ping: HTML for a browser, else JSON."""
         models = list(server.models.runners) if server.models is not None else None
-        return docs.index(request, models, __version__, server.load_error)
+        token = settings.auth.configured and not settings.auth.sagemaker
+        return docs.index(request, models, __version__, server.load_error, token)
 
     @app.get("/ping", tags=["sagemaker"])
     async def ping() -> Response:
@@ -385,7 +384,9 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
         return await server.invoke(request)
 
     @app.post("/endpoints/{endpoint_name}/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
-    async def endpoint_invocations(endpoint_name: str, request: Request) -> Response:
+    async def endpoint_invocations(
+        endpoint_name: Annotated[str, Path(openapi_examples={"local": {"value": "local"}})], request: Request
+    ) -> Response:
         """The path boto3's sagemaker-runtime client uses against a local endpoint URL.
 
         Answers errors as the SageMaker runtime does: a ModelError (424) carrying the container's status
@@ -399,20 +400,30 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
             return model_error(endpoint_name, response.status_code, bytes(response.body))
         return response
 
-    for route, mode in REST_MODES.items():
+    def hosted(model: str) -> None:
+        """A route's {model} that this server does not host: 404 naming the route's model and what it hosts."""
+        if server.models is not None and (canonical_name(model) or model) not in server.models.runners:
+            held = ", ".join(server.models.runners)
+            raise ClientError(f"'{model}' is not hosted here (this server hosts: {held})", field="model", status=404)
 
-        async def rest(model: str, request: Request, mode: str = mode) -> Response:
+    def rest_route(mode: str) -> Callable[[str, Request], Awaitable[Response]]:
+        async def rest(model: str, request: Request) -> Response:  # mode bound here: no query parameter
+            hosted(model)
             return await server.invoke(request, {"model_name": model, "mode": mode})
 
+        return rest
+
+    for route, mode in REST_MODES.items():
         app.post(
             f"/api/{route}/{{model}}",
             tags=["on-premise API"],
-            summary=f"{mode} of one tile, a list, or JSON lines",
-            openapi_extra=RECORD_BODY,
-        )(rest)
+            summary=f"{mode} of one tile, a list, JSON lines, or a whole slide",
+            openapi_extra=REST_BODY | {docs.MODE_KEY: mode},
+        )(rest_route(mode))
 
     async def metadata(model: str) -> Response:
         """What the model takes and gives: tile size, embedding_dim, output shapes, gene sets."""
+        hosted(model)
         return await server.answer(inference.dumps({"model_name": model, "mode": METADATA}), JSON, JSON, None)
 
     for method in ("GET", "POST"):
@@ -422,6 +433,7 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
             methods=[method],
             tags=["on-premise API"],
             operation_id=f"metadata_{method}",
+            openapi_extra=docs.responses(404, 503) | {docs.MODE_KEY: METADATA},
         )
 
     @app.get("/metrics", tags=["operations"])

@@ -15,14 +15,22 @@ if TYPE_CHECKING:
     import boto3
 
 
-def cohort_slides(args: argparse.Namespace, aws: boto3.Session) -> list[CohortSlide]:
-    """From a cohort CSV, and/or slide files, directories and s3:// prefixes given as arguments."""
-    from kit.slides.run import SLIDE_SUFFIXES, find_slides
+def local_slides(args: argparse.Namespace) -> list[CohortSlide]:
+    """From a cohort CSV and slide files or directories: read before AWS is asked anything."""
+    from kit.slides.run import find_slides
 
     slides = read_cohort(args.cohort) if args.cohort else []
     local = [Path(s) for s in args.slides if not s.startswith("s3://")]
     if local:
         slides += [CohortSlide(str(p.resolve()), slide_id(p.name)) for p in find_slides(local)]
+    return slides
+
+
+def cohort_slides(args: argparse.Namespace, aws: boto3.Session, local: list[CohortSlide]) -> list[CohortSlide]:
+    """`local` and the slides under the s3:// prefixes given as arguments; every slide_id once."""
+    from kit.slides.run import SLIDE_SUFFIXES
+
+    slides = list(local)
     for prefix in (s for s in args.slides if s.startswith("s3://")):
         bucket, _, key = prefix.removeprefix("s3://").partition("/")
         pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
@@ -47,11 +55,12 @@ def run_async(args: argparse.Namespace, attributes: str, suffix: str, wanted: di
     from kit.cohorts.runner import Cohort, instance_hours, report, run_cohort
     from kit.slides.run import SlideJob, check_existing
 
+    local = local_slides(args)
     aws = session(args)
     deployment = find_deployment(aws, args.stack, args.endpoint)
     if deployment.serving != "async":
         raise KitError(f'{deployment.endpoint_name} is a real-time endpoint: deploy an entry with "async": true')
-    slides = cohort_slides(args, aws)
+    slides = cohort_slides(args, aws, local)
     cohort = Cohort(deployment, aws, args.out, suffix, attributes, args.retries, min(3600, int(args.timeout)))
     check_existing(
         [SlideJob(Path(s.source), s.slide_id, cohort.target(s.slide_id), bool(s.bulk_rna)) for s in slides], wanted

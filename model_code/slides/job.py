@@ -201,7 +201,7 @@ def _attributes(
     geometry = slide.geometry
     return {
         "model": entry.name,
-        "model_version": _model_version(models.model_dir, entry.files),
+        "model_version": model_version(models.model_dir, entry.files),
         "pooling": entry.pooling if MODELS[entry.name].family == "encoder" else None,
         "mode": options.mode,
         "output": PREDICTION if options.mode in (PREDICTION, PREDICTION_WITH_EMBEDDING) else EMBEDDING,
@@ -231,7 +231,7 @@ def _attributes(
     }
 
 
-def _model_version(model_dir: Path, files: dict[str, str]) -> str | None:
+def model_version(model_dir: Path, files: dict[str, str]) -> str | None:
     """The sha256 (first 16 hex digits) the manifest records for the model's weights or program."""
     try:
         digests = json.loads((model_dir / MANIFEST).read_text())["sha256"]
