@@ -32,6 +32,7 @@ from model_code.catalogue import (
     PREDICTION,
     PREDICTION_WITH_EMBEDDING,
 )
+from model_code.decoding import decode_item
 from model_code.errors import ArtifactError, ClientError, ForwardError
 from model_code.loaders import load_program, load_vit
 from model_code.manifest import ModelEntry, read_gene_csv, read_manifest
@@ -40,7 +41,6 @@ from model_code.records import (
     Layout,
     Record,
     check_answer_size,
-    decode_record,
     negotiate,
     split_body,
 )
@@ -163,7 +163,7 @@ def parse_request(
     limits = limits or Limits.from_env()
     raw, layout = split_body(input_data, content_type, limits.max_records)
     check_answer_size(raw, overrides, limits.max_response_bytes, models.metadata_bytes if models else None)
-    records = list(map_records(lambda item: decode_record(item[1], item[0], overrides), list(enumerate(raw))))
+    records = list(map_records(functools.partial(decode_item, overrides=overrides), list(enumerate(raw))))
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)
     return batch

@@ -1,11 +1,10 @@
 """The HTTP server: SageMaker's /ping and /invocations, the on-premise REST API, /metrics, /docs.
 
-Requests are parsed and decoded (`inference.parse_request`, input_fn's body) in threads: a parse pool
-splits each body and fans the records of many-record requests out to a decode pool. (Pillow releases
-the GIL while it inflates a PNG; on 2 cores threads measured 30% faster than worker processes, which
-pay for piping each body in and each 150 kB tile out.) Tiles are batched across requests per model
-(model_code.batching) and run by `predict_fn` on one forward thread; `output_fn` serialises off the
-event loop. The handler module is the only way in to the models.
+Requests are parsed (`inference.parse_request`, input_fn's body) in a pool of threads, which hand each
+record to worker processes to decode (model_code.decoding), so that this process's GIL is left to HTTP,
+batching and the forward thread (docs/performance.md: decoding threads starved the forward pass under load).
+Tiles are batched across requests per model (model_code.batching) and run by `predict_fn` on one forward
+thread; `output_fn` serialises off the event loop. The handler module is the only way in to the models.
 """
 
 from __future__ import annotations
@@ -27,14 +26,15 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, auth, docs, inference
-from model_code.batching import Batcher
+from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import awaits_continue, disconnected, drain
+from model_code.decoding import DecodePool
 from model_code.errors import ClientError, ForwardError
 from model_code.inference import Batch, Models, Result
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
-from model_code.runners import ForwardHooks
+from model_code.runners import ForwardHooks, simulate_device
 from model_code.settings import Settings
 from model_code.slides.http import SlideService, is_slide
 
@@ -58,7 +58,7 @@ class Server:
         self.models: Models | None = None
         self.load_error: str | None = None
         self.parse_pool: ThreadPoolExecutor | None = None  # splits bodies; fans many-record requests out to:
-        self.decode_pool: ThreadPoolExecutor | None = None  # decodes tiles
+        self.decode_pool: DecodePool | None = None  # decodes tiles, in processes
         self.batcher: Batcher | None = None
         self.decoding = 0  # requests in the decode pool: tiles that may still join a batch
         self.slides = SlideService(settings.max_slide_bytes, settings.slide_read_threads, settings.max_queued_slides)
@@ -70,7 +70,7 @@ class Server:
         container exit with the reason in its log rather than a server that never becomes healthy.
         """
         self.parse_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="parse")
-        self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
+        self.decode_pool = await asyncio.to_thread(DecodePool, self.settings.decode_workers)
         hooks = ForwardHooks(after=self._after_forward, failed=self.metrics.forward_failed)
         try:
             models = await asyncio.to_thread(inference.load_models, self.settings.model_dir, hooks)
@@ -79,6 +79,7 @@ class Server:
             log.error("could not load the models from %s: %s", self.settings.model_dir, self.load_error)
             self.on_fatal()
             return
+        favour_forward()
         self.batcher = Batcher(
             self._predict,
             self.settings.max_batch_size,
@@ -92,13 +93,15 @@ class Server:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        for pool in (self.parse_pool, self.decode_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self.parse_pool is not None:
+            self.parse_pool.shutdown(wait=True, cancel_futures=True)
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown()
 
     def _map_records(self, decode: Callable[[Any], Any], items: list[Any]) -> Iterable[Any]:
-        """One record decodes where it is; the records of a batch-transform request decode in parallel."""
-        if len(items) < 2 or self.decode_pool is None:
+        """Records decode in the worker processes, those of a batch-transform request in parallel; a lone
+        request's one record decodes where it is (nothing competes for the GIL, and the pipe would add latency)."""
+        if self.decode_pool is None or (len(items) < 2 and self.decoding < 2):
             return map(decode, items)
         return self.decode_pool.map(decode, items)
 
@@ -111,9 +114,7 @@ class Server:
     def _after_forward(self, model: str, records: Sequence[Record], seconds: float) -> None:
         simulated = self.settings.simulated_forward_ms
         if simulated is not None:  # benchmarks only: stand in for an accelerator's time
-            extra = (simulated[0] + simulated[1] * len(records)) / 1000
-            time.sleep(extra)
-            seconds += extra
+            seconds += simulate_device(simulated, len(records))
         poison = self.settings.simulated_poison_slide
         if poison is not None and any(record.echo.get("slide_name") == poison for record in records):
             raise RuntimeError(f"simulated device failure on a tile of slide '{poison}' (SIMULATED_POISON_SLIDE)")
