@@ -29,8 +29,8 @@ from fastapi import HTTPException
 from fastapi.responses import Response
 
 from model_code import inference
-from model_code.errors import ClientError
-from model_code.inference import Batch, Result
+from model_code.errors import ClientError, Result
+from model_code.inference import Batch
 from model_code.records import Record, decode_record
 from model_code.runners import ForwardHooks, simulate_device
 from model_code.settings import Settings

@@ -19,12 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-from model_code.errors import ClientError, ForwardError
+from model_code.errors import ClientError, ForwardError, Result
 from model_code.records import Record
 
-Result = dict[str, Any] | ClientError | ForwardError
 Predict = Callable[[list[Record]], list[Result]]
 GIL_SWITCH_INTERVAL_S = 0.0005
 

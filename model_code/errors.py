@@ -67,5 +67,9 @@ class ForwardError(RuntimeError, _ToolkitError):
         return {"error": self.message, "status": self.status_code, "model": self.model, "retryable": True}
 
 
+# What one record ends as: its answer, its client error, or the forward pass's failure.
+Result = dict[str, Any] | ClientError | ForwardError
+
+
 class ArtifactError(RuntimeError):
     """A model artifact that is incomplete, tampered with, or inconsistent with the catalogue."""

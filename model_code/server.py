@@ -30,8 +30,8 @@ from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import awaits_continue, disconnected, drain
 from model_code.decoding import DecodePool
-from model_code.errors import ClientError, ForwardError
-from model_code.inference import Batch, Models, Result
+from model_code.errors import ClientError, ForwardError, Result
+from model_code.inference import Batch, Models
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
 from model_code.runners import ForwardHooks, simulate_device

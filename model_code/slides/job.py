@@ -76,7 +76,7 @@ def choose_runner(models: Models, options: SlideOptions) -> Runner:
 
 
 def check_bulk_rna(runner: Runner, bulk_rna: np.ndarray | None) -> None:
-    if bulk_rna is not None and runner.entry.name != "m-optimus":
+    if bulk_rna is not None and not runner.spec.bulk_rna_genes:
         raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
 
 
