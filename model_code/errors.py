@@ -8,7 +8,10 @@ without it, every error would reach the caller as a 500.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 try:  # pragma: no cover - depends on the image the handler runs in
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -73,3 +76,13 @@ Result = dict[str, Any] | ClientError | ForwardError
 
 class ArtifactError(RuntimeError):
     """A model artifact that is incomplete, tampered with, or inconsistent with the catalogue."""
+
+
+def invalid_fields(exc: ValidationError, whole: str) -> list[tuple[str, str, str]]:
+    """A pydantic error as (field, pydantic's error type, reason) per problem: the field dotted (`whole` when the
+    problem is the whole object), the reason without pydantic's "Value error, " prefix."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or whole
+        problems.append((field, error["type"], error["msg"].removeprefix("Value error, ")))
+    return problems

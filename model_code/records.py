@@ -29,7 +29,7 @@ from model_code.catalogue import (
     PREDICTION_WITH_EMBEDDING,
     canonical_name,
 )
-from model_code.errors import ClientError
+from model_code.errors import ClientError, invalid_fields
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -236,9 +236,8 @@ def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
     try:
         wire = WireRecord.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ClientError(first["msg"], field=field) from None
+        field, _, reason = invalid_fields(exc, "body")[0]
+        raise ClientError(reason, field=field) from None
     model = canonical_name(wire.model_name)
     if model is None:
         known = ", ".join(sorted(name for name in MODELS))

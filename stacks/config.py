@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from model_code.catalogue import MODELS, canonical_name
+from model_code.errors import invalid_fields
 from model_code.manifest import MANIFEST
 
 ECR_URI = re.compile(
@@ -281,11 +282,10 @@ def load_config(context: dict[str, Any], given: Collection[str] = ()) -> KitConf
         return KitConfig.model_validate(values)
     except ValidationError as exc:
         problems = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "context"
-            if given and error["loc"]:
-                where += " (from -c)" if error["loc"][0] in given else " (from cdk.json)"
-            problems.append(f"{where}: {error['msg']}")
+        for where, _, reason in invalid_fields(exc, "context"):
+            if given and where != "context":
+                where += " (from -c)" if where.split(".")[0] in given else " (from cdk.json)"
+            problems.append(f"{where}: {reason}")
         raise ConfigError("invalid context:\n  " + "\n  ".join(problems)) from None
 
 

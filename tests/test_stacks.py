@@ -386,7 +386,7 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
         ({"artifactKmsKeyArn": "mine"}, "is not a KMS key ARN or 'sse-s3'"),
         ({"deployment": "canary"}, "deployment 'canary' moves one instance of at least two at a time"),
         ({"deployment": "linear"}, "deployment: Input should be 'blue-green', 'canary' or 'rolling'"),
-        ({"prefix": "Optimus Stage"}, "prefix: Value error, 'Optimus Stage': lower-case letters"),
+        ({"prefix": "Optimus Stage"}, "prefix: 'Optimus Stage': lower-case letters"),
         ({"torchVersion": "latest"}, "'latest' is not a torch release"),
         ({"maxInstance": "4"}, "unknown context key(s) maxInstance; the kit's keys are: endpoints, prefix,"),
         ({"endpoints": {"H 1": {"models": ["h1"], "artifact": "s3://b/k"}}}, "endpoint name 'H 1'"),

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from model_code.catalogue import canonical_name
-from model_code.errors import ClientError
+from model_code.errors import ClientError, invalid_fields
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 MIN_MPP, MAX_MPP = 0.05, 64.0  # um/px: finer than any scanner's level 0, coarser than any tile worth embedding
@@ -81,14 +81,9 @@ def slide_options(
     try:
         return SlideOptions.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "options"
-        known = ", ".join(SlideOptions.model_fields)
-        reason = (
-            f"unknown option (known: {known})"
-            if first["type"] == "extra_forbidden"
-            else first["msg"].removeprefix("Value error, ")
-        )
+        field, kind, reason = invalid_fields(exc, "options")[0]
+        if kind == "extra_forbidden":
+            reason = f"unknown option (known: {', '.join(SlideOptions.model_fields)})"
         raise ClientError(reason, field=field) from None
 
 
