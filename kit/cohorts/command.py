@@ -4,52 +4,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from kit import KitError
 from kit.cli import session
-from kit.cohorts.cohort import CohortSlide, read_cohort, slide_id
-
-if TYPE_CHECKING:
-    import boto3
-
-
-def cohort_slides(args: argparse.Namespace, aws: boto3.Session) -> list[CohortSlide]:
-    """From a cohort CSV, and/or slide files, directories and s3:// prefixes given as arguments."""
-    from kit.slides.run import SLIDE_SUFFIXES, find_slides
-
-    slides = read_cohort(args.cohort) if args.cohort else []
-    local = [Path(s) for s in args.slides if not s.startswith("s3://")]
-    if local:
-        slides += [CohortSlide(str(p.resolve()), slide_id(p.name)) for p in find_slides(local)]
-    for prefix in (s for s in args.slides if s.startswith("s3://")):
-        bucket, _, key = prefix.removeprefix("s3://").partition("/")
-        pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
-        found = [
-            o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].lower().endswith(SLIDE_SUFFIXES)
-        ]
-        if not found:
-            raise KitError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) under {prefix}")
-        slides += [CohortSlide(f"s3://{bucket}/{k}", slide_id(k)) for k in found]
-    if not slides:
-        raise KitError("no slides: give slide files, directories, s3:// prefixes or --cohort")
-    ids = [s.slide_id for s in slides]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
-    if repeated:
-        raise KitError(f"slide ids given twice: {', '.join(repeated)} (name them apart in a cohort CSV's slide_id)")
-    return slides
+from kit.cohorts.cohort import cohort_slides
 
 
 def run_async(args: argparse.Namespace, attributes: str, suffix: str) -> int:
     from kit.cohorts.deployment import find_deployment
-    from kit.cohorts.runner import Cohort, instance_hours, report, run_cohort
+    from kit.cohorts.runner import Cohort, instance_hours, refuse_oversized, report, run_cohort
 
     aws = session(args)
+    slides = cohort_slides(args.slides, args.cohort, aws.client("s3"))
+    refuse_oversized(slides, aws.client("s3"))
     deployment = find_deployment(aws, args.stack, args.endpoint)
     if deployment.serving != "async":
         raise KitError(f'{deployment.endpoint_name} is a real-time endpoint: deploy an entry with "async": true')
-    slides = cohort_slides(args, aws)
     cohort = Cohort(deployment, aws, args.out, suffix, attributes, args.retries, min(3600, int(args.timeout)))
     requests, wall_s = run_cohort(cohort, slides, args.poll, timeout_s=args.wait_hours * 3600)
     now = time.time()

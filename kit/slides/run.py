@@ -19,14 +19,11 @@ from typing import Protocol
 
 from kit import KitError
 from kit.cli import add_aws
+from kit.cohorts.cohort import find_slides
+from kit.slides.features import SlideFailed, output_tiles
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")
 SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
-
-
-class SlideFailed(Exception):
-    """A slide the endpoint could not answer: the reason, as the server gave it."""
 
 
 class Transport(Protocol):
@@ -73,21 +70,6 @@ class Outcome:
         return self.tiles / self.seconds if self.seconds > 0 else 0.0
 
 
-def find_slides(paths: list[Path]) -> list[Path]:
-    """Files as given; directories searched (recursively) for slide files, in name order."""
-    found: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise KitError(f"{path}: no such file or directory")
-    if not found:
-        raise KitError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return found
-
-
 def run_slides(slides: list[Path], transport: Transport, attributes: str, out_dir: Path, fmt: str) -> list[Outcome]:
     """Every slide through `transport` with a progress bar and a line per slide; failures do not stop the rest."""
     from tqdm import tqdm
@@ -123,24 +105,6 @@ def _one(slide: Path, transport: Transport, attributes: str, target: Path) -> Ou
         return Outcome(slide, "failed", reason=str(exc))
     partial.rename(target)
     return Outcome(slide, "done", tiles, time.perf_counter() - began)
-
-
-def output_tiles(path: Path) -> int:
-    """The tile count a features file records (HDF5 or Zarr zip); SlideFailed when it is not one."""
-    import zipfile
-
-    import h5py
-
-    try:
-        if zipfile.is_zipfile(path):
-            import zarr
-            from zarr.storage import ZipStore
-
-            return int(zarr.open_group(ZipStore(path, mode="r"), mode="r").attrs["tiles"])  # type: ignore[arg-type]
-        with h5py.File(path, "r") as features:
-            return int(features.attrs["tiles"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise SlideFailed(f"the answer is not a features file ({exc})") from None
 
 
 def table(outcomes: list[Outcome]) -> str:
