@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "batch": "kit.cohorts.batch",
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
+    "cohort run": "kit.cohorts.job_run",
+    "cohort status": "kit.cohorts.job_status",
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -57,11 +57,10 @@ def slide_id(source: str) -> str:
     return PurePosixPath(source.rstrip("/")).name.split(".")[0]
 
 
-def output_name(relative: str, slide: CohortSlide, suffix: str) -> str:
-    """A slide's output, relative to the output prefix (model_code/cohort/contract.py): its slide_id when a CSV
-    named it, else its path relative to the cohort's root without its suffix: `sub/b.svs` -> `sub/b.h5`."""
-    stem = slide.slide_id if slide.named else str(PurePosixPath(relative.rstrip("/")).with_suffix(""))
-    return stem + suffix
+def output_name(relative: str, named_id: str | None, suffix: str) -> str:
+    """A slide's output, relative to the output prefix (model_code/cohort/contract.py): the slide_id a CSV
+    named it by, else its path relative to the cohort's root without its suffix: `sub/b.svs` -> `sub/b.h5`."""
+    return (named_id or str(PurePosixPath(relative.rstrip("/")).with_suffix(""))) + suffix
 
 
 def find_slides(paths: list[Path]) -> list[Path]:
@@ -106,6 +105,24 @@ def _units(bucket: str, objects: dict[str, int]) -> list[CohortSlide]:
         CohortSlide(f"s3://{bucket}/{source}", slide_id(source), size=sum(objects[k] for k in keys), parts=tuple(keys))
         for source, keys in sorted(units.items())
     ]
+
+
+def with_sizes(s3: Any, slides: list[CohortSlide]) -> list[CohortSlide]:
+    """S3 slides of a cohort CSV come without sizes: HEAD each (which also finds one that is not there)."""
+    from botocore.exceptions import ClientError
+
+    sized = []
+    for slide in slides:
+        if slide.in_s3 and slide.size is None:
+            bucket, key = split_s3(slide.source)
+            try:
+                slide = replace(slide, size=s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                    raise KitError(f"{slide.source}: no such object") from None
+                raise
+        sized.append(slide)
+    return sized
 
 
 def read_cohort(path: Path) -> list[CohortSlide]:

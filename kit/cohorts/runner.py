@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 from kit import KitError
-from kit.cohorts.cohort import CohortSlide, split_s3
+from kit.cohorts.cohort import CohortSlide, with_sizes
 
 if TYPE_CHECKING:
     import boto3
@@ -239,14 +239,11 @@ def refuse_oversized(slides: list[CohortSlide], s3: Any) -> None:
     """Before anything is uploaded: every slide must fit one async request (one object, at most 1 GB with its
     bulk RNA), else the cohort belongs to a training job."""
     too_big, multi = [], []
-    for slide in slides:
+    for slide in with_sizes(s3, slides):
         if len(slide.parts) > 1:
             multi.append(slide.slide_id)
             continue
-        size = slide.size
-        if size is None:
-            bucket, key = split_s3(slide.source)
-            size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        size = slide.size or 0
         if slide.bulk_rna:
             size = _tar_size(Path(slide.source), slide.bulk_rna)
         if size > ASYNC_MAX_BYTES:
@@ -265,7 +262,7 @@ def refuse_oversized(slides: list[CohortSlide], s3: Any) -> None:
         )
 
 
-def _body(slide: CohortSlide) -> Callable[[], BinaryIO]:
+def _body(slide: CohortSlide) -> Callable[[], io.BufferedReader]:
     """Opens the request body as a stream: the slide file, or the tar of the slide and bulk_rna.json."""
     if slide.bulk_rna is None:
         return lambda: Path(slide.source).open("rb")
