@@ -233,8 +233,8 @@ def test_status_reports_slides_spot_and_cost_and_downloads_the_outputs(
     job = fake_job("study-1")
     job.training_job_status, job.secondary_status = "Completed", "Completed"
     job.training_time_in_seconds, job.billable_time_in_seconds = 4000, 1200
-    job.secondary_status_transitions = [{"Status": s, "StartTime": job.creation_time} for s in
-                                        ("Starting", "Training", "Interrupted", "Restarting", "Training", "Completed")]  # fmt: skip
+    statuses = ("Starting", "Training", "Interrupted", "Restarting", "Training", "Completed")
+    job.secondary_status_transitions = [{"Status": s, "StartTime": job.creation_time} for s in statuses]
     capsys.readouterr()
     argv = ["cohort", "status", "study-1", "--follow", "--price-per-hour", "2", "--download", str(tmp_path / "f")]
     assert main(argv) == 1  # a slide failed
