@@ -30,7 +30,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from stacks.config import AsyncConfig, KitConfig
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, nag_resource
 
 # An update that trips one of these is rolled back (async endpoints publish no model errors and take minutes a slide).
 ROLLBACK_ALARMS = ("Errors5xx", "ModelErrors", "Latency", "InvocationFailures")
@@ -329,13 +329,13 @@ class ModelEndpoint(Construct):
         if artifact.is_prefix:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{_nag_resource(stack.resolve(model_objects))}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(stack.resolve(model_objects))}]",
                 reason="An uncompressed model is every object under this endpoint's own model prefix.",
             )
         acknowledge(
             policy,
             *(
-                f"AwsSolutions-IAM5[Resource::{_nag_resource(stack.resolve(results + self.prefix(p)))}*]"
+                f"AwsSolutions-IAM5[Resource::{nag_resource(stack.resolve(results + self.prefix(p)))}*]"
                 for p in PREFIXES
             ),
             reason="Requests and results are objects SageMaker names (one per request or input file), under this "
@@ -562,20 +562,6 @@ def _deployment(
 
 def bucket_arn(stack: Stack, bucket: str) -> str:
     return f"arn:{stack.partition}:s3:::{bucket}"
-
-
-def _nag_resource(resolved: object) -> str:
-    """A resource as cdk-nag writes it in a finding: Fn::Join flattened, a Ref in <>, an import by its name."""
-    if isinstance(resolved, str):
-        return resolved
-    if isinstance(resolved, dict) and "Fn::Join" in resolved:
-        separator, parts = resolved["Fn::Join"]
-        return separator.join(_nag_resource(part) for part in parts)
-    if isinstance(resolved, dict) and "Ref" in resolved:
-        return f"<{resolved['Ref']}>"
-    if isinstance(resolved, dict) and "Fn::ImportValue" in resolved:
-        return str(resolved["Fn::ImportValue"])
-    raise ValueError(f"cannot name {resolved!r} as cdk-nag does")
 
 
 def _uncompressed(artifact: ArtifactRef) -> sagemaker.CfnModel.ModelDataSourceProperty:

@@ -44,14 +44,20 @@ def deploy(session: boto3.Session) -> None:
     cloudformation = session.client("cloudformation")
     cloudformation.create_stack(
         StackName="OptimusFoundation",
-        TemplateBody=_stack({"ResultsBucket": BUCKET, "ArtifactBucket": ARTIFACTS, "KeyArn": KEY_ARN}),
+        TemplateBody=_stack(
+            {
+                "ResultsBucket": BUCKET,
+                "ArtifactBucket": ARTIFACTS,
+                "KeyArn": KEY_ARN,
+                "CohortJobOutput": f"s3://{BUCKET}/cohorts/",
+            }
+        ),
     )
     outputs = {
         "FoundationStack": "OptimusFoundation",
         "CohortJobRoleArn": JOB_ROLE,
         "CohortJobImageUri": IMAGE,
         "CohortJobInputs": f"s3://{SLIDES}/cohorts/,s3://{SLIDES}/more/",
-        "CohortJobOutput": f"s3://{BUCKET}/cohorts/",
     }
     for title, name, model, serving in (
         ("H1", "optimus-h1", "H1Model-abc", "real-time"),

@@ -37,7 +37,8 @@ RUNNING = ("InProgress", "Stopping")
 
 @dataclass(frozen=True)
 class JobStack:
-    """What the stacks give cohort jobs (the endpoints stack's CohortJob* outputs, the foundation's key)."""
+    """What the stacks give cohort jobs (the endpoints stack's CohortJob* outputs; the foundation's output
+    prefix, artifact bucket and key)."""
 
     role_arn: str
     image_uri: str
@@ -61,7 +62,7 @@ def find_job_stack(aws: boto3.Session, stack: str) -> JobStack:
         role_arn=outputs["CohortJobRoleArn"],
         image_uri=outputs["CohortJobImageUri"],
         inputs=tuple(outputs["CohortJobInputs"].split(",")),
-        output=outputs["CohortJobOutput"],
+        output=foundation["CohortJobOutput"],
         artifact_bucket=foundation["ArtifactBucket"],
         key_arn=foundation["KeyArn"],
     )
