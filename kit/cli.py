@@ -104,6 +104,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 
 
 def command_table() -> str:
-    """README's table of commands, from the registry (tests/test_cli.py checks README holds it)."""
+    """docs/operator-cli.md's table of commands, from the registry (tests/test_docs.py checks it is current)."""
     rows = [f"| `python -m kit {name}` | {importlib.import_module(module).HELP} |" for name, module in COMMANDS.items()]
     return "\n".join(["| command | what it does |", "|---|---|", *rows])

@@ -138,7 +138,7 @@ class EndpointConfig(BaseModel):
 
 
 class KitConfig(BaseModel):
-    """Every context key the kit reads; its fields are the keys (README, "Configuration")."""
+    """Every context key the kit reads; its fields are the keys (docs/configuration.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -147,13 +147,13 @@ class KitConfig(BaseModel):
     instanceType: str = "ml.g5.xlarge"
     minInstances: int = Field(1, ge=1)
     maxInstances: int = Field(4, ge=1)
-    tilesPerSecondPerInstance: float = Field(40.0, gt=0)  # estimate from an H200 (README, Performance); measure
+    tilesPerSecondPerInstance: float = Field(40.0, gt=0)  # estimate from an H200 (docs/performance.md); measure
     targetUtilisation: float = Field(0.7, gt=0, le=1)
     scaleInCooldownS: int = Field(600, ge=0)
     scaleOutCooldownS: int = Field(120, ge=0)
     # Second, high-resolution target (requests in flight per instance): 0.7 x the server's batch of 32; 0 turns it off
     concurrentRequestsPerInstance: float = Field(22, ge=0)
-    autoscaling: bool = True  # off for the first step of an instance-type change (README)
+    autoscaling: bool = True  # off for the first step of an instance-type change (docs/deploying.md)
     deployment: Literal["blue-green", "canary", "rolling"] = "blue-green"
     deploymentBakeS: int = Field(600, ge=0, le=3600)  # alarms watched before the old fleet goes
     image: str = "asset"  # "asset" (built from container/), or an ECR image URI

@@ -91,7 +91,7 @@ class ModelEndpoint(Construct):
         self.topics = self._topics(key) if serving_async else {}
         # SageMaker writes to this fixed name, so the log group is named. Kept on update and delete (audit logs),
         # deleted when its own creation rolls back, so a failed first deploy never blocks the next one. After a
-        # destroy, `cdk deploy --import-existing-resources` adopts it (README, "Removal").
+        # destroy, `cdk deploy --import-existing-resources` adopts it (docs/deploying.md, "Removal").
         self.log_group = logs.LogGroup(
             self,
             "Logs",

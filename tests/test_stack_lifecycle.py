@@ -157,14 +157,14 @@ def test_create_update_delete_create_again(cloud: boto3.Session, templates: dict
 
     destroy(cloud, "OptimusEndpoints")
     # moto deletes a RetainExceptOnCreate resource on delete (CloudFormation keeps it): stand in for what a real
-    # destroy keeps, then take README's path of deleting it before the redeploy.
+    # destroy keeps, then take docs/deploying.md's path of deleting it before the redeploy.
     logs = cloud.client("logs")
     if not log_groups(cloud):
         logs.create_log_group(logGroupName=LOG_GROUP)
     with pytest.raises(ResponseParserError, match="ResourceAlreadyExistsException"):
         deploy(cloud, "OptimusEndpoints", templates["v1"]["OptimusEndpoints"])
     destroy(cloud, "OptimusEndpoints")
-    logs.delete_log_group(logGroupName=LOG_GROUP)  # README, "Removal" (or --import-existing-resources)
+    logs.delete_log_group(logGroupName=LOG_GROUP)  # docs/deploying.md, "Removal" (or --import-existing-resources)
     deploy(cloud, "OptimusEndpoints", templates["v1"]["OptimusEndpoints"])
     assert model_of_endpoint(cloud)["Image"] == f"{IMAGE}:0.1.0"
 
@@ -209,7 +209,7 @@ def test_failed_first_create_rolls_back_and_the_retry_succeeds(
 
 
 def test_resource_types_moto_lacks(templates: dict[str, dict[str, str]]) -> None:
-    """What the lifecycle above skips: named here so that the README's status can say so."""
+    """What the lifecycle above skips: named here so that README's status table can say so."""
     types = {r["Type"] for body in templates["v1"].values() for r in json.loads(body)["Resources"].values()}
     lacking = sorted(t for t in types if t not in get_model_map())
     assert lacking == LACKING, lacking

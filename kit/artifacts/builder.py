@@ -1,45 +1,27 @@
-"""Building a model artifact directory and its model.tar.gz (`kit package`, `kit verify`).
+"""Building a model artifact directory and its model.tar.gz (`kit package`).
 
-Demo models are built here; real weights are converted (timm checkpoints or snapshot directories ->
-safetensors) or copied (torch.export programs, AOTInductor packages, gene sets). Either way the result
-is loaded back through model_fn and every mode of every model is run on a blank tile before the
-artifact is declared good (a CUDA package only where this machine has a GPU).
+Demo models are built by kit/artifacts/demo_models.py; real weights are converted (timm checkpoints or
+snapshot directories -> safetensors, kit/artifacts/checkpoints.py) or copied here (torch.export programs,
+AOTInductor packages, gene sets). Either way the result is loaded back through model_fn and every mode of
+every model is run on a blank tile (kit/artifacts/checking.py) before the artifact is declared good.
 """
 
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-from kit import REPO, KitError
+from kit import KitError
+from kit.artifacts.checking import check_artifact
+from kit.artifacts.checkpoints import timm_model
+from kit.artifacts.code import add_code
 from kit.artifacts.demo_models import build_demo_model
-from kit.artifacts.exporting import DTYPES
 from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
-from model_code.catalogue import (
-    ECHO_FIELDS,
-    EMBEDDING,
-    MODELS,
-    N_INPUT_GENES,
-    N_OUTPUT_GENES,
-    PREDICTION,
-)
-from model_code.inference import Batch, load_models, predict_fn
-from model_code.loaders import build_vit, check_state_dict
-from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, read_manifest, write_manifest
-from model_code.records import Record
-
-MODEL_CODE = REPO / "model_code"
-HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
+from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
+from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, write_manifest
 
 
 @dataclass(frozen=True)
@@ -101,75 +83,12 @@ def package(
     return model_dir
 
 
-def add_code(model_dir: Path) -> list[str]:
-    """code/model_code/ and code/requirements.txt: what AWS's PyTorch serving image needs to run our
-    handler unchanged (it puts code/ on sys.path; set SAGEMAKER_PROGRAM=model_code.inference). The
-    requirements are the handler's imports beyond torch, pinned as in our image."""
-    code = model_dir / "code"
-    written = []
-    for source in sorted(MODEL_CODE.glob("*.py")):
-        target = code / "model_code" / source.name
-        _copy(source, target)
-        written.append(str(target.relative_to(model_dir)))
-    pins = (REPO / "container" / "requirements.txt").read_text().splitlines()
-    needed = [pin for pin in pins if pin.split("==")[0] in HANDLER_PACKAGES]
-    (code / "requirements.txt").write_text("\n".join(needed) + "\n")
-    return [*written, "code/requirements.txt"]
-
-
-def check_artifact(model_dir: Path) -> dict[str, dict[str, int]]:
-    """Load through model_fn (checksums included) and run every mode on a blank tile; returns output sizes.
-    CUDA packages are left out where this machine has no GPU (they are checked when the endpoint loads)."""
-    manifest = read_manifest(model_dir)
-    here = [m.name for m in manifest.models if runs_here(m)]
-    models = load_models(model_dir, only=here)
-    sizes: dict[str, dict[str, int]] = {}
-    for name, runner in models.runners.items():
-        spec = runner.spec
-        blank = np.zeros((spec.tile_size, spec.tile_size, 3), dtype=np.uint8)
-        echo = dict.fromkeys(ECHO_FIELDS)
-        records = [Record(i, name, mode, echo, blank, None) for i, mode in enumerate(spec.modes) if mode != "metadata"]
-        result = predict_fn(Batch(list(records), "list"), models)
-        assert result.results is not None
-        sizes[name] = {}
-        for record, entry in zip(records, result.results, strict=True):
-            assert isinstance(entry, dict)
-            output = entry["output"]
-            sizes[name][record.mode] = len(output)
-            expected = spec.outputs[EMBEDDING if record.mode == EMBEDDING else PREDICTION]
-            if len(output) != expected or not np.isfinite(output).all():
-                raise KitError(f"{name}, mode {record.mode}: {len(output)} outputs, expected {expected} finite values")
-    return sizes
-
-
-def runs_here(entry: ModelEntry) -> bool:
-    return entry.package is None or entry.package.device == "cpu" or torch.cuda.is_available()
-
-
-def verify_artifact(model_dir: Path) -> dict[str, dict[str, object]]:
-    """`kit verify`: per model its format, precision, and for a package its device, CUDA architecture, batch
-    bounds and the torch releases that ran it (when packaged, and now); then the output sizes of a run."""
-    sizes = check_artifact(model_dir)
-    report: dict[str, dict[str, object]] = {}
-    for entry in read_manifest(model_dir).models:
-        row: dict[str, object] = {"format": entry.format, "precision": entry.dtype}
-        if entry.package is not None:
-            row |= entry.package.model_dump(include={"device", "cuda_arch", "batch_min", "batch_max"})
-            row["packaged_with_torch"] = entry.package.probed_with_torch
-        row["ran_with_torch"] = torch.__version__ if entry.name in sizes else None
-        row["outputs"] = sizes.get(
-            entry.name, f"not run here: needs a CUDA GPU ({entry.package and entry.package.cuda_arch})"
-        )
-        report[entry.name] = row
-    return report
-
-
 def _real_model(name: str, model_dir: Path, sources: Sources) -> ModelEntry:
     family = MODELS[name].family
     programs = {"encoder": sources.h_optimus_program, "m-optimus": sources.m_optimus_program}
     program = programs.get(family, sources.tissue_seg_program)
     if family == "encoder" and program is None:
-        return _timm_model(name, model_dir, sources)
+        return timm_model(name, model_dir, sources.timm_checkpoint, sources.timm_config, sources.dtype)
     flag = "--h-optimus-program" if family == "encoder" else f"--{name}-program"
     source = _required(program, flag)
     target = f"{name}/program.pt2"
@@ -186,104 +105,6 @@ def _real_model(name: str, model_dir: Path, sources: Sources) -> ModelEntry:
             files[role] = f"{name}/{role}.csv"
             _copy(path, model_dir / files[role])
     return ModelEntry.for_model(name, files=files, demo=False, source=f"program file {source.name}", **described)
-
-
-def _timm_model(name: str, model_dir: Path, sources: Sources) -> ModelEntry:
-    """A timm checkpoint (file or snapshot directory) checked against the architecture on the meta device and
-    stored as safetensors in `sources.dtype`, one tensor at a time (no model, no fp32 copy)."""
-    spec = MODELS[name]
-    checkpoint = sources.timm_checkpoint
-    if checkpoint is None:
-        raise KitError("--timm-checkpoint is required for real weights (or pass --demo)")
-    weights_file, published = resolve_checkpoint(checkpoint, name)
-    config = dict(spec.timm_config or {})
-    if sources.timm_config is not None:
-        config.update(json.loads(_required(sources.timm_config, "--timm-config").read_text()))
-    with torch.device("meta"):
-        architecture = build_vit(config)
-    state = read_checkpoint(weights_file)
-    check_state_dict(architecture, state, str(weights_file))
-    weights = f"{name}/weights.safetensors"
-    (model_dir / name).mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(DTYPES[sources.dtype]).contiguous() for k, v in state.items()}, str(model_dir / weights))
-    licence = str(published.get("pretrained_cfg", {}).get("license") or spec.licence) if published else spec.licence
-    return ModelEntry.for_model(
-        name,
-        format="timm-safetensors",
-        files={"weights": weights},
-        dtype=sources.dtype,
-        demo=False,
-        timm_config=config,
-        licence=licence,
-        source=f"timm checkpoint {checkpoint.name}" + (f" ({published['architecture']})" if published else ""),
-    )
-
-
-def resolve_checkpoint(path: Path, name: str) -> tuple[Path, dict[str, Any] | None]:
-    """A checkpoint file, or a snapshot directory as downloaded from the model hub: its weights file
-    (model.safetensors, else pytorch_model.bin) and its config.json, checked against the catalogue."""
-    if path.is_file():
-        return path, None
-    if not path.is_dir():
-        raise KitError(f"--timm-checkpoint: {path} does not exist")
-    weights = next((path / f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()), None)
-    if weights is None:
-        found = sorted(p.name for p in path.iterdir())
-        raise KitError(f"--timm-checkpoint: {path} has no model.safetensors or pytorch_model.bin (it holds {found})")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise KitError(f"--timm-checkpoint: {path} has no config.json naming its timm architecture")
-    published = json.loads(config_file.read_text())
-    check_published_config(published, name, str(config_file))
-    return weights, published
-
-
-def check_published_config(published: dict[str, Any], name: str, source: str) -> None:
-    """Refuse a config.json that contradicts the catalogue: architecture, width, pooling, model_args, input
-    size and normalisation, each named with both values."""
-    spec = MODELS[name]
-    timm = dict(spec.timm_config or {})
-    pretrained = published.get("pretrained_cfg") or {}
-    norm = spec.normalisation or {}
-    checks: list[tuple[str, object, object]] = [
-        ("architecture", published.get("architecture"), spec.timm_architecture),
-        ("num_features", published.get("num_features"), timm.get("embed_dim")),
-        ("pretrained_cfg.input_size", pretrained.get("input_size"), [3, spec.tile_size, spec.tile_size]),
-        ("pretrained_cfg.mean", pretrained.get("mean"), list(norm.get("mean", ()))),
-        ("pretrained_cfg.std", pretrained.get("std"), list(norm.get("std", ()))),
-    ]
-    if spec.pooling == "cls":
-        checks.append(("global_pool", published.get("global_pool"), "token"))
-    checks += [(f"model_args.{k}", v, timm[k]) for k, v in (published.get("model_args") or {}).items() if k in timm]
-    for field, given, expected in checks:
-        if given is not None and not _same(given, expected):
-            raise KitError(f"{source}: {field} is {given!r}, the catalogue's '{name}' needs {expected!r}")
-
-
-def _same(given: object, expected: object) -> bool:
-    if isinstance(given, list) and isinstance(expected, list):
-        return len(given) == len(expected) and all(_same(g, e) for g, e in zip(given, expected, strict=True))
-    if isinstance(given, int | float) and isinstance(expected, int | float) and not isinstance(given, bool):
-        return abs(float(given) - float(expected)) <= 1e-4 * max(1.0, abs(float(expected)))
-    return given == expected
-
-
-def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a torch checkpoint (plain, or under 'model' / 'state_dict'), mapped
-    from the file rather than read into memory where the format allows."""
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # the legacy (non-zip) format cannot be mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise KitError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
 
 
 def _required(path: Path | None, flag: str) -> Path:

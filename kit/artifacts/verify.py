@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kit.artifacts.builder import verify_artifact
+    from kit.artifacts.checking import verify_artifact
 
     report = verify_artifact(args.model_dir)
     for model, row in report.items():

@@ -3,7 +3,7 @@ line, as its notebooks write them) on the model an endpoint of the stack runs, u
 
 boto3, not the SageMaker Python SDK: a transform job is one CreateTransformJob call and a describe loop,
 while `sagemaker` 3.x brings 85 packages (mlflow, pandas, pyarrow, scikit-learn, ...) and `sagemaker-core`
-20; README, "Batch transform", says how SDK users reach the endpoints.
+20; docs/clients.md, "The SageMaker Python SDK", says how SDK users reach the endpoints.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 transform, a training job (on demand and on spot) — in instance-hours, wall time and dollars, from the measured
 tiles per second per instance.
 
-The model (docs, "Planning a cohort"): every path does the same GPU work, tiles / tilesPerSecondPerInstance
+The model (docs/cohorts.md, "kit plan"): every path does the same GPU work, tiles / tilesPerSecondPerInstance
 instance-seconds. Real-time runs at the scaling target's utilisation and keeps minInstances up around the
 clock; async runs its instances (at most one per slide) flat out and pays each one's start and its idle
 scale-in cooldown; batch transform pays each instance's start, spreads files (one per slide) over up to 100

@@ -134,7 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="another slide option: mode, mpp, tile_size, min_tissue, slide_mpp (README, 'Whole slides')",
+        help="another slide option: mode, mpp, tile_size, min_tissue, slide_mpp (docs/slides.md)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide (--endpoint: in all)")
     cohort = parser.add_argument_group("SageMaker async (--endpoint)")
