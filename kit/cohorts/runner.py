@@ -103,7 +103,8 @@ class Cohort:
             EndpointName=self.deployment.endpoint_name,
             InputLocation=request.input_uri,
             ContentType=TAR if slide.bulk_rna else SLIDE,
-            CustomAttributes=f"{self.attributes};slide_name={slide.slide_id}",
+            CustomAttributes=f"{self.attributes};slide_name={slide.slide_id}"
+            + (f";slide_mpp={slide.slide_mpp:g}" if slide.slide_mpp is not None else ""),
             InferenceId=f"{slide.slide_id}-{request.attempts + 1}"[-64:],
             InvocationTimeoutSeconds=self.invocation_timeout_s,
         )
