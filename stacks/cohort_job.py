@@ -107,9 +107,7 @@ class CohortJobRole(Construct):
         self.role = iam.Role(
             self,
             "Role",
-            assumed_by=iam.ServicePrincipal(
-                "sagemaker.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": stack.account}}
-            ),
+            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
             description=f"{prefix} cohort training jobs: read the cohort inputs and the artifacts, write {output}",
             managed_policies=[policy],
         )

@@ -183,6 +183,8 @@ def test_a_cohort_csv_names_slides_and_brings_their_mpp_and_bulk_rna(
     [
         (["--option", "mpp=99"], "--option: field 'mpp'"),
         (["--option", "slide_name=x"], "per slide"),
+        (["--option", "mpp"], "--option 'mpp': give KEY=VALUE"),
+        (["--option", "mpp=0.5", "--option", "mpp=1"], "field 'mpp': is given twice"),
         (["--model", "tissue-seg"], "--model tissue-seg: give h1"),
         (["--artifact", "kit://h1/v1/model.tar.gz"], "give kit://KEY/"),
         (["--retries", "0"], "--retries 0: 1 to 30"),

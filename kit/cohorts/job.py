@@ -58,6 +58,8 @@ def find_job_stack(aws: boto3.Session, stack: str) -> JobStack:
             '(-c \'cohortJobs={"inputs": ["s3://BUCKET/SLIDES/"]}\'; docs/cohorts.md)'
         )
     foundation = stack_outputs(aws, outputs["FoundationStack"])
+    if "CohortJobOutput" not in foundation:
+        raise KitError(f"stack {outputs['FoundationStack']} predates cohort jobs: deploy it again (cdk deploy --all)")
     return JobStack(
         role_arn=outputs["CohortJobRoleArn"],
         image_uri=outputs["CohortJobImageUri"],
@@ -122,12 +124,16 @@ def running_jobs(aws: boto3.Session, out: str) -> list[str]:
     bucket, prefix = split_s3(out + KIT_DIR)
     listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
     names = [p["Prefix"].removeprefix(prefix).rstrip("/") for p in listed.get("CommonPrefixes", [])]
+    from botocore.exceptions import ClientError
+
     sagemaker, busy = aws.client("sagemaker"), []
     for name in names:
         try:
             status = sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
-        except sagemaker.exceptions.ResourceNotFound:
-            continue  # its inputs were written, the job never started
+        except ClientError as exc:  # ResourceNotFound (moto: ValidationException): its inputs, but no job
+            if exc.response["Error"]["Code"] not in ("ResourceNotFound", "ValidationException"):
+                raise
+            continue
         if status in RUNNING:
             busy.append(name)
     return busy

@@ -71,21 +71,23 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, str]:
     """The slide options as the worker reads them (strings), checked as the endpoint checks them."""
     from model_code.catalogue import canonical_name
     from model_code.errors import ClientError
-    from model_code.slides.options import parse_attributes, slide_options
+    from model_code.slides.options import slide_options
 
     model = canonical_name(args.model)
     if model is None or model == "tissue-seg":
         raise KitError(f"--model {args.model}: give h1, h0, h0-mini or m-optimus")
     pairs = [("model", model), ("format", args.format), ("dtype", args.dtype)]
+    for option in args.option:
+        key, sep, value = option.partition("=")
+        if not sep or ";" in option or "," in option:
+            raise KitError(f"--option {option!r}: give KEY=VALUE")
+        pairs.append((key.strip(), value.strip()))
     try:
-        for option in args.option:
-            (pair,) = parse_attributes(option) or [("", "")]
-            pairs.append(pair)
         options = dict(pairs)
         if "slide_name" in options:
             raise ClientError("is per slide: a cohort CSV's slide_id names each output", field="slide_name")
         slide_options({"x-amzn-sagemaker-custom-attributes": ";".join(f"{k}={v}" for k, v in pairs)}, [])
-    except (ClientError, ValueError) as exc:
+    except ClientError as exc:
         raise KitError(f"--option: {exc}") from None
     return options
 
