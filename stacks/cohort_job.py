@@ -16,7 +16,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks.config import CohortJobsConfig
-from stacks.endpoint import ImageRef, bucket_arn
+from stacks.endpoint import ImageRef, bucket_arn, pull_image, sagemaker_role
 from stacks.nag import acknowledge, nag_resource
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # SageMaker's, shared by every training job of the account and region
@@ -48,12 +48,7 @@ class CohortJobRole(Construct):
         for bucket, key_prefix in inputs:
             listed[bucket].append(f"{key_prefix}*")
         statements = [
-            iam.PolicyStatement(
-                sid="PullImage",
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[image.repository_arn],
-            ),
-            iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+            *pull_image(image),
             iam.PolicyStatement(sid="ReadSlides", actions=["s3:GetObject"], resources=slides),
             *(
                 iam.PolicyStatement(
@@ -103,19 +98,13 @@ class CohortJobRole(Construct):
                     conditions={"StringEquals": {"kms:ViaService": f"s3.{stack.region}.amazonaws.com"}},
                 )
             )
-        policy = iam.ManagedPolicy(self, "Policy", statements=statements)
-        self.role = iam.Role(
+        self.role, policy = sagemaker_role(
             self,
-            "Role",
-            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            "",
+            statements,
             description=f"{prefix} cohort training jobs: read the cohort inputs and the artifacts, write {output}",
-            managed_policies=[policy],
-        )
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) have "
-            "no resource-level permissions.",
+            star_reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) "
+            "have no resource-level permissions.",
         )
         acknowledge(
             policy,

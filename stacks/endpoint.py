@@ -219,12 +219,7 @@ class ModelEndpoint(Construct):
         bucket = bucket_arn(stack, artifact.bucket)
         model_objects = f"{bucket}/{artifact.key}*" if artifact.is_prefix else f"{bucket}/{artifact.key}"
         statements = [
-            iam.PolicyStatement(
-                sid="PullImage",
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[image.repository_arn],
-            ),
-            iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+            *pull_image(image),
             iam.PolicyStatement(
                 sid="ReadModelData",
                 actions=["s3:GetObject"],
@@ -311,20 +306,14 @@ class ModelEndpoint(Construct):
                     resources=["*"],
                 )
             )
-        policy = iam.ManagedPolicy(self, "ExecutionPolicy", statements=statements)
-        role = iam.Role(
+        role, policy = sagemaker_role(
             self,
-            "ExecutionRole",
-            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            "Execution",
+            statements,
             description=f"SageMaker execution role of endpoint {self.endpoint_name}",
-            managed_policies=[policy],
-        )
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) have "
-            "no resource-level permissions, nor (with a VPC) do the EC2 network-interface actions SageMaker needs "
-            "before the interfaces exist.",
+            star_reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) "
+            "have no resource-level permissions, nor (with a VPC) do the EC2 network-interface actions SageMaker "
+            "needs before the interfaces exist.",
         )
         if artifact.is_prefix:
             acknowledge(
@@ -558,6 +547,35 @@ def _deployment(
     return sagemaker.CfnEndpoint.DeploymentConfigProperty(
         blue_green_update_policy=blue_green, auto_rollback_configuration=rollback
     )
+
+
+def pull_image(image: ImageRef) -> list[iam.PolicyStatement]:
+    """Pull the image from its repository, after the ECR login (which has no resource-level permission)."""
+    return [
+        iam.PolicyStatement(
+            sid="PullImage",
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[image.repository_arn],
+        ),
+        iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+    ]
+
+
+def sagemaker_role(
+    scope: Construct, name: str, statements: list[iam.PolicyStatement], *, description: str, star_reason: str
+) -> tuple[iam.Role, iam.ManagedPolicy]:
+    """A role SageMaker assumes, with one managed policy (NAMEPolicy, NAMERole); `star_reason` acknowledges its
+    `Resource *` statements."""
+    policy = iam.ManagedPolicy(scope, f"{name}Policy", statements=statements)
+    role = iam.Role(
+        scope,
+        f"{name}Role",
+        assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        description=description,
+        managed_policies=[policy],
+    )
+    acknowledge(policy, "AwsSolutions-IAM5[Resource::*]", reason=star_reason)
+    return role, policy
 
 
 def bucket_arn(stack: Stack, bucket: str) -> str:
