@@ -50,6 +50,11 @@ def peak_for(name: str) -> float | None:
     return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
 
 
+def mfu(tiles_per_s: float, flops: float, peak_tflops: float | None) -> float | None:
+    """Model FLOPs utilisation: the FLOPs done per second over the GPU's dense fp16 peak (None: peak unknown)."""
+    return round(tiles_per_s * flops / (peak_tflops * 1e12), 4) if peak_tflops else None
+
+
 def measure(model: torch.nn.Module, batch: int, device: torch.device, repeats: int) -> float:
     """Tiles per second of forward passes at one batch size (after a warm-up)."""
     tiles = torch.randn(batch, 3, 224, 224, device=device)
@@ -91,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for batch in sizes:
         tps = measure(model, batch, device, args.repeats)
-        mfu = tps * per_tile / (peak * 1e12) if peak else None
-        rows.append({"batch": batch, "tiles_per_s": round(tps, 2), "mfu": round(mfu, 4) if mfu is not None else None})
+        rows.append({"batch": batch, "tiles_per_s": round(tps, 2), "mfu": mfu(tps, per_tile, peak)})
     result = {
         "device": name,
         "model": "tiny ViT" if args.tiny else "ViT-g/14 reg4 (H-Optimus), fp16 autocast",

@@ -28,7 +28,6 @@ import contextlib
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -42,23 +41,109 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.gpu_bench import flops_per_tile, peak_for
+from bench import write_figures
+from bench.gpu_bench import flops_per_tile, mfu, peak_for
 from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
 from kit.endpoints.samples import wire_record
 from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMUS_TIMM
 from model_code.loaders import build_vit, embed
 
-DEVICE = "cuda"  # --cpu-dry-run: "cpu", with tiny architectures, to check this script where there is no GPU
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 1536}  # served width
+
+
+class Target:
+    """Where the checks run: "cuda", or "cpu" for a dry run with tiny architectures (to check this script
+    where there is no GPU). Everything that differs between the two is here."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.cuda = device == "cuda"
+
+    def name(self) -> str:
+        return torch.cuda.get_device_name(0) if self.cuda else "cpu (dry run)"
+
+    def arch(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The architecture as given on a GPU; a tiny one of the same kind and served width in a dry run."""
+        if self.cuda:
+            return dict(config)
+        return {**config, "depth": 1} if config == H0_MINI_TIMM else {**config, **TINY}
+
+    def build(self, config: dict[str, Any]) -> torch.nn.Module:
+        """A ViT with random weights (seeded), initialised on the device itself (fast for 1.1 B parameters)."""
+        torch.manual_seed(0)
+        with torch.device(self.device):
+            return build_vit(self.arch(config)).eval()
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device, dtype=torch.float16)
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def tiles(self, count: int, seed: int) -> torch.Tensor:
+        """Random RGB tiles through H-Optimus's normalisation, N,3,224,224 on the device."""
+        pixels = torch.randint(0, 256, (count, 224, 224, 3), generator=torch.Generator().manual_seed(seed))
+        mean = torch.tensor(H_OPTIMUS_NORMALISATION["mean"]) * 255
+        std = torch.tensor(H_OPTIMUS_NORMALISATION["std"]) * 255
+        return ((pixels.float() - mean) / std).permute(0, 3, 1, 2).contiguous().to(self.device)
+
+    def timed(self, fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor, repeats: int) -> float:
+        """Tiles/s of `fn` on `tiles` after two warm-up calls (synchronised)."""
+        with torch.inference_mode():
+            for _ in range(2):
+                fn(tiles)
+            self.synchronize()
+            began = time.perf_counter()
+            for _ in range(repeats):
+                fn(tiles)
+            self.synchronize()
+        return len(tiles) * repeats / (time.perf_counter() - began)
+
+    def peak_memory_gb(self, fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor) -> float | None:
+        if not self.cuda:
+            return None
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            fn(tiles)
+        torch.cuda.synchronize()
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+    @contextlib.contextmanager
+    def gpu_sampler(self) -> Iterator[list[float]]:
+        """GPU utilisation (%) sampled by nvidia-smi every 200 ms while the block runs (none in a dry run)."""
+        samples: list[float] = []
+        if not self.cuda:
+            yield samples
+            return
+        process = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                with contextlib.suppress(ValueError):
+                    samples.append(float(line.strip()))
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            yield samples
+        finally:
+            process.terminate()
+            process.wait()
 
 
 class Check:
     """The JSON report, written after every step, and the time budget."""
 
-    def __init__(self, out: Path, budget_s: float):
+    def __init__(self, out: Path, budget_s: float, target: Target):
         self.out = out
         self.deadline = time.monotonic() + budget_s
-        self.report: dict[str, Any] = {"device": device_name(), "torch": torch.__version__}
+        self.report: dict[str, Any] = {"device": target.name(), "torch": torch.__version__}
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -74,54 +159,19 @@ class Check:
                 self.report[name] = {"error": traceback.format_exc()[-4000:]}
             self.report[name]["seconds"] = round(time.monotonic() - began, 1)
         print(f"== {name}: {json.dumps(self.report[name])[:3000]}", flush=True)
-        self.out.write_text(json.dumps(self.report, indent=2) + "\n")
+        write_figures(self.out, self.report)
 
 
-def device_name() -> str:
-    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (dry run)"
-
-
-def arch(config: dict[str, Any]) -> dict[str, Any]:
-    """The architecture as given on a GPU; a tiny one of the same kind and served width in a CPU dry run."""
-    if DEVICE == "cuda":
-        return dict(config)
-    return {**config, "depth": 1} if config == H0_MINI_TIMM else {**config, **TINY}
-
-
-def build(config: dict[str, Any]) -> torch.nn.Module:
-    """A ViT with random weights (seeded), initialised on the device itself (fast for 1.1 B parameters)."""
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        return build_vit(arch(config)).eval()
-
-
-def autocast() -> torch.autocast:
-    return torch.autocast(DEVICE, dtype=torch.float16)
-
-
-def synchronize() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def normalised_tiles(count: int, seed: int) -> torch.Tensor:
-    """Random RGB tiles through H-Optimus's normalisation, N,3,224,224 on the GPU."""
-    pixels = torch.randint(0, 256, (count, 224, 224, 3), generator=torch.Generator().manual_seed(seed))
-    mean = torch.tensor(H_OPTIMUS_NORMALISATION["mean"]) * 255
-    std = torch.tensor(H_OPTIMUS_NORMALISATION["std"]) * 255
-    return ((pixels.float() - mean) / std).permute(0, 3, 1, 2).contiguous().to(DEVICE)
-
-
-def correctness() -> dict[str, Any]:
+def correctness(target: Target) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 reference is true fp32
     torch.backends.cudnn.allow_tf32 = False
     result: dict[str, Any] = {}
     for name, config, pooling in (("vit_g14", H_OPTIMUS_TIMM, "cls"), ("h0_mini", H0_MINI_TIMM, "cls+mean_patch")):
-        model = build(config)
-        tiles = normalised_tiles(32, seed=1)
+        model = target.build(config)
+        tiles = target.tiles(32, seed=1)
         with torch.inference_mode():
             reference = embed(model, tiles[:16], pooling).float()
-            with autocast():
+            with target.autocast():
                 half = embed(model, tiles[:16], pooling).float()
                 alone = embed(model, tiles[:1], pooling).float()
                 in_8 = embed(model, tiles[:8], pooling).float()
@@ -144,49 +194,25 @@ def correctness() -> dict[str, Any]:
     return result
 
 
-def timed(fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor, repeats: int) -> float:
-    """Tiles/s of `fn` on `tiles` after two warm-up calls (CUDA-synchronised)."""
-    with torch.inference_mode():
-        for _ in range(2):
-            fn(tiles)
-        synchronize()
-        began = time.perf_counter()
-        for _ in range(repeats):
-            fn(tiles)
-        synchronize()
-    return len(tiles) * repeats / (time.perf_counter() - began)
-
-
-def peak_memory_gb(fn: Callable[[torch.Tensor], Any], tiles: torch.Tensor) -> float | None:
-    if DEVICE != "cuda":
-        return None
-    torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        fn(tiles)
-    torch.cuda.synchronize()
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
-
-
-def forward() -> dict[str, Any]:
-    per_tile = flops_per_tile(arch(H_OPTIMUS_TIMM))
-    peak = peak_for(device_name())
-    mfu = (lambda tps: round(tps * per_tile / (peak * 1e12), 4)) if peak else (lambda tps: None)
-    model = build(H_OPTIMUS_TIMM)
+def forward(target: Target) -> dict[str, Any]:
+    per_tile = flops_per_tile(target.arch(H_OPTIMUS_TIMM))
+    peak = peak_for(target.name())
+    model = target.build(H_OPTIMUS_TIMM)
 
     def autocast_fp32_master(tiles: torch.Tensor) -> torch.Tensor:  # what the server runs
-        with autocast():
+        with target.autocast():
             return model(tiles)
 
     rows = []
-    for batch in (1, 2, 4, 8, 16, 32, 64, 128) if DEVICE == "cuda" else (1, 8):
-        tiles = normalised_tiles(batch, seed=batch)
-        tps = timed(autocast_fp32_master, tiles, repeats=10 if batch >= 16 else 20)
+    for batch in (1, 2, 4, 8, 16, 32, 64, 128) if target.cuda else (1, 8):
+        tiles = target.tiles(batch, seed=batch)
+        tps = target.timed(autocast_fp32_master, tiles, repeats=10 if batch >= 16 else 20)
         rows.append(
             {
                 "batch": batch,
                 "tiles_per_s": round(tps, 1),
-                "mfu": mfu(tps),
-                "peak_gb": peak_memory_gb(autocast_fp32_master, tiles),
+                "mfu": mfu(tps, per_tile, peak),
+                "peak_gb": target.peak_memory_gb(autocast_fp32_master, tiles),
             }
         )
         print(rows[-1], flush=True)
@@ -212,21 +238,24 @@ def forward() -> dict[str, Any]:
     }
     side_by_side: dict[str, dict[str, Any]] = {}
     for batch in (8, 64):
-        tiles = normalised_tiles(batch, seed=100 + batch).half()
+        tiles = target.tiles(batch, seed=100 + batch).half()
         for name, fn in variants.items():
             try:
-                tps = timed(fn, tiles.float() if "autocast" in name else tiles, repeats=10)
-                side_by_side.setdefault(name, {})[f"batch_{batch}"] = {"tiles_per_s": round(tps, 1), "mfu": mfu(tps)}
+                tps = target.timed(fn, tiles.float() if "autocast" in name else tiles, repeats=10)
+                side_by_side.setdefault(name, {})[f"batch_{batch}"] = {
+                    "tiles_per_s": round(tps, 1),
+                    "mfu": mfu(tps, per_tile, peak),
+                }
             except Exception as exc:  # a backend this GPU or shape cannot use
                 side_by_side.setdefault(name, {})[f"batch_{batch}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
     return {"gflops_per_tile": round(per_tile / 1e9, 1), "peak_tflops": peak, "rows": rows, "variants": side_by_side}
 
 
-def compiled(check: Check) -> dict[str, Any]:
+def compiled(target: Target, check: Check) -> dict[str, Any]:
     """torch.compile at batch 64 and CUDA graphs (reduce-overhead) at batch 8, where launches weigh most."""
-    half = build(H_OPTIMUS_TIMM).half()
-    peak = peak_for(device_name())
-    per_tile = flops_per_tile(arch(H_OPTIMUS_TIMM))
+    half = target.build(H_OPTIMUS_TIMM).half()
+    peak = peak_for(target.name())
+    per_tile = flops_per_tile(target.arch(H_OPTIMUS_TIMM))
     result: dict[str, Any] = {}
     for name, mode, batch in (
         ("fp16 weights, torch.compile", "default", 64),
@@ -237,79 +266,41 @@ def compiled(check: Check) -> dict[str, Any]:
             continue
         torch._dynamo.reset()
         model = torch.compile(half, mode=mode)
-        tiles = normalised_tiles(batch, seed=100 + batch).half()
+        tiles = target.tiles(batch, seed=100 + batch).half()
         began = time.monotonic()
         with torch.inference_mode():
             model(tiles)
         compile_s = time.monotonic() - began
-        eager = timed(half, tiles, repeats=10)
-        tps = timed(model, tiles, repeats=10)
+        eager = target.timed(half, tiles, repeats=10)
+        tps = target.timed(model, tiles, repeats=10)
         result[name] = {
             "batch": batch,
             "tiles_per_s": round(tps, 1),
             "eager_fp16_weights_tiles_per_s": round(eager, 1),
-            "mfu": round(tps * per_tile / (peak * 1e12), 4) if peak else None,
+            "mfu": mfu(tps, per_tile, peak),
             "compile_s": round(compile_s, 1),
         }
         print(name, result[name], flush=True)
     return result
 
 
-@contextlib.contextmanager
-def gpu_sampler() -> Iterator[list[float]]:
-    """GPU utilisation (%) sampled by nvidia-smi every 200 ms while the block runs."""
-    samples: list[float] = []
-    if DEVICE != "cuda":
-        yield samples
-        return
-    process = subprocess.Popen(
-        ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            with contextlib.suppress(ValueError):
-                samples.append(float(line.strip()))
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield samples
-    finally:
-        process.terminate()
-        process.wait()
-
-
-def batch_histogram(url: str) -> tuple[float, float]:
-    """(sum, count) of the server's optimus_batch_size histogram."""
-    import urllib.request
-
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
-    total = sum(float(v) for v in re.findall(r"^optimus_batch_size_sum\{[^}]*\} (\S+)$", text, re.M))
-    count = sum(float(v) for v in re.findall(r"^optimus_batch_size_count\{[^}]*\} (\S+)$", text, re.M))
-    return total, count
-
-
-def server(work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def server(target: Target, work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
     from bench.http_load import build_request, run_load
-    from kit.local import serve_model
+    from kit.local import metric, serve_model
 
     result: dict[str, Any] = {"loads": []}
-    model_dir, result["package_s"] = package_random(work, "h0", H_OPTIMUS_TIMM)
+    model_dir, result["package_s"] = package_random(target, work, "h0", H_OPTIMUS_TIMM)
     began = time.monotonic()
-    with serve_model(model_dir, {"OPTIMUS_DEVICE": DEVICE}) as local:
+    with serve_model(model_dir, {"OPTIMUS_DEVICE": target.device}) as local:
         result["start_to_healthy_s"] = round(time.monotonic() - began, 1)
         request = build_request(
             "127.0.0.1", local.port, "/invocations", json.dumps(wire_record("h0", "embedding")).encode()
         )
         for concurrency in (8, 64):
-            before = batch_histogram(local.url)
-            with gpu_sampler() as samples:
+            before = [metric(local.url, f"optimus_batch_size_{part}") for part in ("sum", "count")]
+            with target.gpu_sampler() as samples:
                 load = run_load("127.0.0.1", local.port, request, concurrency, warmup_s=2.0, duration_s=10.0)
-            after = batch_histogram(local.url)
+            after = [metric(local.url, f"optimus_batch_size_{part}") for part in ("sum", "count")]
             mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
             nearest = min(forward_rows, key=lambda row: abs(row["batch"] - mean_batch))
             result["loads"].append(
@@ -329,7 +320,7 @@ def server(work: Path, forward_rows: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def package_random(work: Path, name: str, config: dict[str, Any]) -> tuple[Path, float | None]:
+def package_random(target: Target, work: Path, name: str, config: dict[str, Any]) -> tuple[Path, float | None]:
     """A random-weight `name` (with the demo tissue-seg, which slides need) packaged through `kit package
     --timm-checkpoint`: the model directory and the seconds packaging took (None: reused from a rerun)."""
     from safetensors.torch import save_file
@@ -342,13 +333,13 @@ def package_random(work: Path, name: str, config: dict[str, Any]) -> tuple[Path,
         subprocess.run([sys.executable, "-m", "kit", "package", "--models", "tissue-seg", "--demo", "--out",
                         str(work / "tissue-seg")], check=True)  # fmt: skip
     checkpoint = work / f"{name}_random.safetensors"
-    model = build(config)
+    model = target.build(config)
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
     del model
     command = [sys.executable, "-m", "kit", "package", "--models", f"{name},tissue-seg", "--timm-checkpoint",
                str(checkpoint), "--tissue-seg-program", str(seg)]  # fmt: skip
-    if DEVICE != "cuda":  # the tiny architecture is not the catalogue's
-        (work / f"{name}_tiny.json").write_text(json.dumps(arch(config)))
+    if not target.cuda:  # the tiny architecture is not the catalogue's
+        (work / f"{name}_tiny.json").write_text(json.dumps(target.arch(config)))
         command += ["--timm-config", str(work / f"{name}_tiny.json")]
     began = time.monotonic()
     subprocess.run([*command, "--out", str(out)], check=True)
@@ -356,19 +347,19 @@ def package_random(work: Path, name: str, config: dict[str, Any]) -> tuple[Path,
     return out / "model", round(time.monotonic() - began, 1)
 
 
-def big_slide(work: Path) -> Path:
+def big_slide(target: Target, work: Path) -> Path:
     """The slide benchmark's 40x tissue, 2 x 2 times over on a GPU (a 5.6 x 4 mm slide), once in a dry run."""
     from bench.slides import ORIGIN, SLIDE_UM
     from kit.slides.synthetic import slide_image, write_svs
 
     path = work / "gpu-slide.svs"
     if not path.is_file():
-        repeats = 2 if DEVICE == "cuda" else 1
+        repeats = 2 if target.cuda else 1
         write_svs(path, np.tile(slide_image(0.25, SLIDE_UM, ORIGIN), (repeats, repeats, 1)), 0.25)
     return path
 
 
-def slides(work: Path) -> dict[str, Any]:
+def slides(target: Target, work: Path) -> dict[str, Any]:
     import h5py
 
     from bench.slides import ceiling, slide_mode
@@ -377,28 +368,28 @@ def slides(work: Path) -> dict[str, Any]:
     from model_code.settings import DEFAULT_MAX_BATCH_SIZE
 
     began = time.monotonic()
-    slide = big_slide(work)
+    slide = big_slide(target, work)
     result: dict[str, Any] = {
         "slide": {"bytes": slide.stat().st_size, "mpp": 0.25, "make_s": round(time.monotonic() - began, 1)}
     }
     for name, config in (("h0", H_OPTIMUS_TIMM), ("h0-mini", H0_MINI_TIMM)):
-        model_dir, package_s = package_random(work, name, config)
-        model = build(config)
+        model_dir, package_s = package_random(target, work, name, config)
+        model = target.build(config)
         pooling = MODELS[name].pooling
-        batch = normalised_tiles(DEFAULT_MAX_BATCH_SIZE, seed=7)
+        batch = target.tiles(DEFAULT_MAX_BATCH_SIZE, seed=7)
 
         def served(tiles: torch.Tensor, model: torch.nn.Module = model, pooling: str = pooling) -> torch.Tensor:
-            with autocast():  # fp32 master weights under fp16 autocast, as the server runs
+            with target.autocast():  # fp32 master weights under fp16 autocast, as the server runs
                 return embed(model, tiles, pooling)
 
-        forward_tps = timed(served, batch, repeats=10)
+        forward_tps = target.timed(served, batch, repeats=10)
         del model, batch, served
-        if DEVICE == "cuda":
+        if target.cuda:
             torch.cuda.empty_cache()
         runs = []
-        with serve_model(model_dir, {"OPTIMUS_DEVICE": DEVICE}) as local:
+        with serve_model(model_dir, {"OPTIMUS_DEVICE": target.device}) as local:
             for _ in range(2):
-                with gpu_sampler() as samples:
+                with target.gpu_sampler() as samples:
                     seconds, coords, extent = slide_mode(local.url, slide, work / f"{name}.h5", name)
                 with h5py.File(work / f"{name}.h5") as features:
                     stages = json.loads(features.attrs["seconds"])
@@ -427,26 +418,26 @@ def slides(work: Path) -> dict[str, Any]:
     return result
 
 
-def aoti(work: Path, check: Check) -> dict[str, Any]:
+def aoti(target: Target, work: Path, check: Check) -> dict[str, Any]:
     """Demo models (and ViT-g if time allows) as CUDA AOTInductor packages vs eager fp16 autocast."""
     from kit.artifacts.demo_models import DEMO_VIT, TinyMOptimus, TinyTissueSeg
     from model_code.catalogue import N_INPUT_GENES
 
     torch.manual_seed(0)
-    rna = (torch.rand(8, N_INPUT_GENES, device=DEVICE), torch.zeros(8, dtype=torch.int64, device=DEVICE))
+    rna = (torch.rand(8, N_INPUT_GENES, device=target.device), torch.zeros(8, dtype=torch.int64, device=target.device))
     cases: list[tuple[str, torch.nn.Module, tuple[torch.Tensor, ...]]] = [
-        ("demo_vit", build({**H_OPTIMUS_TIMM, **DEMO_VIT}), (normalised_tiles(8, 3),)),
-        ("demo_m_optimus", TinyMOptimus(), (normalised_tiles(8, 4), *rna)),
-        ("demo_tissue_seg", TinyTissueSeg(), (torch.rand(8, 3, 512, 512, device=DEVICE),)),
+        ("demo_vit", target.build({**H_OPTIMUS_TIMM, **DEMO_VIT}), (target.tiles(8, 3),)),
+        ("demo_m_optimus", TinyMOptimus(), (target.tiles(8, 4), *rna)),
+        ("demo_tissue_seg", TinyTissueSeg(), (torch.rand(8, 3, 512, 512, device=target.device),)),
     ]
     if check.left() > 300:
-        cases.append(("vit_g14", build(H_OPTIMUS_TIMM), (normalised_tiles(8, 5),)))
+        cases.append(("vit_g14", target.build(H_OPTIMUS_TIMM), (target.tiles(8, 5),)))
     result: dict[str, Any] = {}
     for name, module, example in cases:
         if check.left() < 30:
             result[name] = {"skipped": "time budget"}
             continue
-        module = module.eval().to(DEVICE)
+        module = module.eval().to(target.device)
         batch = torch.export.Dim("batch", min=1, max=128)
         began = time.monotonic()
         with torch.inference_mode():
@@ -456,7 +447,7 @@ def aoti(work: Path, check: Check) -> dict[str, Any]:
         loaded = torch._inductor.aoti_load_package(path)
         with torch.inference_mode():
             eager = module(*example)
-            with autocast():
+            with target.autocast():
                 eager_half = module(*example)
             compiled = loaded(*example)
         first = lambda out: (out[0] if isinstance(out, (tuple, list)) else out).float().flatten(1)  # noqa: E731
@@ -465,7 +456,7 @@ def aoti(work: Path, check: Check) -> dict[str, Any]:
         tiles = example[0]
 
         def run_eager(_: torch.Tensor, module: torch.nn.Module = module, example: tuple = example) -> Any:
-            with autocast():
+            with target.autocast():
                 return module(*example)
 
         result[name] = {
@@ -473,8 +464,8 @@ def aoti(work: Path, check: Check) -> dict[str, Any]:
             "package_mb": round(Path(path).stat().st_size / 1e6, 1),
             "min_cosine_vs_eager_fp32": round(float(cosine.min()), 6),
             "min_cosine_vs_eager_fp16_autocast": round(float(cosine_half.min()), 6),
-            "aoti_tiles_per_s_batch8": round(timed(partial(run_package, loaded, example), tiles, repeats=10), 1),
-            "eager_fp16_autocast_tiles_per_s_batch8": round(timed(run_eager, tiles, repeats=10), 1),
+            "aoti_tiles_per_s_batch8": round(target.timed(partial(run_package, loaded, example), tiles, repeats=10), 1),
+            "eager_fp16_autocast_tiles_per_s_batch8": round(target.timed(run_eager, tiles, repeats=10), 1),
         }
         print(name, result[name], flush=True)
     return result
@@ -492,29 +483,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default="correctness,forward,server,slides,aoti,compile")
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny models on the CPU: check the script itself")
     args = parser.parse_args(argv)
-    global DEVICE
-    if args.cpu_dry_run:
-        DEVICE = "cpu"
-    elif not torch.cuda.is_available():
+    if not args.cpu_dry_run and not torch.cuda.is_available():
         print("no CUDA device: the GPU checks need one (or --cpu-dry-run)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    check = Check(args.out / "gpu_check.json", args.budget_s)
+    target = Target("cpu" if args.cpu_dry_run else "cuda")
+    check = Check(args.out / "gpu_check.json", args.budget_s, target)
     steps = args.steps.split(",")
     if "correctness" in steps:
-        check.step("correctness", 30, correctness)
+        check.step("correctness", 30, lambda: correctness(target))
     if "forward" in steps:
-        check.step("forward", 60, forward)
+        check.step("forward", 60, lambda: forward(target))
     if "server" in steps:
         rows = check.report.get("forward", {}).get("rows") or [{"batch": 1, "tiles_per_s": float("nan")}]
-        check.step("server", 120, lambda: server(args.work, rows))
+        check.step("server", 120, lambda: server(target, args.work, rows))
     if "slides" in steps:
-        check.step("slides", 150, lambda: slides(args.work))
+        check.step("slides", 150, lambda: slides(target, args.work))
     if "aoti" in steps:
-        check.step("aoti", 60, lambda: aoti(args.work, check))
+        check.step("aoti", 60, lambda: aoti(target, args.work, check))
     if "compile" in steps:
-        check.step("compile", 90, lambda: compiled(check))
+        check.step("compile", 90, lambda: compiled(target, check))
     return 0
 
 

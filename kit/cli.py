@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "batch": "kit.cohorts.batch",
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
+    "slides convert": "kit.slides.convert",
     "cohort run": "kit.cohorts.job_run",
     "cohort status": "kit.cohorts.job_status",
 }

@@ -74,3 +74,18 @@ def local_server(command: list[str], port: int, env: dict[str, str] | None = Non
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a local server's `/metrics` samples called `name` whose labels include `labels` (0 if none),
+    read with prometheus_client's own parser: `metric(url, "optimus_batch_size_count", model="h1")`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )

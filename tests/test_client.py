@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
-import httpx
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
@@ -12,7 +9,7 @@ from PIL import Image
 
 from kit.endpoints.client import EndpointClient, EndpointError, TilesFailed, _endpoint_error
 from kit.endpoints.samples import sample_png, synthetic_counts
-from kit.local import free_port
+from kit.local import free_port, metric
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running
 
@@ -72,10 +69,9 @@ def test_predict_many_pairs_bulk_rna_with_tiles(running: Running) -> None:
 
 
 def _requests(running: Running, status: int) -> float:
-    metrics = httpx.get(f"{running.url}/metrics").text
-    pattern = rf'optimus_requests_total{{route="/endpoints/{{endpoint_name}}/invocations",status="{status}"}} (\S+)'
-    found = re.search(pattern, metrics)
-    return float(found.group(1)) if found else 0.0
+    return metric(
+        running.url, "optimus_requests_total", route="/endpoints/{endpoint_name}/invocations", status=str(status)
+    )
 
 
 def test_503_is_retried_until_it_succeeds(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,8 @@ from kit.__main__ import main
 from kit.cohorts.runner import instance_hours
 from kit.endpoints.samples import synthetic_counts
 from kit.slides.synthetic import make_slide
+from model_code.slides.options import SlideOptions
+from model_code.slides.provenance import recipe
 from tests.async_sagemaker import AsyncSageMaker
 from tests.cohort_aws import BUCKET, REGION, deploy
 from tests.conftest import mocked_aws
@@ -107,12 +109,17 @@ def test_an_existing_output_is_not_sent(
     uploaded = puts(session)
     out = tmp_path / "features"
     out.mkdir()
-    with h5py.File(out / "case-a.h5", "w") as done:
-        done.attrs["tiles"] = 5
+    asked = recipe(SlideOptions(model="h1", min_tissue=0.25))
+    with h5py.File(out / "case-a.h5", "w") as done:  # made the same way
+        done.attrs.update({"tiles": 5, "recipe": json.dumps(asked)})
     assert slides_run(out, str(slides["a"]), str(slides["b"])) == 0
     assert [c["InferenceId"] for c in sagemaker.calls] == ["case-b-1"]
     assert len(uploaded) == 1 and "case-b" in uploaded[0]
     assert "2 slides: 2 done, 0 failed" in capsys.readouterr().out
+    with h5py.File(out / "case-a.h5", "a") as done:  # made another way: refused before anything is sent
+        done.attrs["recipe"] = json.dumps({**asked, "mpp": 1.0})
+    assert slides_run(out, str(slides["a"])) == 2
+    assert "case-a.h5 (mpp 1.0 there, 0.5 asked)" in capsys.readouterr().err and len(sagemaker.calls) == 1
 
 
 def test_queued_slides_are_followed_not_resent_after_an_interruption(

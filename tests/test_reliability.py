@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 import requests
 
 from kit.endpoints.samples import wire_record
-from kit.local import free_port, wait_healthy
+from kit.local import free_port, metric, wait_healthy
 from model_code.settings import Limits, Settings, SettingsError
 from tests.serving import REPO, Running, serve_in_thread
 
@@ -49,23 +48,16 @@ def tile(slide: str, patch_idx: int) -> dict[str, object]:
     return {**wire_record("h1", "embedding", patch_idx=patch_idx), "slide_name": slide}
 
 
-def _metric(running: Running, name: str, **labels: str) -> float:
-    text = httpx.get(f"{running.url}/metrics").text
-    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
-    match = re.search(rf"^{name}{{{re.escape(wanted)}}} (\S+)$" if labels else rf"^{name} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 def test_a_poison_tile_fails_alone_and_its_batch_neighbours_are_answered(guarded: Running) -> None:
     records = [tile("s", i) for i in range(9)]
     records[4]["slide_name"] = "poison"
-    failures = _metric(guarded, "optimus_forward_failures_total", model="h1")
+    failures = metric(guarded.url, "optimus_forward_failures_total", model="h1")
     answers = httpx.post(f"{guarded.url}/invocations", json=records, timeout=60).json()
     assert [len(a.get("output", [])) for a in answers] == [1536] * 4 + [0] + [1536] * 4
     assert [a.get("patch_idx") for a in answers] == [0, 1, 2, 3, None, 5, 6, 7, 8]
     assert answers[4]["status"] == 503 and answers[4]["retryable"] is True and "simulated" in answers[4]["error"]
-    assert _metric(guarded, "optimus_isolated_tiles_total", model="h1") >= 1
-    assert _metric(guarded, "optimus_forward_failures_total", model="h1") - failures >= 4  # 9 -> 4 -> 2 -> 1 (+1)
+    assert metric(guarded.url, "optimus_isolated_tiles_total", model="h1") >= 1
+    assert metric(guarded.url, "optimus_forward_failures_total", model="h1") - failures >= 4  # 9 -> 4 -> 2 -> 1 (+1)
     alone = httpx.post(f"{guarded.url}/invocations", json=records[4])
     assert alone.status_code == 503 and alone.headers["retry-after"] == "1"
 
@@ -159,13 +151,13 @@ def test_accept_is_negotiated(running: Running, accept: str, answer_type: str) -
 
 
 def test_an_unacceptable_accept_is_406_before_any_forward_pass(running: Running) -> None:
-    forwards = _metric(running, "optimus_batch_size_count", model="h1")
+    forwards = metric(running.url, "optimus_batch_size_count", model="h1")
     for accept in ("text/csv", "application/json;q=0, text/plain"):
         refused = httpx.post(
             f"{running.url}/invocations", json=wire_record("h1", "embedding"), headers={"accept": accept}
         )
         assert refused.status_code == 406 and refused.json()["field"] == "accept"
-    assert _metric(running, "optimus_batch_size_count", model="h1") == forwards
+    assert metric(running.url, "optimus_batch_size_count", model="h1") == forwards
 
 
 def test_framework_errors_use_the_error_layout_and_head_ping_works(running: Running) -> None:
@@ -182,18 +174,18 @@ def test_record_errors_are_counted_for_single_records_and_unhosted_models_in_lis
 
     h1_only = package(["h1"], artifact.parent.parent / "h1-only-server", demo=True)
     with serve_in_thread(Settings(model_dir=h1_only, port=free_port())) as server:
-        errors_400 = _metric(server, "optimus_record_errors_total", status="400")
+        errors_400 = metric(server.url, "optimus_record_errors_total", status="400")
         bad = httpx.post(f"{server.url}/invocations", json={**wire_record("h1", "embedding"), "image_data": "@"})
         assert bad.status_code == 400
-        assert _metric(server, "optimus_record_errors_total", status="400") == errors_400 + 1
-        decoded = _metric(server, "optimus_decode_seconds_count")
+        assert metric(server.url, "optimus_record_errors_total", status="400") == errors_400 + 1
+        decoded = metric(server.url, "optimus_decode_seconds_count")
         assert httpx.post(f"{server.url}/invocations", content=b"{", headers=JSON).status_code == 400
-        assert _metric(server, "optimus_decode_seconds_count") == decoded + 1
+        assert metric(server.url, "optimus_decode_seconds_count") == decoded + 1
         answers = httpx.post(
             f"{server.url}/invocations", json=[wire_record("h1", "embedding"), wire_record("tissue-seg", "prediction")]
         ).json()
         assert len(answers[0]["output"]) == 1536 and (answers[1]["status"], answers[1]["record"]) == (404, 1)
-        assert _metric(server, "optimus_record_errors_total", status="404") == 1
+        assert metric(server.url, "optimus_record_errors_total", status="404") == 1
         assert 'optimus_queue_wait_seconds_count{model="tissue-seg"}' not in httpx.get(f"{server.url}/metrics").text
 
 
@@ -219,9 +211,9 @@ def test_work_of_a_client_that_went_away_leaves_the_queue(artifact: Path, caplog
             time.sleep(0.2)
         first.join()
         time.sleep(1.0)
-        assert _metric(slow, "optimus_batch_size_count", model="h1") == 1
-        assert _metric(slow, "optimus_requests_total", route="/invocations", status="499") == 1
-        assert _metric(slow, "optimus_requests_total", route="/invocations", status="500") == 0
+        assert metric(slow.url, "optimus_batch_size_count", model="h1") == 1
+        assert metric(slow.url, "optimus_requests_total", route="/invocations", status="499") == 1
+        assert metric(slow.url, "optimus_requests_total", route="/invocations", status="500") == 0
 
 
 def test_sigterm_does_not_wait_for_a_stalled_upload(artifact: Path) -> None:

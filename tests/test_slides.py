@@ -216,13 +216,13 @@ def test_kit_slides_run_writes_resumes_and_reports_failures(
     argv += ["--model", "h1", "--out", str(out), "--option", "min_tissue=0.25"]
     assert main(argv) == 1  # one slide failed
     report = capsys.readouterr().out
-    assert "2 slides: 1 done, 1 failed" in report and "slide_mpp" in report
+    assert "2 slides: 1 done, 0 skipped, 1 failed" in report and "slide_mpp" in report
     with h5py.File(out / "half.h5", "r") as written:
         assert written.attrs["slide_name"] == "half" and written.attrs["min_tissue"] == 0.25
         assert written["features"].dtype == np.float16 and written["features"].shape[0] == written.attrs["tiles"]
     assert sorted(p.name for p in out.iterdir()) == ["half.h5"]  # nothing left of the failed slide
-    assert main([*argv, "--option", "slide_mpp=0.5"]) == 0
-    assert "skipped" in capsys.readouterr().out and (out / "no-mpp.h5").exists()
+    assert main([*argv, "--option", "slide_mpp=0.5"]) == 0  # slide_mpp was not used by half.svs: reused
+    assert "2 slides: 1 done, 1 skipped, 0 failed" in capsys.readouterr().out and (out / "no-mpp.h5").exists()
 
 
 def test_picture_shows_outline_grid_and_feature_map(running: Running, slides: dict[str, Path], tmp_path: Path) -> None:

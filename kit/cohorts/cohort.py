@@ -57,25 +57,34 @@ def slide_id(source: str) -> str:
     return PurePosixPath(source.rstrip("/")).name.split(".")[0]
 
 
-def output_name(relative: str, named_id: str | None, suffix: str) -> str:
-    """A slide's output, relative to the output prefix (model_code/cohort/contract.py): the slide_id a CSV
-    named it by, else its path relative to the cohort's root without its suffix: `sub/b.svs` -> `sub/b.h5`."""
-    return (named_id or str(PurePosixPath(relative.rstrip("/")).with_suffix(""))) + suffix
+def output_name(relative: str, named_id: str | None, fmt: str) -> str:
+    """A slide's output, relative to the output prefix: the slide_id a CSV named it by, else its path relative
+    to the cohort's root with its suffix replaced (`sub/b.svs` -> `sub/b.h5`; model_code/slides/layouts.py)."""
+    from model_code.slides.layouts import SUFFIXES
+    from model_code.slides.layouts import output_name as path_name
+
+    return named_id + SUFFIXES[fmt] if named_id else path_name(relative.rstrip("/"), fmt)
 
 
-def find_slides(paths: list[Path]) -> list[Path]:
-    """Files as given; directories searched (recursively) for slide files, in name order."""
-    found: list[Path] = []
+def named_slides(paths: list[Path]) -> list[tuple[Path, str]]:
+    """Files as given (named by their file name); directories searched (recursively) for slide files, in
+    name order, each named by its path in the directory."""
+    found: list[tuple[Path, str]] = []
     for path in paths:
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
+            found += [(p, p.relative_to(path).as_posix()) for p in files]
         elif path.is_file():
-            found.append(path)
+            found.append((path, path.name))
         else:
             raise KitError(f"{path}: no such file or directory")
     if not found:
         raise KitError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {', '.join(map(str, paths))}")
     return found
+
+
+def find_slides(paths: list[Path]) -> list[Path]:
+    return [slide for slide, _ in named_slides(paths)]
 
 
 def s3_slides(s3: Any, uri: str) -> list[CohortSlide]:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from kit import KitError
 from kit.cli import session
 from kit.cohorts.cohort import cohort_slides
 
 
-def run_async(args: argparse.Namespace, attributes: str, suffix: str) -> int:
+def run_async(args: argparse.Namespace, attributes: str, suffix: str, wanted: dict[str, object]) -> int:
+    """`wanted`: the recipe the options ask for (model_code/slides/provenance.py), which existing outputs must match."""
     from kit.cohorts.deployment import find_deployment
     from kit.cohorts.runner import Cohort, instance_hours, refuse_oversized, report, run_cohort
+    from kit.slides.features import SlideJob, check_existing
 
     aws = session(args)
     slides = cohort_slides(args.slides, args.cohort, aws.client("s3"))
@@ -21,6 +24,9 @@ def run_async(args: argparse.Namespace, attributes: str, suffix: str) -> int:
     if deployment.serving != "async":
         raise KitError(f'{deployment.endpoint_name} is a real-time endpoint: deploy an entry with "async": true')
     cohort = Cohort(deployment, aws, args.out, suffix, attributes, args.retries, min(3600, int(args.timeout)))
+    check_existing(
+        [SlideJob(Path(s.source), s.slide_id, cohort.target(s.slide_id), bool(s.bulk_rna)) for s in slides], wanted
+    )
     requests, wall_s = run_cohort(cohort, slides, args.poll, timeout_s=args.wait_hours * 3600)
     now = time.time()
     hours = instance_hours(aws, deployment.endpoint_name, now - wall_s, now)

@@ -81,8 +81,8 @@ class Cohort:
     def relative(self, slide: CohortSlide) -> str:
         return split_s3(slide.source)[1].removeprefix(self.root)
 
-    def output_key(self, out_prefix: str, slide: CohortSlide, suffix: str) -> str:
-        return out_prefix + output_name(self.relative(slide), slide.slide_id if slide.named else None, suffix)
+    def output_key(self, out_prefix: str, slide: CohortSlide, fmt: str) -> str:
+        return out_prefix + output_name(self.relative(slide), slide.slide_id if slide.named else None, fmt)
 
 
 def s3_cohort(slides: list[CohortSlide], prefixes: list[str]) -> Cohort:
@@ -113,10 +113,10 @@ def present(s3: Any, uri: str) -> dict[str, int]:
     return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
-def missing(cohort: Cohort, out: str, suffix: str, existing: Iterable[str]) -> list[CohortSlide]:
+def missing(cohort: Cohort, out: str, fmt: str, existing: Iterable[str]) -> list[CohortSlide]:
     """The slides whose output is not under OUT yet."""
     out_prefix, held = split_s3(out)[1], set(existing)
-    return [s for s in cohort.slides if cohort.output_key(out_prefix, s, suffix) not in held]
+    return [s for s in cohort.slides if cohort.output_key(out_prefix, s, fmt) not in held]
 
 
 def running_jobs(aws: boto3.Session, out: str) -> list[str]:
@@ -295,13 +295,13 @@ def _read(s3: Any, bucket: str, key: str) -> list[str]:
     return [line for line in body.splitlines() if line.strip()]
 
 
-def output_keys(s3: Any, out: str, name: str, suffix: str) -> dict[str, str]:
+def output_keys(s3: Any, out: str, name: str, fmt: str) -> dict[str, str]:
     """slide -> output key, for the slides of a job's cohort.jsonl (the contract's naming)."""
     bucket, prefix = split_s3(out)
     keys = {}
     for text in _read(s3, bucket, f"{prefix}{KIT_DIR}{name}/cohort/cohort.jsonl"):
         line = json.loads(text)
-        keys[line["slide"]] = prefix + output_name(line["slide"], line["slide_id"], suffix)
+        keys[line["slide"]] = prefix + output_name(line["slide"], line["slide_id"], fmt)
     return keys
 
 

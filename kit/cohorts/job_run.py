@@ -96,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from kit.cohorts import job
     from kit.cohorts.cohort import cohort_slides, split_s3, with_sizes
     from kit.cohorts.plan import Inputs, rows_table
-    from model_code.slides.writers import SUFFIXES
 
     params = hyperparameters(args)
     out = args.out if args.out.endswith("/") else args.out + "/"
@@ -127,9 +126,8 @@ def run(args: argparse.Namespace) -> int:
             "key cohortJobs.inputs and deploy"
         )
     cohort = job.s3_cohort(slides, prefixes)
-    suffix = SUFFIXES[args.format]
     held = job.present(s3, out)
-    todo = job.missing(cohort, out, suffix, held)
+    todo = job.missing(cohort, out, args.format, held)
     if not todo:
         print(f"all {len(slides):,} slides have their outputs under {out}: nothing to run")
         return 0

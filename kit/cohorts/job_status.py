@@ -48,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _snapshot(aws: boto3.Session, name: str) -> tuple[dict[str, Any], Progress]:
     from kit.cohorts import job
-    from model_code.slides.writers import SUFFIXES
 
     described = aws.client("sagemaker").describe_training_job(TrainingJobName=name)
     out = described.get("CheckpointConfig", {}).get("S3Uri", "")
     if not out.endswith("/") or not described.get("HyperParameters", {}).get("format"):
         raise KitError(f"{name} is not a cohort job of the kit (no checkpoint prefix and slide options)")
     s3 = aws.client("s3")
-    keys = job.output_keys(s3, out, name, SUFFIXES[described["HyperParameters"]["format"]])
+    keys = job.output_keys(s3, out, name, described["HyperParameters"]["format"])
     return described, job.progress(s3, out, name, keys)
 
 

@@ -1,28 +1,55 @@
-"""What a slide endpoint answered: a features file (HDF5 or Zarr zip) and the tile count it records; shared by
-the engines that send slides (kit/slides/run.py, kit/cohorts/runner.py) and `kit cohort status`."""
+"""What a slide endpoint answers, a features file: the tile count it records, and whether existing outputs were
+made the way a run asks; shared by the engines that send slides (kit/slides/run.py, kit/cohorts/runner.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+from kit import KitError
 
 
 class SlideFailed(Exception):
     """A slide the endpoint could not answer: the reason, as the server gave it."""
 
 
+@dataclass
+class SlideJob:
+    """A slide, its path in the directory given (or its file name), and where its output goes."""
+
+    slide: Path
+    name: str
+    target: Path
+    bulk_rna: bool = False
+
+
+def check_existing(jobs: list[SlideJob], wanted: dict[str, object]) -> None:
+    """Refuse outputs that exist but were made another way (naming what differs), before anything runs."""
+    from model_code.slides.layouts import read_attributes
+    from model_code.slides.provenance import differences
+
+    stale = []
+    for one in jobs:
+        if one.target.exists():
+            try:
+                found = differences(read_attributes(one.target), {**wanted, "bulk_rna": one.bulk_rna})
+            except (OSError, ValueError, KeyError) as exc:
+                found = [f"not a features file ({exc})"]
+            if found:
+                stale.append(f"{one.target} ({'; '.join(found)})")
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise KitError(
+            f"{len(stale)} existing output(s) were made another way: {shown}; "
+            "--overwrite redoes them, or give another --out"
+        )
+
+
 def output_tiles(path: Path) -> int:
     """The tile count a features file records (HDF5 or Zarr zip); SlideFailed when it is not one."""
-    import zipfile
-
-    import h5py
+    from model_code.slides.layouts import read_attributes
 
     try:
-        if zipfile.is_zipfile(path):
-            import zarr
-            from zarr.storage import ZipStore
-
-            return int(zarr.open_group(ZipStore(path, mode="r"), mode="r").attrs["tiles"])  # type: ignore[arg-type]
-        with h5py.File(path, "r") as features:
-            return int(features.attrs["tiles"])
+        return int(read_attributes(path)["tiles"])
     except (OSError, KeyError, ValueError) as exc:
         raise SlideFailed(f"the answer is not a features file ({exc})") from None

@@ -26,6 +26,7 @@ from model_code.manifest import MANIFEST
 from model_code.runners import Runner
 from model_code.slides import tissue
 from model_code.slides.options import SlideOptions
+from model_code.slides.provenance import RECIPE, provenance, recipe
 from model_code.slides.reader import Slide
 from model_code.slides.writers import open_writer
 
@@ -96,7 +97,9 @@ def run_slide(
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)
             keys = _keys(options.mode)
             widths = {name: runner.entry.outputs[key] for name, key in keys.items()}
-            writer = open_writer(options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask)
+            writer = open_writer(
+                options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask, options.layout
+            )
             started = time.perf_counter()
             size = runner.entry.tile_size
 
@@ -173,7 +176,10 @@ def _attributes(
         "tiles": summary.tiles,
         "grid_tiles": summary.grid_tiles,
         "seconds": json.dumps({k: round(v, 3) for k, v in summary.seconds.items()}),
+        "layout": options.layout,
+        RECIPE: json.dumps(recipe(options, entry.name, with_rna), sort_keys=True),
         "kit_version": __version__,
+        **provenance(),
     }
 
 

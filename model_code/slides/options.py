@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from model_code.catalogue import canonical_name
 from model_code.errors import ClientError
@@ -32,11 +32,22 @@ class SlideOptions(BaseModel):
     )
     min_tissue: float = Field(0.5, ge=0, le=1, description="keep a tile when its tissue ratio reaches this")
     format: Literal["h5", "zarr"] = "h5"
+    layout: Literal["trident", "stamp"] = Field(
+        "trident",
+        description="the h5 file's layout: trident (TRIDENT, CLAM) or stamp (STAMP); zarr is the vendor SDK's",
+    )
     dtype: Literal["float16", "float32"] = "float16"
     slide_mpp: float | None = Field(None, ge=MIN_MPP, le=MAX_MPP, description="um/px of level 0, for slides without it")
     slide_name: str | None = Field(
         None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="recorded in the output's attributes"
     )
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_of_h5(cls, layout: str, info: ValidationInfo) -> str:
+        if info.data.get("format") == "zarr" and layout != "trident":
+            raise ValueError(f"{layout} is an h5 layout; format=zarr is the vendor SDK's own")
+        return layout
 
 
 def parse_attributes(text: str | None) -> list[tuple[str, str]]:
@@ -70,7 +81,11 @@ def slide_options(
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "options"
         known = ", ".join(SlideOptions.model_fields)
-        reason = f"unknown option (known: {known})" if first["type"] == "extra_forbidden" else first["msg"]
+        reason = (
+            f"unknown option (known: {known})"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
         raise ClientError(reason, field=field) from None
 
 

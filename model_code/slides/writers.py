@@ -1,10 +1,10 @@
 """Slide outputs, written as the forward passes finish (never all features in memory at once).
 
-HDF5 (default), the layout TRIDENT and CLAM users read: `features` [N, D], `coords` [N, 2] (level-0 x, y
-of each tile's top-left corner), `tissue_ratios` [N], `tissue_mask` (uint8, at tissue-seg's 8 um/px),
-and `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding; attributes describe the
-model, tiles and slide. Zarr in a zip store, as the vendor's SDK writes it: `outputs` for `features`,
-the other arrays and attributes alike.
+HDF5 (default) in one of the layouts of `layouts` (TRIDENT's, which CLAM's readers take, or STAMP's): the
+features [N, D], `coords` [N, 2] (each tile's top-left corner), `tissue_ratios` [N], `tissue_mask` (uint8,
+at tissue-seg's 8 um/px), and `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding;
+attributes describe the model, tiles, slide and how the file was made. Zarr in a zip store, as the vendor's
+SDK writes it: `outputs` for `features`, `coords` in level-0 pixels, the other arrays and attributes alike.
 """
 
 from __future__ import annotations
@@ -18,9 +18,12 @@ import h5py
 import numpy as np
 import zarr
 
-VENDOR_NAMES = {"features": "outputs"}  # the vendor SDK's Zarr names
+from model_code.slides import layouts
+from model_code.slides.layouts import SUFFIXES, VENDOR_NAMES
+
+__all__ = ["MEDIA_TYPES", "SUFFIXES", "Writer", "open_writer"]
+
 MEDIA_TYPES = {"h5": "application/x-hdf5", "zarr": "application/zip"}
-SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
 
 
 class Writer(Protocol):
@@ -29,31 +32,55 @@ class Writer(Protocol):
 
 
 def open_writer(
-    kind: str, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
+    kind: str,
+    path: Path,
+    coords: np.ndarray,
+    ratios: np.ndarray,
+    widths: dict[str, int],
+    dtype: str,
+    mask: np.ndarray,
+    layout: str = "trident",
 ) -> Writer:
-    """A writer for len(coords) tiles whose outputs are named and sized by `widths` (dataset name -> D);
-    `mask` is the tissue mask at tissue-seg's resolution, stored as `tissue_mask`."""
-    return (H5Writer if kind == "h5" else ZarrWriter)(path, coords, ratios, widths, dtype, mask)
+    """A writer for len(coords) tiles (level-0 pixels) whose outputs are named and sized by `widths` (dataset
+    name -> D); `mask` is the tissue mask at tissue-seg's resolution, stored as `tissue_mask`. `layout`
+    applies to HDF5; Zarr is the vendor SDK's."""
+    if kind == "h5":
+        return H5Writer(path, coords, ratios, widths, dtype, mask, layout)
+    return ZarrWriter(path, coords, ratios, widths, dtype, mask)
 
 
 class H5Writer:
+    """HDF5 in `layout`: `coords` and the attributes, which depend on the slide's geometry, are written at
+    the end."""
+
     def __init__(
-        self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
+        self,
+        path: Path,
+        coords: np.ndarray,
+        ratios: np.ndarray,
+        widths: dict[str, int],
+        dtype: str,
+        mask: np.ndarray,
+        layout: str,
     ):
         self.file = h5py.File(path, "w")
+        self.coords, self.layout = coords, layout
+        self.names = {name: layouts.FEATURES[layout] if name == "features" else name for name in widths}
         self.file.create_dataset("tissue_mask", data=mask, compression="gzip")
-        self.file.create_dataset("coords", data=coords.astype(np.int64))
         self.file.create_dataset("tissue_ratios", data=ratios.astype(np.float32))
         for name, width in widths.items():
             chunks = (min(len(coords), 1024), width) if len(coords) else None
-            self.file.create_dataset(name, shape=(len(coords), width), dtype=dtype, chunks=chunks)
+            self.file.create_dataset(self.names[name], shape=(len(coords), width), dtype=dtype, chunks=chunks)
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         for name, values in outputs.items():
-            self.file[name][start : start + len(values)] = values
+            self.file[self.names[name]][start : start + len(values)] = values
 
     def close(self, attributes: dict[str, Any]) -> None:
-        self.file.attrs.update({k: v for k, v in attributes.items() if v is not None})
+        coords, coords_attributes = layouts.coords_dataset(self.layout, self.coords, attributes)
+        self.file.create_dataset("coords", data=coords).attrs.update(coords_attributes)
+        self.file[self.names["features"]].attrs.update(layouts.features_attributes(self.layout, attributes))
+        self.file.attrs.update(layouts.root_attributes(self.layout, attributes))
         self.file.close()
 
 
