@@ -248,3 +248,18 @@ def test_status_reports_slides_spot_and_cost_and_downloads_the_outputs(
     assert (tmp_path / "f" / "sub" / "b.h5").read_bytes() == b"features of sub/b.h5"
     assert sorted(str(p.relative_to(tmp_path / "f")) for p in (tmp_path / "f").rglob("*.h5")) == ["a.h5", "sub/b.h5"]
     assert main(["cohort", "status", "no-such-job"]) == 2
+
+
+def test_the_engines_do_not_import_the_slides_command() -> None:
+    """kit/slides/run.py dispatches to kit/cohorts (--endpoint); nothing in kit/cohorts imports it back."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "kit" / "cohorts"
+    imported = {
+        (path.name, node.module)
+        for path in root.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert ("command.py", "kit.cohorts.cohort") in imported  # the walk sees the imports
+    assert [(name, module) for name, module in imported if module == "kit.slides.run"] == []
