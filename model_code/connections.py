@@ -75,3 +75,28 @@ async def disconnected(request: Request) -> None:
     """Returns once the client of `request` has gone away (its body already read)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+DRAIN_STALL_S = 1.0  # a refused body is drained while the client keeps sending (it may wait for the answer)
+
+
+def awaits_continue(request: Request) -> bool:
+    """The client sent `Expect: 100-continue`: it sends its body only once told to (the app's first read)."""
+    return request.headers.get("expect", "").lower() == "100-continue"
+
+
+async def drain(request: Request, limit: int, waiting: bool) -> None:
+    """Read and discard what the client still sends of a refused body, up to `limit` bytes while it keeps
+    sending, so that clients that send the whole body before reading (urllib, requests) read the refusal
+    rather than a reset connection; nothing when it is `waiting` for 100 Continue (it sends no body then)."""
+    if waiting:
+        return
+    left = limit
+    try:
+        while left > 0:
+            message = await asyncio.wait_for(request.receive(), DRAIN_STALL_S)
+            left -= len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+    except TimeoutError:
+        return

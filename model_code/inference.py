@@ -10,6 +10,7 @@ split in halves and retried, so only the tile that fails gets a 503 entry.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -69,6 +70,11 @@ class Models:
 
     runners: dict[str, Runner]
     model_dir: Path
+
+    @functools.cached_property
+    def metadata_bytes(self) -> dict[str, int]:
+        """The size of each model's `mode: metadata` answer (its gene lists, for M-Optimus)."""
+        return {name: len(dumps(runner.metadata())) for name, runner in self.runners.items()}
 
 
 def model_fn(model_dir: str | Path) -> Models:
@@ -148,14 +154,15 @@ def parse_request(
     overrides: dict[str, str] | None,
     map_records: RecordMap = map,
     limits: Limits | None = None,
+    models: Models | None = None,
 ) -> Batch:
     """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record,
     and `map_records` may decode the records of a many-record request in parallel (the server's pool).
     Too many records, or records whose answers cannot fit `limits` (default: from the environment), are a 413
-    before any tile is decoded."""
+    before any tile is decoded (metadata answers counted at their size in `models`, when given)."""
     limits = limits or Limits.from_env()
     raw, layout = split_body(input_data, content_type, limits.max_records)
-    check_answer_size(raw, overrides, limits.max_response_bytes)
+    check_answer_size(raw, overrides, limits.max_response_bytes, models.metadata_bytes if models else None)
     records = list(map_records(lambda item: decode_record(item[1], item[0], overrides), list(enumerate(raw))))
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -177,18 +178,18 @@ def _check_count(count: int, max_records: int) -> None:
         )
 
 
-def check_answer_size(raw: list[Any], overrides: dict[str, str] | None, max_bytes: int) -> None:
-    """A 413 when the answers to these records cannot fit `max_bytes`, counting each output value at its
-    shortest ("0.0,"), before anything is decoded: a 6 MB list of blank tissue-seg tiles would need GBs."""
+def check_answer_size(
+    raw: list[Any], overrides: dict[str, str] | None, max_bytes: int, metadata_bytes: Mapping[str, int] | None = None
+) -> None:
+    """A 413 when the answers to these records cannot fit `max_bytes`, found before anything is decoded or
+    answered: a 6 MB list of blank tissue-seg tiles would need GBs, a list of M-Optimus metadata records (each
+    answer holds its 25,376 gene IDs) hundreds of MB. A record whose model or mode is not a known name counts
+    nothing here (it is refused when decoded)."""
     least = 0
     for item in raw:
-        if not isinstance(item, dict):
-            continue
-        fields = {**item, **(overrides or {})}
-        spec = MODELS.get(canonical_name(str(fields.get("model_name"))) or "")
-        outputs = MODE_OUTPUTS.get(fields.get("mode")) if spec is not None else None  # type: ignore[arg-type]
-        if spec is not None and outputs:
-            least += MIN_VALUE_BYTES * sum(spec.outputs.get(name, 0) for name in outputs)
+        if isinstance(item, dict):
+            fields = {**item, **(overrides or {})}
+            least += least_answer_bytes(fields.get("model_name"), fields.get("mode"), metadata_bytes or {})
     if least > max_bytes:
         raise ClientError(
             f"the answers to these records take at least {least} bytes, over the limit of {max_bytes} "
@@ -196,6 +197,20 @@ def check_answer_size(raw: list[Any], overrides: dict[str, str] | None, max_byte
             field="body",
             status=413,
         )
+
+
+def least_answer_bytes(model_name: object, mode: object, metadata_bytes: Mapping[str, int]) -> int:
+    """The fewest bytes a record's answer can take: each output value at its shortest ("0.0,"); a metadata
+    answer at the size `metadata_bytes` gives for the model (the loaded models' own), else each of its genes
+    at the shortest name ('"G",')."""
+    name = canonical_name(model_name) if isinstance(model_name, str) else None
+    if name is None or not isinstance(mode, str):
+        return 0
+    spec = MODELS[name]
+    if mode == METADATA:  # gene lists: M-Optimus's input genes (its bulk RNA) and output genes (its prediction)
+        genes = spec.bulk_rna_genes + spec.outputs.get(PREDICTION, 0) if spec.bulk_rna_genes else 0
+        return metadata_bytes.get(name, MIN_VALUE_BYTES * genes)
+    return MIN_VALUE_BYTES * sum(spec.outputs.get(output, 0) for output in MODE_OUTPUTS.get(mode, ()))
 
 
 def decode_record(raw: Any, index: int, overrides: dict[str, str] | None = None) -> Record | ClientError:

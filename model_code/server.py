@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
-from model_code.connections import disconnected
+from model_code.connections import awaits_continue, disconnected, drain
 from model_code.errors import ClientError, ForwardError
 from model_code.inference import Batch, Models, Result
 from model_code.metrics import Metrics
@@ -41,7 +41,6 @@ from model_code.slides.http import SlideService, is_slide
 log = logging.getLogger("optimus.server")
 
 DRAIN_BYTES = 128 * 1024 * 1024  # of a refused body, read and discarded so the client can read its 413
-DRAIN_STALL_S = 1.0  # ... unless the client stops sending for this long (it may wait for the answer first)
 REST_MODES = {"embed": EMBEDDING, "predict": PREDICTION, "predict_with_embedding": PREDICTION_WITH_EMBEDDING}
 RECORD_BODY = {
     "requestBody": {
@@ -153,7 +152,7 @@ class Server:
         models, batcher = self.models, self.batcher
         loop = asyncio.get_running_loop()
         parse = functools.partial(
-            inference.parse_request, body, content_type, overrides, self._map_records, self.settings.limits
+            inference.parse_request, body, content_type, overrides, self._map_records, self.settings.limits, models
         )
         began = time.perf_counter()
         self.decoding += 1
@@ -217,14 +216,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        await _drain(request, waiting=request.headers.get("expect", "").lower() == "100-continue")
+        await drain(request, DRAIN_BYTES, awaits_continue(request))
         raise _too_large(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in _chunks(request):
         size += len(chunk)
         if size > limit:
-            await _drain(request, waiting=False)
+            await drain(request, DRAIN_BYTES, waiting=False)
             raise _too_large(size, limit)
         chunks.append(chunk)
     body = b"".join(chunks)
@@ -239,21 +238,6 @@ async def _chunks(request: Request) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
-
-
-async def _drain(request: Request, waiting: bool) -> None:
-    """Read and discard what the client still sends of a refused body (not if it awaits 100-continue)."""
-    if waiting:
-        return
-    left = DRAIN_BYTES
-    try:
-        while left > 0:
-            message = await asyncio.wait_for(request.receive(), DRAIN_STALL_S)
-            left -= len(message.get("body", b""))
-            if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                return
-    except TimeoutError:
-        return
 
 
 def gunzip(body: bytes, limit: int) -> bytes:

@@ -17,7 +17,12 @@ DEFAULT_MAX_BATCH_SIZE = 32
 # A 100 MB batch-transform request holds about 690 of the vendor's 145 kB PNG tiles, answered in about
 # 21 MB; 2048 records leave room for smaller tiles, and bound the decoded pixels of one request.
 DEFAULT_MAX_RECORDS = 2048
+# Bytes of answer per request, counted before any answer is built (records.check_answer_size). 256 MB by
+# default: batch transform (a request of up to 100 MB: 690 h1 tiles answer 21 MB, 100 tissue-seg tiles 100 MB),
+# async (the answer goes to S3) and on-premise, where it bounds the memory one request may take. A real-time
+# endpoint's answer must fit InvokeEndpoint's 6 MB: the stack sets MAX_RESPONSE_MB to that.
 DEFAULT_RESPONSE_MB = 256.0
+REALTIME_RESPONSE_MB = 6.0
 DEFAULT_SLIDE_MB = 1024.0  # a whole-slide body, streamed to a temporary file
 MB = 1024 * 1024
 MIN_TOKEN_CHARS = 16

@@ -29,6 +29,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from aws_cdk import aws_sns as sns
 from constructs import Construct
 
+from model_code.settings import REALTIME_RESPONSE_MB
 from stacks.config import AsyncConfig, KitConfig
 from stacks.nag import acknowledge, nag_resource
 
@@ -111,7 +112,12 @@ class ModelEndpoint(Construct):
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image.uri,
                 # SAGEMAKER_HOSTED: the server ignores on-premise bearer tokens (IAM guards InvokeEndpoint).
-                environment={"OPTIMUS_MODELS": ",".join(models), "SAGEMAKER_HOSTED": "1"},
+                # MAX_RESPONSE_MB: a real-time answer must fit InvokeEndpoint's 6 MB payload; an async one goes to S3.
+                environment={
+                    "OPTIMUS_MODELS": ",".join(models),
+                    "SAGEMAKER_HOSTED": "1",
+                    **({} if serving_async else {"MAX_RESPONSE_MB": f"{REALTIME_RESPONSE_MB:g}"}),
+                },
                 # A model.tar.gz object, or an uncompressed prefix SageMaker reads without unpacking.
                 model_data_url=None if artifact.is_prefix else artifact.uri,
                 model_data_source=_uncompressed(artifact) if artifact.is_prefix else None,

@@ -202,7 +202,7 @@ def test_models_endpoint_configs_and_endpoints(synthesized: tuple[Template, Temp
             "PrimaryContainer": {
                 "Image": Match.any_value(),
                 "ModelDataUrl": Match.any_value(),
-                "Environment": {"OPTIMUS_MODELS": "h1,tissue-seg", "SAGEMAKER_HOSTED": "1"},
+                "Environment": {"OPTIMUS_MODELS": "h1,tissue-seg", "SAGEMAKER_HOSTED": "1", "MAX_RESPONSE_MB": "6"},
             },
         },
     )

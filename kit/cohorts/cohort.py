@@ -23,8 +23,9 @@ from kit import KitError
 
 COLUMNS = ("slide", "slide_id", "slide_mpp", "bulk_rna", "tiles")
 SLIDE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names S3 keys and output files
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide")  # one file each
-MRXS, DICOM = ".mrxs", ".dcm"  # multi-file: in S3, for training jobs
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs")
+DICOM_SUFFIX = ".dcm"  # a folder of DICOM instances is one slide
+MRXS = ".mrxs"  # with the folder of its stem beside it, one slide
 S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)$")
 
 
@@ -67,13 +68,18 @@ def output_name(relative: str, named_id: str | None, fmt: str) -> str:
 
 
 def named_slides(paths: list[Path]) -> list[tuple[Path, str]]:
-    """Files as given (named by their file name); directories searched (recursively) for slide files, in
-    name order, each named by its path in the directory."""
+    """Files as given (named by their file name); directories searched (recursively) for slide files and
+    folders of DICOM instances (each one slide), in name order, each named by its path in the directory; a
+    folder of DICOM instances given is that slide."""
     found: list[tuple[Path, str]] = []
     for path in paths:
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SLIDE_SUFFIXES and p.is_file())
-            found += [(p, p.relative_to(path).as_posix()) for p in files]
+        if path.is_dir() and any(p.suffix.lower() == DICOM_SUFFIX for p in path.iterdir()):
+            found.append((path, path.name))
+        elif path.is_dir():
+            files = [p for p in path.rglob("*") if p.is_file()]
+            series = {p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX}
+            slides = sorted([p for p in files if p.suffix.lower() in SLIDE_SUFFIXES] + list(series))
+            found += [(p, p.relative_to(path).as_posix()) for p in slides]
         elif path.is_file():
             found.append((path, path.name))
         else:
@@ -94,7 +100,7 @@ def s3_slides(s3: Any, uri: str) -> list[CohortSlide]:
     objects = {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")}
     slides = _units(bucket, objects)
     if not slides:
-        raise KitError(f"no slides ({', '.join((*SLIDE_SUFFIXES, MRXS))}, or folders of {DICOM}) under {uri}")
+        raise KitError(f"no slides ({', '.join(SLIDE_SUFFIXES)}, or folders of {DICOM_SUFFIX}) under {uri}")
     return slides
 
 
@@ -106,9 +112,9 @@ def _units(bucket: str, objects: dict[str, int]) -> list[CohortSlide]:
         owner = next((m for d, m in mrxs.items() if key.startswith(d)), None)
         if owner is not None:
             units.setdefault(owner, []).append(key)
-        elif key.lower().endswith(DICOM):
+        elif key.lower().endswith(DICOM_SUFFIX):
             units.setdefault(folder, []).append(key)
-        elif key.lower().endswith((*SLIDE_SUFFIXES, MRXS)):
+        elif key.lower().endswith(SLIDE_SUFFIXES):
             units.setdefault(key, []).insert(0, key)
     return [
         CohortSlide(f"s3://{bucket}/{source}", slide_id(source), size=sum(objects[k] for k in keys), parts=tuple(keys))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit import KitError
-from kit.cohorts.cohort import CohortSlide, with_sizes
+from kit.cohorts.cohort import MRXS, CohortSlide, with_sizes
 
 if TYPE_CHECKING:
     import boto3
@@ -145,7 +145,8 @@ class Cohort:
 
     def follow_once(self) -> list[Request]:
         """Check each queued request's output and failure objects; the requests that ended now."""
-        from kit.slides.features import SlideFailed, output_tiles
+        from kit.slides.features import output_tiles
+        from kit.slides.transport import SlideFailed
 
         s3, ended = self.aws.client("s3"), []
         for request in self.requests.values():
@@ -241,7 +242,8 @@ def refuse_oversized(slides: list[CohortSlide], s3: Any) -> None:
     bulk RNA), else the cohort belongs to a training job."""
     too_big, multi = [], []
     for slide in with_sizes(s3, slides):
-        if len(slide.parts) > 1:
+        local_units = not slide.in_s3 and (Path(slide.source).is_dir() or slide.source.lower().endswith(MRXS))
+        if len(slide.parts) > 1 or local_units:
             multi.append(slide.slide_id)
             continue
         size = slide.size or 0

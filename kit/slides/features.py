@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit import KitError
-
-
-class SlideFailed(Exception):
-    """A slide the endpoint could not answer: the reason, as the server gave it."""
+from kit.slides.transport import SlideFailed
 
 
 @dataclass

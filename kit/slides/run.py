@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +22,8 @@ from typing import Any, Protocol
 from kit import KitError
 from kit.cli import add_aws
 from kit.cohorts.cohort import named_slides
-from kit.slides.features import SlideFailed, SlideJob, check_existing, output_tiles
+from kit.slides.features import SlideJob, check_existing, output_tiles
+from kit.slides.transport import HttpTransport, SlideFailed
 from model_code.slides.layouts import LAYOUTS, SUFFIXES
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
@@ -34,31 +33,6 @@ class Transport(Protocol):
     """Sends one slide with its options (`key=value;...`) and writes the answer to `out`."""
 
     def send(self, slide: Path, attributes: str, out: Path) -> None: ...
-
-
-class HttpTransport:
-    """POST the slide file (streamed from disk) to URL/invocations; stream the answer to a file."""
-
-    def __init__(self, endpoint_url: str, timeout_s: float):
-        self.url = endpoint_url.rstrip("/") + "/invocations"
-        self.timeout_s = timeout_s
-
-    def send(self, slide: Path, attributes: str, out: Path) -> None:
-        headers = {
-            "Content-Type": "application/octet-stream",
-            "Content-Length": str(slide.stat().st_size),
-            "X-Amzn-SageMaker-Custom-Attributes": attributes,
-        }
-        with slide.open("rb") as body:
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as answer, out.open("wb") as file:
-                    while chunk := answer.read(1 << 20):
-                        file.write(chunk)
-            except urllib.error.HTTPError as exc:
-                raise SlideFailed(f"HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                raise SlideFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass
@@ -128,11 +102,21 @@ def _one(one: SlideJob, transport: Transport, attributes: str, overwrite: bool) 
     try:
         transport.send(slide, attributes, partial)
         tiles = output_tiles(partial)
+        note = skipped_note(partial)
     except SlideFailed as exc:
         partial.unlink(missing_ok=True)
         return Outcome(slide, "failed", reason=str(exc), name=one.name)
     partial.replace(target)
-    return Outcome(slide, "done", tiles, time.perf_counter() - began, name=one.name)
+    return Outcome(slide, "done", tiles, time.perf_counter() - began, note, name=one.name)
+
+
+def skipped_note(path: Path) -> str:
+    """'' or the tiles a features file left out (their pixels cannot be decoded), and why the first was."""
+    from model_code.slides.layouts import read_attributes
+
+    attributes = read_attributes(path)
+    skipped = int(attributes.get("skipped_tiles", 0))
+    return f"{skipped} tiles skipped: {attributes.get('skipped_reason', '')}" if skipped else ""
 
 
 def table(outcomes: list[Outcome]) -> str:

@@ -1,9 +1,9 @@
-"""The server's slide route: a request whose body is a slide (or a tar of a slide and its bulk RNA).
+"""The server's slide route: a request whose body is a slide, or an archive of a slide's files.
 
-Content types: `image/tiff`, `image/x-svs`, `application/octet-stream` (any format OpenSlide reads), and
-`application/x-tar` for M-Optimus with bulk RNA: an uncompressed tar holding the slide and
-`bulk_rna.json` (a JSON list of the 19374 raw counts, -1 for a gene not measured, as in the tile API).
-The body is streamed to a temporary file (never held in memory), up to MAX_SLIDE_MB (default 1024,
+Content types: `image/tiff`, `image/x-svs`, `application/octet-stream` (a slide file of any format OpenSlide
+reads), `application/x-tar` (uncompressed) or `application/zip`: a slide made of several files (a DICOM
+series, an `.mrxs` with its folder), or one slide file, with or without M-Optimus's `bulk_rna.json`
+(`archives`). The body is streamed to a temporary file (never held in memory), up to MAX_SLIDE_MB (default 1024,
 SageMaker async's limit); one slide runs at a time per server; the answer is the features file, deleted
 once sent.
 """
@@ -13,35 +13,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import tarfile
 import tempfile
 import threading
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import orjson
 from fastapi import Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from model_code.catalogue import MODELS
-from model_code.connections import disconnected
+from model_code.connections import awaits_continue, disconnected, drain
 from model_code.errors import ClientError
 from model_code.inference import Models
-from model_code.records import bulk_rna_vector, media_type
-from model_code.slides.job import choose_runner, run_slide
+from model_code.records import media_type
+from model_code.slides import archives
+from model_code.slides.job import check_bulk_rna, choose_runner, run_slide
 from model_code.slides.options import slide_options
 from model_code.slides.tissue import SlideCancelled
 from model_code.slides.writers import MEDIA_TYPES, SUFFIXES
 
 log = logging.getLogger("optimus.slides")
 
-TAR = "application/x-tar"
-SLIDE_TYPES = frozenset({"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", TAR})
-BULK_RNA_FILE = "bulk_rna.json"
-MAX_TAR_MEMBERS = 16  # a slide, bulk_rna.json, and room for folders and the like
+SLIDE_TYPES = frozenset(
+    {"image/tiff", "image/x-tiff", "image/svs", "image/x-svs", "application/octet-stream", "application/dicom"}
+    | {archives.TAR, *archives.ZIP_TYPES}
+)
+RETRY_AFTER_S = 60  # a full slide queue: about one slide's time
 ROUTE_OPTIONS = {"model_name": "model", "mode": "mode"}  # the REST routes' overrides -> slide options
 
 
@@ -59,29 +57,42 @@ class SlideService:
         self.pending = 0
         self.max_pending = max_pending  # MAX_QUEUED_SLIDES: received or running at once; more get a 503
 
+    async def _refuse(self, request: Request, reason: str, retry_after: int | None) -> Response:
+        """A 503 (retried after `retry_after` seconds when given), sent once the body is drained."""
+        await drain(request, self.max_bytes, awaits_continue(request))
+        headers = {"connection": "close", **({"Retry-After": str(retry_after)} if retry_after else {})}
+        return JSONResponse({"error": reason, "status": 503}, status_code=503, headers=headers)
+
     async def answer(
         self, request: Request, models: Models | None, overrides: dict[str, str] | None = None
     ) -> Response:
-        """`overrides`: the REST route's model_name and mode, which the options must agree with."""
-        if models is None:
-            return JSONResponse({"error": "the models are still loading", "status": 503}, status_code=503)
-        route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
-        options = slide_options(request.headers, request.query_params.multi_items(), route)
-        runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
-        kind = media_type(request.headers.get("content-type"))
-        if kind == TAR and runner.entry.name != "m-optimus":
-            raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
-        if self.pending >= self.max_pending:
-            return JSONResponse(
-                {"error": f"{self.pending} slides are already here (one runs at a time); retry later", "status": 503},
-                status_code=503,
-                headers={"Retry-After": "60", "connection": "close"},
-            )
+        """`overrides`: the REST route's model_name and mode, which the options must agree with. A refusal
+        before the body is read drains what the client still sends of it (up to MAX_SLIDE_MB, unless it awaits
+        100 Continue), so that a client that sends everything before reading gets the reason, not a reset."""
+        try:
+            if models is None:
+                return await self._refuse(request, "the models are still loading", None)
+            route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
+            options = slide_options(request.headers, request.query_params.multi_items(), route)
+            runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
+            kind = media_type(request.headers.get("content-type"))
+            if self.pending >= self.max_pending:
+                busy = f"{self.pending} slides are already here (one runs at a time); retry later"
+                return await self._refuse(request, busy, RETRY_AFTER_S)
+            _check_declared(request, self.max_bytes)
+        except ClientError:
+            await drain(request, self.max_bytes, awaits_continue(request))
+            raise
         self.pending += 1
         workdir = Path(tempfile.mkdtemp(prefix="optimus-slide-"))
         try:
             body = await _save_body(request, workdir / "body", self.max_bytes)
-            slide, rna = await asyncio.to_thread(_unpack, body, workdir) if kind == TAR else (body, None)
+            if archives.is_archive(kind):
+                slide, rna = await asyncio.to_thread(archives.unpack, body, kind, workdir, self.max_bytes)
+                body.unlink()
+                check_bulk_rna(runner, rna)
+            else:
+                slide, rna = body, None
             out = workdir / f"features{SUFFIXES[options.format]}"
             gone = asyncio.ensure_future(disconnected(request))  # while it waits its turn, and while it runs
             stop = threading.Event()
@@ -103,7 +114,11 @@ class SlideService:
             raise
         finally:
             self.pending -= 1
-        headers = {"X-Optimus-Tiles": str(summary.tiles), "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}"}
+        headers = {
+            "X-Optimus-Tiles": str(summary.tiles),
+            "X-Optimus-Skipped-Tiles": str(summary.skipped),
+            "X-Optimus-Seconds": f"{summary.seconds['total']:.3f}",
+        }
         return FileResponse(
             out, media_type=MEDIA_TYPES[options.format], headers=headers,
             background=BackgroundTask(shutil.rmtree, workdir, ignore_errors=True),
@@ -116,11 +131,14 @@ def _client_gone(stop: threading.Event, watcher: asyncio.Future[None]) -> None:
         stop.set()
 
 
-async def _save_body(request: Request, path: Path, limit: int) -> Path:
-    """Stream the body to `path`, refused with 413 once it is over `limit` bytes."""
+def _check_declared(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
+
+
+async def _save_body(request: Request, path: Path, limit: int) -> Path:
+    """Stream the body to `path`, refused with 413 once it is over `limit` bytes."""
     size = 0
     with path.open("wb") as file:
         async for chunk in request.stream():
@@ -135,48 +153,3 @@ async def _save_body(request: Request, path: Path, limit: int) -> Path:
 
 def _too_large(size: int, limit: int) -> ClientError:
     return ClientError(f"slide of {size} bytes or more is over {limit} bytes (MAX_SLIDE_MB)", field="body", status=413)
-
-
-def _unpack(body: Path, workdir: Path) -> tuple[Path, np.ndarray]:
-    """A tar of one slide and bulk_rna.json -> the slide's path and the log1p counts."""
-    try:
-        with tarfile.open(body, "r:") as archive:
-            files = _files(archive, body.stat().st_size)
-            rna = next((m for m in files if Path(m.name).name == BULK_RNA_FILE), None)
-            slides = [m for m in files if m is not rna]
-            if rna is None or len(slides) != 1:
-                names = [member.name for member in files]
-                raise ClientError(f"a tar must hold one slide and {BULK_RNA_FILE}; it holds {names}", field="body")
-            with archive.extractfile(slides[0]) as source, (workdir / "slide").open("wb") as target:  # type: ignore[union-attr]
-                shutil.copyfileobj(source, target, 1 << 20)
-            with archive.extractfile(rna) as source:  # type: ignore[union-attr]
-                counts = orjson.loads(source.read(16 << 20))
-    except (tarfile.TarError, OSError) as exc:
-        raise ClientError(f"is not a readable tar archive ({exc})", field="body") from None
-    except orjson.JSONDecodeError as exc:
-        raise ClientError(f"{BULK_RNA_FILE} is not JSON ({exc})", field="bulk_rna") from None
-    if not isinstance(counts, list):
-        raise ClientError(f"{BULK_RNA_FILE} must be a JSON list of counts", field="bulk_rna")
-    if not all(isinstance(count, int | float) and not isinstance(count, bool) for count in counts):
-        raise ClientError(f"{BULK_RNA_FILE} must hold numbers only", field="bulk_rna")
-    bulk = bulk_rna_vector(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
-    assert bulk is not None
-    return workdir / "slide", bulk
-
-
-def _files(archive: tarfile.TarFile, size: int) -> list[tarfile.TarInfo]:
-    """The regular files of a tar (links, devices and folders ignored), refusing more than MAX_TAR_MEMBERS
-    entries and sparse files (whose holes would unpack to more than the body: a disk bomb)."""
-    files = []
-    for count, member in enumerate(archive, start=1):
-        if count > MAX_TAR_MEMBERS:
-            raise ClientError(
-                f"a tar must hold one slide and {BULK_RNA_FILE}; it holds over {MAX_TAR_MEMBERS} entries", field="body"
-            )
-        if member.issparse() or member.size > size:
-            raise ClientError(
-                f"tar member '{member.name}' is sparse or larger than the tar; tar without --sparse", field="body"
-            )
-        if member.isfile():
-            files.append(member)
-    return files

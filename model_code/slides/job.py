@@ -27,7 +27,7 @@ from model_code.runners import Runner
 from model_code.slides import tissue
 from model_code.slides.options import SlideOptions
 from model_code.slides.provenance import RECIPE, provenance, recipe
-from model_code.slides.reader import Slide
+from model_code.slides.reader import Slide, SlideReadError
 from model_code.slides.writers import open_writer
 
 log = logging.getLogger("optimus.slides")
@@ -37,11 +37,19 @@ TISSUE_SEG = "tissue-seg"
 
 @dataclass
 class Summary:
-    """What a slide gave: tiles kept, the grid's size, seconds per stage."""
+    """What a slide gave: tiles with features, the grid's size, tiles left out (their pixels cannot be
+    decoded) and why the first was, seconds per stage."""
 
     tiles: int = 0
     grid_tiles: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    skipped: int = 0
+    skipped_reason: str = ""
+
+    @property
+    def note(self) -> str:
+        """'' or what was left out, for a status line: `2 tiles skipped (cannot be decoded: ...)`."""
+        return skipped_note(self.skipped, self.skipped_reason)
 
     @property
     def tiles_per_s(self) -> float:
@@ -67,6 +75,11 @@ def choose_runner(models: Models, options: SlideOptions) -> Runner:
     return runner
 
 
+def check_bulk_rna(runner: Runner, bulk_rna: np.ndarray | None) -> None:
+    if bulk_rna is not None and runner.entry.name != "m-optimus":
+        raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
+
+
 def run_slide(
     path: Path,
     out: Path,
@@ -79,8 +92,7 @@ def run_slide(
     """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input,
     tissue.SlideCancelled once `stop` is set (its client went away)."""
     runner = choose_runner(models, options)
-    if bulk_rna is not None and runner.entry.name != "m-optimus":
-        raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA", field="bulk_rna")
+    check_bulk_rna(runner, bulk_rna)
     summary = Summary()
     began = time.perf_counter()
     slide = Slide(path, options.slide_mpp)
@@ -90,7 +102,10 @@ def run_slide(
         grid = tissue.grid(slide.geometry, mpp, options.tile_size or runner.entry.tile_size)
         with ThreadPoolExecutor(workers, thread_name_prefix="slide-read") as pool:
             prefetch = 2 * workers
-            mask, mask_mpp = tissue.tissue_mask(slide, models.runners[TISSUE_SEG], pool, prefetch, stop)
+            skip = options.on_bad_tile == "skip"
+            mask, mask_mpp, unreadable = tissue.tissue_mask(
+                slide, models.runners[TISSUE_SEG], pool, prefetch, stop, skip
+            )
             summary.seconds["tissue"] = time.perf_counter() - began
             ratios = tissue.tissue_ratios(mask, mask_mpp, slide.geometry, grid)
             kept, kept_ratios = tissue.select(grid, ratios, options.min_tissue)
@@ -106,16 +121,23 @@ def run_slide(
             def read(xy: tuple[int, int]) -> np.ndarray:
                 return slide.read(*xy, kept.extent, size)
 
-            done = 0
-            for pixels in tissue.chunks(read, kept.coords, runner.max_batch, pool, prefetch, stop):
-                outputs = runner(tissue.records(pixels, runner.entry.name, options.mode, bulk_rna))
-                writer.write(
-                    done, {name: np.stack([o[key] for o in outputs]) for name, key in _keys(options.mode).items()}
-                )
-                done += len(pixels)
+            done, failed = 0, {}
+            for chunk in tissue.chunks(read, kept.coords, runner.max_batch, pool, prefetch, stop, skip):
+                failed.update(chunk.failed)
+                if 2 * len(failed) > len(kept.coords):
+                    raise SlideReadError(_most_failed(failed, kept.coords))
+                if len(chunk.pixels):
+                    outputs = runner(tissue.records(chunk.pixels, runner.entry.name, options.mode, bulk_rna))
+                    writer.write(done, {name: np.stack([o[key] for o in outputs]) for name, key in keys.items()})
+                    done += len(chunk.pixels)
+            if unreadable and not done:  # nothing of the slide could be read
+                raise SlideReadError(f"{unreadable}; is the file damaged?")
+            summary.tiles, summary.skipped = done, len(failed)
+            summary.skipped_reason = _first(failed, kept.coords)
             summary.seconds["tiles"] = time.perf_counter() - started
             summary.seconds["total"] = time.perf_counter() - began
-            writer.close(_attributes(options, runner, models, slide, mpp, grid, summary, bulk_rna is not None))
+            attributes = _attributes(options, runner, models, slide, mpp, grid, summary, bulk_rna is not None)
+            writer.close(attributes, np.fromiter(failed, np.int64, len(failed)))
     except tissue.SlideCancelled:
         log.warning(
             "slide %s stopped after %.1f s (%d tiles kept): its client went away",
@@ -129,7 +151,31 @@ def run_slide(
         options.slide_name or path.name, summary.tiles, summary.grid_tiles, options.min_tissue,
         summary.tiles_per_s, json.dumps({k: round(v, 2) for k, v in summary.seconds.items()}),
     )  # fmt: skip
+    if summary.skipped:
+        log.warning("slide %s: %s", options.slide_name or path.name, summary.note)
     return summary
+
+
+def skipped_note(skipped: int, reason: str) -> str:
+    """What a slide's output left out, in words ('' when nothing)."""
+    return (
+        f"{skipped} tile{'s' if skipped != 1 else ''} skipped (cannot be decoded; first: {reason})" if skipped else ""
+    )
+
+
+def _first(failed: dict[int, str], coords: np.ndarray) -> str:
+    """The first failed tile: its level-0 position and why."""
+    if not failed:
+        return ""
+    index = min(failed)
+    return f"tile at ({coords[index][0]}, {coords[index][1]}): {failed[index]}"
+
+
+def _most_failed(failed: dict[int, str], coords: np.ndarray) -> str:
+    return (
+        f"{len(failed)} of the slide's {len(coords)} tiles (over half) cannot be decoded; first: "
+        f"{_first(failed, coords)}; is the file damaged?"
+    )
 
 
 def _keys(mode: str) -> dict[str, str]:
@@ -175,6 +221,8 @@ def _attributes(
         "bulk_rna": with_rna,
         "tiles": summary.tiles,
         "grid_tiles": summary.grid_tiles,
+        "skipped_tiles": summary.skipped,
+        "skipped_reason": summary.skipped_reason or None,
         "seconds": json.dumps({k: round(v, 3) for k, v in summary.seconds.items()}),
         "layout": options.layout,
         RECIPE: json.dumps(recipe(options, entry.name, with_rna), sort_keys=True),

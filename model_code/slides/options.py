@@ -38,6 +38,9 @@ class SlideOptions(BaseModel):
     )
     dtype: Literal["float16", "float32"] = "float16"
     slide_mpp: float | None = Field(None, ge=MIN_MPP, le=MAX_MPP, description="um/px of level 0, for slides without it")
+    on_bad_tile: Literal["skip", "fail"] = Field(
+        "skip", description="a tile that cannot be decoded: left out and named in skipped_coords, or fail the slide"
+    )
     slide_name: str | None = Field(
         None, max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$", description="recorded in the output's attributes"
     )

@@ -1,8 +1,7 @@
 """Reading a slide at any resolution: OpenSlide (its `openslide-bin` wheel), the level whose downsample is
 the largest not above the one asked for, then antialiased bicubic resampling to the size asked for.
 Level 0 of a JPEG-tiled TIFF comes straight from its tiles (`jpeg_tiles`, checked against OpenSlide when
-the slide is opened). Both are thread-safe and decode with the GIL released, so worker threads read in
-parallel.
+the slide is opened). Both decode with the GIL released, so worker threads read in parallel.
 
 The resampling is torch's uint8 antialiased bicubic, which matches Pillow's `resize(BICUBIC)` to within one
 grey level (what TRIDENT and CLAM users get) and runs 4x faster on one core (448 -> 224 px: 0.33 ms against
@@ -11,6 +10,7 @@ calling thread alone (measured: no intra-op threads), so reader threads do not o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -28,6 +28,7 @@ from model_code.slides.options import MAX_MPP, MIN_MPP
 
 LEVEL_TOLERANCE = 1.01  # a level 1% finer than asked for is used as it is, without resampling
 MAX_READ_SIDE = 2048  # larger regions (a slide without a pyramid) are read in pieces: memory stays bounded
+OPENSLIDE_CACHE_BYTES = 32 << 20  # OpenSlide's own default for one handle, shared by the reading threads' handles
 MAX_SIDE_MM = 100.0  # no glass slide is longer (75 mm, 75 x 50 for double-width): a larger claim is a bomb
 
 
@@ -47,20 +48,29 @@ class Geometry:
 
 
 class Slide:
-    """An open slide; `read` gives RGB uint8 regions at any scale, white where the slide has no pixels."""
+    """An open slide; `read` gives RGB uint8 regions at any scale, white where the slide has no pixels.
+
+    An OpenSlide error is sticky (the handle fails every later call), so each reading thread has its own
+    handle, sharing one tile cache, and a thread whose region could not be decoded opens a fresh one for its
+    next read: one damaged tile costs the regions that hold it, not the rest of the slide."""
 
     def __init__(self, path: Path, slide_mpp: float | None = None):
+        self._path = path
         self._tiles: JpegTiles | None = None
+        self._cache = openslide.OpenSlideCache(OPENSLIDE_CACHE_BYTES)
+        self._local = threading.local()
+        self._handles: list[openslide.OpenSlide] = []
+        self._lock = threading.Lock()
         try:
-            self._slide = openslide.OpenSlide(path)
+            slide = self._handle()
         except openslide.OpenSlideUnsupportedFormatError:
             raise ClientError(
                 "is not a whole-slide image OpenSlide reads (Aperio SVS, generic tiled TIFF, NDPI, ...)", field="body"
             ) from None
         except openslide.OpenSlideError as exc:
             raise SlideReadError(f"the slide is corrupt or truncated: {exc}") from None
-        width, height = self._slide.dimensions
-        self.geometry = Geometry(width, height, *_mpp(self._slide.properties, slide_mpp))
+        width, height = slide.dimensions
+        self.geometry = Geometry(width, height, *_mpp(slide.properties, slide_mpp))
         side_mm = max(width, height) * self.geometry.mpp / 1000
         if side_mm > MAX_SIDE_MM:
             self.close()
@@ -69,12 +79,16 @@ class Slide:
                 f"{side_mm:.0f} mm, over the {MAX_SIDE_MM:g} mm of any glass slide",
                 field="slide_mpp" if slide_mpp is not None else "body",
             )
-        self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
-        self._downsamples = self._slide.level_downsamples  # asked again after an error, OpenSlide repeats it
+        self.vendor = slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+        self._downsamples = slide.level_downsamples
         self._tiles = open_level0(path, self.vendor, partial(self._openslide, 0))
 
     def close(self) -> None:
-        self._slide.close()
+        """Once no thread reads any more."""
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles.clear()
         if self._tiles is not None:
             self._tiles.close()
 
@@ -119,7 +133,26 @@ class Slide:
         return self._openslide(level, x, y, w, h)
 
     def _openslide(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return np.asarray(_on_white(self._slide.read_region((x, y), level, (w, h))))
+        handle = self._handle()
+        try:
+            return np.asarray(_on_white(handle.read_region((x, y), level, (w, h))))
+        except openslide.OpenSlideError:
+            self._local.handle = None  # it fails every call from now on: this thread's next read opens a fresh one
+            with self._lock:
+                self._handles.remove(handle)
+            handle.close()
+            raise
+
+    def _handle(self) -> openslide.OpenSlide:
+        """This thread's OpenSlide handle."""
+        handle: openslide.OpenSlide | None = getattr(self._local, "handle", None)
+        if handle is None:
+            handle = openslide.OpenSlide(self._path)
+            handle.set_cache(self._cache)
+            with self._lock:
+                self._handles.append(handle)
+            self._local.handle = handle
+        return handle
 
 
 def _snap(side: int, size: int) -> int:

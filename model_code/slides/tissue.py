@@ -3,19 +3,23 @@ the model's resolution with each tile's tissue ratio (the fraction of its area t
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from model_code.errors import ClientError
 from model_code.records import Record
 from model_code.runners import Runner
-from model_code.slides.reader import Geometry, Slide
+from model_code.slides.reader import Geometry, Slide, SlideReadError
+
+log = logging.getLogger("optimus.slides")
 
 Read = Callable[[tuple[int, int]], np.ndarray]
 MAX_TILE_UM = 8192  # a tile's side: 8 mm, far above any model's field of view (224 px at 0.5 um/px: 112 um)
@@ -55,15 +59,24 @@ class SlideCancelled(Exception):
     """The slide's client went away: its reading and forward passes stop at the next chunk."""
 
 
+class Chunk(NamedTuple):
+    """Tiles `start` onwards, read: the pixels of those that could be, and why each other one could not."""
+
+    start: int
+    pixels: np.ndarray  # [n, H, W, 3] uint8, in order, the tiles that could not be read left out
+    failed: dict[int, str]  # index (in the whole list) of each tile that could not be read -> why
+
+
 def chunks(
-    read: Read, coords: np.ndarray, size: int, pool: Executor, prefetch: int, stop: threading.Event
-) -> Iterator[np.ndarray]:
-    """[n, H, W, 3] uint8 chunks of `size` tiles in order, read in `pool`, at most `prefetch` chunks ahead;
-    SlideCancelled (reads not yet started are dropped) once `stop` is set."""
-    pending: deque[Future[np.ndarray]] = deque()
+    read: Read, coords: np.ndarray, size: int, pool: Executor, prefetch: int, stop: threading.Event, skip: bool
+) -> Iterator[Chunk]:
+    """Chunks of `size` tiles in order, read in `pool`, at most `prefetch` chunks ahead; a tile whose pixels
+    cannot be decoded is left out of its chunk when `skip`, else its SlideReadError raised. SlideCancelled
+    (reads not yet started are dropped) once `stop` is set."""
+    pending: deque[Future[Chunk]] = deque()
     try:
         for start in range(0, len(coords), size):
-            pending.append(pool.submit(_read_chunk, read, coords[start : start + size]))
+            pending.append(pool.submit(_read_chunk, read, coords[start : start + size], start, skip))
             if len(pending) > prefetch:
                 yield _next(pending, stop)
         while pending:
@@ -73,14 +86,22 @@ def chunks(
             future.cancel()
 
 
-def _next(pending: deque[Future[np.ndarray]], stop: threading.Event) -> np.ndarray:
+def _next(pending: deque[Future[Chunk]], stop: threading.Event) -> Chunk:
     if stop.is_set():
         raise SlideCancelled()
     return pending.popleft().result()
 
 
-def _read_chunk(read: Read, coords: np.ndarray) -> np.ndarray:
-    return np.stack([read((int(x), int(y))) for x, y in coords])
+def _read_chunk(read: Read, coords: np.ndarray, start: int, skip: bool) -> Chunk:
+    tiles, failed = [], {}
+    for i, (x, y) in enumerate(coords, start):
+        try:
+            tiles.append(read((int(x), int(y))))
+        except SlideReadError as exc:
+            if not skip:
+                raise
+            failed[i] = exc.reason
+    return Chunk(start, np.stack(tiles) if tiles else np.empty((0, 0, 0, 3), np.uint8), failed)
 
 
 def records(pixels: np.ndarray, model: str, mode: str, bulk_rna: np.ndarray | None = None) -> list[Record]:
@@ -89,9 +110,11 @@ def records(pixels: np.ndarray, model: str, mode: str, bulk_rna: np.ndarray | No
 
 
 def tissue_mask(
-    slide: Slide, seg: Runner, pool: Executor, prefetch: int, stop: threading.Event
-) -> tuple[np.ndarray, float]:
-    """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, and that resolution (um/px)."""
+    slide: Slide, seg: Runner, pool: Executor, prefetch: int, stop: threading.Event, skip: bool
+) -> tuple[np.ndarray, float, str]:
+    """The slide's tissue mask (uint8 {0, 1}) at tissue-seg's resolution, that resolution (um/px), and why
+    no region could be decoded ('' when some could). A region that cannot be decoded (when `skip`) is taken
+    for tissue, so that the model tiles there are tried, and named as skipped if they cannot be read either."""
     geometry, size, mpp = slide.geometry, seg.entry.tile_size, seg.entry.resolution
     extent = size * mpp / geometry.mpp
     rows, cols = math.ceil(geometry.height / extent), math.ceil(geometry.width / extent)
@@ -99,16 +122,28 @@ def tissue_mask(
     ys, xs = np.mgrid[0:rows, 0:cols]
     cells = np.stack([xs.ravel(), ys.ravel()], axis=1)
     coords = np.round(cells * extent).astype(np.int64)
-    done = 0
-    for pixels in chunks(lambda xy: slide.read(*xy, extent, size), coords, seg.max_batch, pool, prefetch, stop):
-        for output in seg(records(pixels, seg.entry.name, "prediction")):
-            col, row = cells[done]
+    failed: dict[int, str] = {}
+    for chunk in chunks(lambda xy: slide.read(*xy, extent, size), coords, seg.max_batch, pool, prefetch, stop, skip):
+        failed.update(chunk.failed)
+        end = chunk.start + len(chunk.pixels) + len(chunk.failed)
+        read = [i for i in range(chunk.start, end) if i not in chunk.failed]
+        outputs = seg(records(chunk.pixels, seg.entry.name, "prediction")) if read else []
+        for i, output in zip(read, outputs, strict=True):
+            col, row = cells[i]
             mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = output["prediction"].reshape(
                 size, size
             )
-            done += 1
+    for i in failed:
+        col, row = cells[i]
+        mask[row * size : (row + 1) * size, col * size : (col + 1) * size] = 1
+    unreadable = ""
+    if len(failed) == len(coords):
+        unreadable = f"none of the slide's {len(coords)} tissue-seg regions can be decoded; first: {failed[0]}"
+    if failed:
+        log.warning("%d of %d tissue-seg regions cannot be decoded, taken as tissue; first: %s",
+                    len(failed), len(coords), next(iter(failed.values())))  # fmt: skip
     height, width = round(geometry.height * geometry.mpp / mpp), round(geometry.width * geometry.mpp / mpp)
-    return mask[: max(height, 1), : max(width, 1)], mpp
+    return mask[: max(height, 1), : max(width, 1)], mpp, unreadable
 
 
 def tissue_ratios(mask: np.ndarray, mask_mpp: float, geometry: Geometry, tiles: Grid) -> np.ndarray:

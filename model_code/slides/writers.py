@@ -2,9 +2,11 @@
 
 HDF5 (default) in one of the layouts of `layouts` (TRIDENT's, which CLAM's readers take, or STAMP's): the
 features [N, D], `coords` [N, 2] (each tile's top-left corner), `tissue_ratios` [N], `tissue_mask` (uint8,
-at tissue-seg's 8 um/px), and `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding;
-attributes describe the model, tiles, slide and how the file was made. Zarr in a zip store, as the vendor's
-SDK writes it: `outputs` for `features`, `coords` in level-0 pixels, the other arrays and attributes alike.
+at tissue-seg's 8 um/px), `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding, and
+`skipped_coords` [K, 2] (level-0 pixels, in every layout) of the tiles left out because their pixels cannot
+be decoded; attributes describe the model, tiles, slide and how the file was made. Zarr in a zip store, as
+the vendor's SDK writes it: `outputs` for `features`, `coords` in level-0 pixels, the other arrays and
+attributes alike.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from model_code.slides.layouts import SUFFIXES, VENDOR_NAMES
 __all__ = ["MEDIA_TYPES", "SUFFIXES", "Writer", "open_writer"]
 
 MEDIA_TYPES = {"h5": "application/x-hdf5", "zarr": "application/zip"}
+NONE = np.zeros(0, dtype=np.int64)
 
 
 class Writer(Protocol):
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None: ...
-    def close(self, attributes: dict[str, Any]) -> None: ...
+    def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
+        """`skipped`: positions in the coords given at opening of the tiles left out (their outputs were not
+        written: the rows written are the others, in order); they go from `coords` and `tissue_ratios` to
+        `skipped_coords`."""
 
 
 def open_writer(
@@ -64,7 +70,7 @@ class H5Writer:
         layout: str,
     ):
         self.file = h5py.File(path, "w")
-        self.coords, self.layout = coords, layout
+        self.coords, self.ratios, self.widths, self.layout = coords, ratios, widths, layout
         self.names = {name: layouts.FEATURES[layout] if name == "features" else name for name in widths}
         self.file.create_dataset("tissue_mask", data=mask, compression="gzip")
         self.file.create_dataset("tissue_ratios", data=ratios.astype(np.float32))
@@ -76,9 +82,16 @@ class H5Writer:
         for name, values in outputs.items():
             self.file[self.names[name]][start : start + len(values)] = values
 
-    def close(self, attributes: dict[str, Any]) -> None:
-        coords, coords_attributes = layouts.coords_dataset(self.layout, self.coords, attributes)
+    def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
+        (kept, ratios), lost = _split(self.coords, self.ratios, skipped)
+        if len(skipped):
+            del self.file["tissue_ratios"]
+            self.file.create_dataset("tissue_ratios", data=ratios)
+            for name in self.widths:
+                self.file[self.names[name]].resize(len(kept), axis=0)
+        coords, coords_attributes = layouts.coords_dataset(self.layout, kept, attributes)
         self.file.create_dataset("coords", data=coords).attrs.update(coords_attributes)
+        self.file.create_dataset("skipped_coords", data=lost)
         self.file[self.names["features"]].attrs.update(layouts.features_attributes(self.layout, attributes))
         self.file.attrs.update(layouts.root_attributes(self.layout, attributes))
         self.file.close()
@@ -91,7 +104,7 @@ class ZarrWriter:
     def __init__(
         self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
     ):
-        self.path = path
+        self.path, self.coords, self.ratios, self.widths = path, coords, ratios, widths
         self.directory = path.with_name(path.name + ".d")
         self.group = zarr.open_group(self.directory, mode="w", zarr_format=2)
         self.group.create_array("coords", data=coords.astype(np.int64))
@@ -105,10 +118,28 @@ class ZarrWriter:
         for name, values in outputs.items():
             self.group[VENDOR_NAMES.get(name, name)][start : start + len(values)] = values  # type: ignore[index]
 
-    def close(self, attributes: dict[str, Any]) -> None:
+    def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
+        kept, lost = _split(self.coords, self.ratios, skipped)
+        if len(skipped):
+            self.group.create_array("coords", data=kept[0], overwrite=True)
+            self.group.create_array("tissue_ratios", data=kept[1], overwrite=True)
+            for name, width in self.widths.items():
+                self.group[VENDOR_NAMES.get(name, name)].resize((len(kept[0]), width))  # type: ignore[union-attr]
+        self.group.create_array("skipped_coords", data=lost)
         self.group.attrs.update({k: v for k, v in attributes.items() if v is not None})
         with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for file in sorted(self.directory.rglob("*")):
                 if file.is_file():
                     archive.write(file, file.relative_to(self.directory).as_posix())
         shutil.rmtree(self.directory)
+
+
+def _split(
+    coords: np.ndarray, ratios: np.ndarray, skipped: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """(coords, tissue ratios) of the tiles kept, and the coords [K, 2] of those skipped."""
+    keep = np.ones(len(coords), dtype=bool)
+    keep[skipped] = False
+    return (coords[keep].astype(np.int64), ratios[keep].astype(np.float32)), coords[~keep].astype(np.int64).reshape(
+        -1, 2
+    )
