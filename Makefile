@@ -13,7 +13,7 @@ install: $(STAMP)
 # Re-installs only when the pinned dependencies change.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cdk]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,cdk,bench]'
 	touch $@
 
 test: install
@@ -23,15 +23,18 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/actionlint
 
 demo: install
 	$(PY) -m kit demo
 
-# Serving and whole-slide benchmarks on this machine, then the GPU benchmark (its CPU mode where there is no
-# GPU), then packaging and loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
+# Serving (the kit's server against LitServe, pyproject's `bench` extra, installed with the rest) and whole-slide
+# benchmarks on this machine, then the GPU benchmark (its CPU mode where there is no GPU), then packaging and
+# loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.slides
+	$(PY) -m bench.cohort
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
 	$(PY) -m bench.load_bench
 

@@ -7,7 +7,8 @@
 # vendor's packages (and H1 again as AOTInductor packages), runs the image with the command `serve`, the artifact
 # read-only at /opt/ml/model, the image's own user, a read-only root with a tmpfs at /tmp, all capabilities
 # dropped and no network, and checks it from inside its network namespace (container/probe.py: /ping, the vendor
-# payloads, a bad input's 4xx, `kit smoke`, a slide). Last, SIGTERM: exit 0 within the grace period.
+# payloads, a bad input's 4xx, `kit smoke`, a slide). Last, SIGTERM: exit 0 within the grace period. Then `train`
+# (the cohort worker) as a training job runs it, on a small cohort, twice.
 #
 # Environment: IMAGE_CHECK_TORCH_INDEX (default PyPI's, https://pypi.org/simple), IMAGE_CHECK_IMAGE,
 # IMAGE_CHECK_BASE, IMAGE_CHECK_GRACE_S (default 30, the server's GRACEFUL_TIMEOUT_S).
@@ -120,6 +121,53 @@ for run in "${RUNS[@]}"; do
     fi
     "${PODMAN[@]}" rm -f "$name" >/dev/null
 done
+
+# The cohort worker as a training job runs it: `train`, /opt/ml writable by the image's user (checkpoints, scratch)
+# with the channels and config read-only over it, no network; twice, the second run finding everything done.
+step "train: the cohort worker on a small cohort (two slides and a truncated one), then again"
+TRAIN=$WORK/train
+rm -rf "$TRAIN" && mkdir -p "$TRAIN"
+PYTHONPATH=$REPO "$PY" -c '
+import sys; from pathlib import Path
+from kit.cohorts.local_job import write_job
+from kit.slides.synthetic import make_slide
+work = Path(sys.argv[1])
+make_slide(work / "slides/a.svs", 0.5); make_slide(work / "slides/sub/b.svs", 0.25, origin_px=(300, 200))
+(work / "slides/bad.svs").write_bytes((work / "slides/a.svs").read_bytes()[:20000])
+write_job(work / "ml", "algo-1", ["algo-1"], {"model": "h1"}, Path(sys.argv[2]), work / "slides")' \
+    "$TRAIN" "$WORK/H1/opt-ml-model"
+chown -R 1000:1000 "$TRAIN/ml/checkpoints" "$TRAIN/ml/output" && chown 1000:1000 "$TRAIN/ml"
+for round in 1 2; do
+    "${PODMAN[@]}" rm -f image-check-train >/dev/null 2>&1 || true
+    code=0
+    "${PODMAN[@]}" run --name image-check-train --network none --read-only --read-only-tmpfs=false \
+        --tmpfs /tmp:rw,nosuid,nodev,exec,size=1g --cap-drop all --security-opt no-new-privileges \
+        -v "$TRAIN/ml:/opt/ml" -v "$TRAIN/ml/input:/opt/ml/input:ro" "$IMAGE" train >"$TRAIN/log-$round" 2>&1 || code=$?
+    grep -E '^cohort-progress:' "$TRAIN/log-$round" | tail -1
+    echo "train round $round: exit $code"
+    [[ $code == 0 ]] || { tail -20 "$TRAIN/log-$round"; echo "FAIL: train exited $code"; failed=1; }
+    if grep -E 'Traceback|Read-only file system|Permission denied' "$TRAIN/log-$round"; then
+        echo "FAIL: the worker's log above shows errors"; failed=1
+    fi
+done
+"${PODMAN[@]}" rm -f image-check-train >/dev/null 2>&1 || true
+"$PY" - "$TRAIN/ml" <<'PYCHECK' || failed=1
+import json, sys
+from pathlib import Path
+import h5py
+root = Path(sys.argv[1])
+rows = [json.loads(line) for line in (root / "checkpoints/status/algo-1.jsonl").read_text().splitlines()]
+print("status lines:", [(row["slide"], row["status"], row["tiles"]) for row in rows])
+last = {row["slide"]: row["status"] for row in rows}
+assert last == {"a.svs": "done", "sub/b.svs": "done", "bad.svs": "failed"}, last
+assert [row["slide"] for row in rows if row["status"] == "done"] in (["a.svs", "sub/b.svs"], ["sub/b.svs", "a.svs"]), \
+    "the second run made a finished slide again"
+for name in ("a.h5", "sub/b.h5"):
+    with h5py.File(root / "checkpoints" / name) as features:
+        assert features["features"].shape[0] == features.attrs["tiles"] > 0, name
+assert not list((root / "scratch").rglob("*.*")) and not (root / "output/failure").exists()
+print("train: features files and status lines as expected")
+PYCHECK
 
 step "image check $([[ $failed == 0 ]] && echo passed || echo FAILED) in $(($(date +%s) - began)) s"
 exit $failed

@@ -1,5 +1,4 @@
-"""`python -m kit COMMAND`: build, verify and upload model artifacts, wait for endpoints, check them
-(smoke), and run the whole path offline (demo). `python -m kit COMMAND --help` for each."""
+"""`python -m kit COMMAND`: the operator CLI (kit/cli.py registers the commands)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from kit.errors import explain
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser(__doc__).parse_args(argv)
+        args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse has printed
         return int(exc.code or 0)
     try:

@@ -1,8 +1,8 @@
 """Every error a command can meet, as one line naming what to do and an exit status.
 
-2: usage and configuration (a bad option, no credentials or region, a stack or endpoint that does not
-exist, access denied); 1: a check that failed (an artifact, an endpoint, an upload). Anything else is a
-bug in the kit and keeps its traceback.
+2: usage and configuration (a bad option, a file that is missing or in the way, no credentials or region, a
+stack or endpoint that does not exist, access denied); 1: a check that failed (an artifact, an endpoint, an
+upload). Anything else is a bug in the kit and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from kit import CheckFailed, KitError
 from model_code.errors import ArtifactError
 
 USAGE, FAILED = 2, 1
+# A path the operator gave that is missing, in the way or not theirs to use: wherever it is met, one line.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 AWS_MODULES = ("botocore", "boto3", "s3transfer")
 DENIED = {
     "AccessDenied",
@@ -23,6 +25,8 @@ DENIED = {
     "ExpiredTokenException",
 }
 CREDENTIALS_HINT = "pass --profile, set AWS_PROFILE, or log in (`aws sso login` / `aws configure`)"
+NO_REGION = "no AWS region: pass --region or set AWS_REGION"
+NO_CREDENTIALS = f"no AWS credentials found: {CREDENTIALS_HINT}"
 
 
 def explain(exc: BaseException) -> tuple[str, int] | None:
@@ -31,6 +35,8 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), FAILED
     if isinstance(exc, KitError):
         return str(exc), USAGE
+    if isinstance(exc, PATH_ERRORS) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror}", USAGE
     if type(exc).__module__.split(".")[0] in AWS_MODULES:
         return _aws(exc)
     return None
@@ -48,9 +54,9 @@ def _aws(exc: BaseException) -> tuple[str, int]:
     )
 
     if isinstance(exc, NoRegionError):
-        return "no AWS region: pass --region or set AWS_REGION", USAGE
+        return NO_REGION, USAGE
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-        return f"no AWS credentials found: {CREDENTIALS_HINT}", USAGE
+        return NO_CREDENTIALS, USAGE
     if isinstance(exc, ProfileNotFound):
         return f"{exc}: pass a profile from ~/.aws/config, or none", USAGE
     if isinstance(exc, EndpointConnectionError):

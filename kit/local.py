@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import KitError
+from kit import CheckFailed, KitError
 
 
 @dataclass
@@ -44,6 +45,23 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes] | None = None, timeo
                 return
         time.sleep(0.2)
     raise KitError(f"{url}/ping did not answer 200 within {timeout_s:g} s")
+
+
+def hosted_models(url: str, timeout_s: float = 10) -> list[str]:
+    """The models a server's /ping lists (200 once they are loaded)."""
+    try:
+        with urllib.request.urlopen(f"{url}/ping", timeout=timeout_s) as answer:
+            models = json.loads(answer.read()).get("models")
+    except urllib.error.HTTPError as exc:
+        raise CheckFailed(f"{url}/ping answered {exc.code}: {exc.read().decode(errors='replace')[:300]}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CheckFailed(f"{url}/ping: {reason}: is the server running there?") from None
+    except ValueError:
+        raise CheckFailed(f"{url}/ping did not answer JSON: is it the kit's server?") from None
+    if not isinstance(models, list) or not models:
+        raise CheckFailed(f"{url}/ping lists no models: is it the kit's server? (or give --models)")
+    return [str(model) for model in models]
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ log = logging.getLogger("optimus.auth")
 ALWAYS_OPEN = ("/ping",)  # health checks carry no credentials
 OPENABLE = {"metrics": ("/metrics",)}  # plus "docs": the documentation paths, given by the server
 BEARER = "bearerAuth"
+LOOPBACK = "127.0.0.1"
+LOCAL_HOSTS = (LOOPBACK, "localhost", "::1")  # a server listening only here is reached from this machine alone
 
 
 class Tokens:
@@ -120,9 +122,18 @@ def is_under(path: str, prefixes: Sequence[str]) -> bool:
     return any(path == prefix or path.startswith(prefix.rstrip("/") + "/") for prefix in prefixes)
 
 
-def protect(app: FastAPI, auth: Auth, docs_paths: Sequence[str]) -> None:
-    """Add bearer authentication to `app` when configured (and not on SageMaker); one log line either way."""
+def protect(app: FastAPI, auth: Auth, docs_paths: Sequence[str], host: str = LOOPBACK) -> None:
+    """Add bearer authentication to `app` when configured (and not on SageMaker); one log line either way.
+
+    Without tokens the server stays open (the container binds every interface, as SageMaker and a published
+    port need); where it listens beyond this machine, a warning says who can reach it and how to close it."""
     if not auth.configured:
+        if not auth.sagemaker and host not in LOCAL_HOSTS:
+            log.warning(
+                "no AUTH_TOKENS or AUTH_TOKENS_FILE: every route on %s is open to anyone who can reach this port; "
+                "set AUTH_TOKENS (README, 'On-premise use'), or SERVER_HOST=127.0.0.1 for this machine only",
+                host,
+            )
         return
     if auth.sagemaker:
         log.warning("AUTH_TOKENS / AUTH_TOKENS_FILE ignored on SageMaker: IAM guards InvokeEndpoint")

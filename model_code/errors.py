@@ -7,6 +7,7 @@ without it, every error would reach the caller as a 500.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 try:  # pragma: no cover - depends on the image the handler runs in
@@ -32,6 +33,11 @@ class ClientError(ValueError, _ToolkitError):
     def __str__(self) -> str:
         where = f"record {self.record}, " if self.record is not None else ""
         return f"{where}field '{self.field}': {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled whole, as decoding processes send it back
+        return functools.partial(ClientError, field=self.field, status=self.status_code, record=self.record), (
+            self.reason,
+        )
 
     def at(self, record: int) -> ClientError:
         """The same error, located at a record index."""
@@ -59,6 +65,10 @@ class ForwardError(RuntimeError, _ToolkitError):
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.message, "status": self.status_code, "model": self.model, "retryable": True}
+
+
+# What one record ends as: its answer, its client error, or the forward pass's failure.
+Result = dict[str, Any] | ClientError | ForwardError
 
 
 class ArtifactError(RuntimeError):

@@ -32,7 +32,8 @@ from model_code.catalogue import (
     PREDICTION,
     PREDICTION_WITH_EMBEDDING,
 )
-from model_code.errors import ArtifactError, ClientError, ForwardError
+from model_code.decoding import decode_item
+from model_code.errors import ArtifactError, ClientError, ForwardError, Result
 from model_code.loaders import load_program, load_vit
 from model_code.manifest import ModelEntry, read_gene_csv, read_manifest
 from model_code.records import (
@@ -40,7 +41,6 @@ from model_code.records import (
     Layout,
     Record,
     check_answer_size,
-    decode_record,
     negotiate,
     split_body,
 )
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 RecordMap = Callable[
     [Callable[[tuple[int, Any]], "Record | ClientError"], list[tuple[int, Any]]], Iterable["Record | ClientError"]
 ]
-Result = dict[str, Any] | ClientError | ForwardError
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def load_models(model_dir: str | Path, hooks: ForwardHooks | None = None, only: 
             continue
         files = {role: model_dir / path for role, path in entry.files.items()}
         runner = _load_runner(entry, files, device, max_batch, hooks)
-        if entry.name == "m-optimus":
+        if "input_genes" in files:  # a model with gene sets names them in its metadata
             runner.extra_metadata = {
                 "input_genes": read_gene_csv(files["input_genes"], N_INPUT_GENES),
                 "output_genes": read_gene_csv(files["output_genes"], N_OUTPUT_GENES),
@@ -163,7 +162,7 @@ def parse_request(
     limits = limits or Limits.from_env()
     raw, layout = split_body(input_data, content_type, limits.max_records)
     check_answer_size(raw, overrides, limits.max_response_bytes, models.metadata_bytes if models else None)
-    records = list(map_records(lambda item: decode_record(item[1], item[0], overrides), list(enumerate(raw))))
+    records = list(map_records(functools.partial(decode_item, overrides=overrides), list(enumerate(raw))))
     batch = Batch(records, layout)
     _raise_single(batch.records, layout)
     return batch

@@ -34,6 +34,14 @@ class ForwardHooks:
     failed: Callable[[str, int], None] | None = None  # (model, tiles) of a pass that failed
 
 
+def simulate_device(simulated: tuple[float, float], tiles: int) -> float:
+    """SIMULATED_FORWARD_MS=A,B (benchmarks only): wait A + B x tiles ms, the GIL released as during a GPU
+    call; returns the seconds waited."""
+    seconds = (simulated[0] + simulated[1] * tiles) / 1000
+    time.sleep(seconds)
+    return seconds
+
+
 class Runner:
     """One loaded model: stacks records into tensors, runs them in chunks of `max_batch` tiles."""
 

@@ -1,11 +1,10 @@
 """The HTTP server: SageMaker's /ping and /invocations, the on-premise REST API, /metrics, /docs.
 
-Requests are parsed and decoded (`inference.parse_request`, input_fn's body) in threads: a parse pool
-splits each body and fans the records of many-record requests out to a decode pool. (Pillow releases
-the GIL while it inflates a PNG; on 2 cores threads measured 30% faster than worker processes, which
-pay for piping each body in and each 150 kB tile out.) Tiles are batched across requests per model
-(model_code.batching) and run by `predict_fn` on one forward thread; `output_fn` serialises off the
-event loop. The handler module is the only way in to the models.
+Requests are parsed (`inference.parse_request`, input_fn's body) in a pool of threads, which hand each
+record to worker processes to decode (model_code.decoding), so that this process's GIL is left to HTTP,
+batching and the forward thread (docs/performance.md: decoding threads starved the forward pass under load).
+Tiles are batched across requests per model (model_code.batching) and run by `predict_fn` on one forward
+thread; `output_fn` serialises off the event loop. The handler module is the only way in to the models.
 """
 
 from __future__ import annotations
@@ -15,26 +14,27 @@ import functools
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, auth, docs, inference
-from model_code.batching import Batcher
-from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING
+from model_code.batching import Batcher, favour_forward
+from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import awaits_continue, disconnected, drain
-from model_code.errors import ClientError, ForwardError
-from model_code.inference import Batch, Models, Result
+from model_code.decoding import DecodePool
+from model_code.errors import ClientError, ForwardError, Result
+from model_code.inference import Batch, Models
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
-from model_code.runners import ForwardHooks
+from model_code.runners import ForwardHooks, simulate_device
 from model_code.settings import Settings
 from model_code.slides.http import SlideService, is_slide
 
@@ -42,15 +42,10 @@ log = logging.getLogger("optimus.server")
 
 DRAIN_BYTES = 128 * 1024 * 1024  # of a refused body, read and discarded so the client can read its 413
 REST_MODES = {"embed": EMBEDDING, "predict": PREDICTION, "predict_with_embedding": PREDICTION_WITH_EMBEDDING}
-RECORD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": WireRecord.model_json_schema()},
-            "application/jsonlines": {"schema": {"type": "string", "description": "one record per line"}},
-        },
-    }
-}
+WIRE_SCHEMA = docs.describe_wire(WireRecord.model_json_schema())
+BODY = "one record, a JSON list of records, JSON lines, or a whole slide (options in the query, docs/slides.md)"
+RECORD_BODY = docs.request_body(WIRE_SCHEMA, BODY) | {docs.WIRE_KEY: True}
+REST_BODY = docs.request_body(docs.rest_schema(WIRE_SCHEMA), BODY)
 
 
 class Server:
@@ -63,7 +58,7 @@ class Server:
         self.models: Models | None = None
         self.load_error: str | None = None
         self.parse_pool: ThreadPoolExecutor | None = None  # splits bodies; fans many-record requests out to:
-        self.decode_pool: ThreadPoolExecutor | None = None  # decodes tiles
+        self.decode_pool: DecodePool | None = None  # decodes tiles, in processes
         self.batcher: Batcher | None = None
         self.decoding = 0  # requests in the decode pool: tiles that may still join a batch
         self.slides = SlideService(settings.max_slide_bytes, settings.slide_read_threads, settings.max_queued_slides)
@@ -75,7 +70,7 @@ class Server:
         container exit with the reason in its log rather than a server that never becomes healthy.
         """
         self.parse_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="parse")
-        self.decode_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="decode")
+        self.decode_pool = await asyncio.to_thread(DecodePool, self.settings.decode_workers)
         hooks = ForwardHooks(after=self._after_forward, failed=self.metrics.forward_failed)
         try:
             models = await asyncio.to_thread(inference.load_models, self.settings.model_dir, hooks)
@@ -84,6 +79,7 @@ class Server:
             log.error("could not load the models from %s: %s", self.settings.model_dir, self.load_error)
             self.on_fatal()
             return
+        favour_forward()
         self.batcher = Batcher(
             self._predict,
             self.settings.max_batch_size,
@@ -97,13 +93,15 @@ class Server:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-        for pool in (self.parse_pool, self.decode_pool):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+        if self.parse_pool is not None:
+            self.parse_pool.shutdown(wait=True, cancel_futures=True)
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown()
 
     def _map_records(self, decode: Callable[[Any], Any], items: list[Any]) -> Iterable[Any]:
-        """One record decodes where it is; the records of a batch-transform request decode in parallel."""
-        if len(items) < 2 or self.decode_pool is None:
+        """Records decode in the worker processes, those of a batch-transform request in parallel; a lone
+        request's one record decodes where it is (nothing competes for the GIL, and the pipe would add latency)."""
+        if self.decode_pool is None or (len(items) < 2 and self.decoding < 2):
             return map(decode, items)
         return self.decode_pool.map(decode, items)
 
@@ -116,9 +114,7 @@ class Server:
     def _after_forward(self, model: str, records: Sequence[Record], seconds: float) -> None:
         simulated = self.settings.simulated_forward_ms
         if simulated is not None:  # benchmarks only: stand in for an accelerator's time
-            extra = (simulated[0] + simulated[1] * len(records)) / 1000
-            time.sleep(extra)
-            seconds += extra
+            seconds += simulate_device(simulated, len(records))
         poison = self.settings.simulated_poison_slide
         if poison is not None and any(record.echo.get("slide_name") == poison for record in records):
             raise RuntimeError(f"simulated device failure on a tile of slide '{poison}' (SIMULATED_POISON_SLIDE)")
@@ -327,7 +323,10 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
         lifespan=lifespan,
     )
     app.state.server = server
-    auth.protect(app, settings.auth, docs.DOCS_PATHS)  # before RequestMetrics, which then counts its 401s too
+    auth.protect(
+        app, settings.auth, docs.DOCS_PATHS, settings.host
+    )  # before RequestMetrics, which then counts its 401s too
+    docs.document(app, lambda: list(server.models.runners) if server.models is not None else None)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
 
     @app.exception_handler(ClientError)
@@ -366,7 +365,8 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
     async def index(request: Request) -> Response:
         """The models, the version and links to /docs, /metrics, /ping: HTML for a browser, else JSON."""
         models = list(server.models.runners) if server.models is not None else None
-        return docs.index(request, models, __version__, server.load_error)
+        token = settings.auth.configured and not settings.auth.sagemaker
+        return docs.index(request, models, __version__, server.load_error, token)
 
     @app.get("/ping", tags=["sagemaker"])
     async def ping() -> Response:
@@ -384,7 +384,9 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
         return await server.invoke(request)
 
     @app.post("/endpoints/{endpoint_name}/invocations", tags=["sagemaker"], openapi_extra=RECORD_BODY)
-    async def endpoint_invocations(endpoint_name: str, request: Request) -> Response:
+    async def endpoint_invocations(
+        endpoint_name: Annotated[str, Path(openapi_examples={"local": {"value": "local"}})], request: Request
+    ) -> Response:
         """The path boto3's sagemaker-runtime client uses against a local endpoint URL.
 
         Answers errors as the SageMaker runtime does: a ModelError (424) carrying the container's status
@@ -398,20 +400,30 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
             return model_error(endpoint_name, response.status_code, bytes(response.body))
         return response
 
-    for route, mode in REST_MODES.items():
+    def hosted(model: str) -> None:
+        """A route's {model} that this server does not host: 404 naming the route's model and what it hosts."""
+        if server.models is not None and (canonical_name(model) or model) not in server.models.runners:
+            held = ", ".join(server.models.runners)
+            raise ClientError(f"'{model}' is not hosted here (this server hosts: {held})", field="model", status=404)
 
-        async def rest(model: str, request: Request, mode: str = mode) -> Response:
+    def rest_route(mode: str) -> Callable[[str, Request], Awaitable[Response]]:
+        async def rest(model: str, request: Request) -> Response:  # mode bound here: no query parameter
+            hosted(model)
             return await server.invoke(request, {"model_name": model, "mode": mode})
 
+        return rest
+
+    for route, mode in REST_MODES.items():
         app.post(
             f"/api/{route}/{{model}}",
             tags=["on-premise API"],
-            summary=f"{mode} of one tile, a list, or JSON lines",
-            openapi_extra=RECORD_BODY,
-        )(rest)
+            summary=f"{mode} of one tile, a list, JSON lines, or a whole slide",
+            openapi_extra=REST_BODY | {docs.MODE_KEY: mode},
+        )(rest_route(mode))
 
     async def metadata(model: str) -> Response:
         """What the model takes and gives: tile size, embedding_dim, output shapes, gene sets."""
+        hosted(model)
         return await server.answer(inference.dumps({"model_name": model, "mode": METADATA}), JSON, JSON, None)
 
     for method in ("GET", "POST"):
@@ -421,6 +433,7 @@ def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) 
             methods=[method],
             tags=["on-premise API"],
             operation_id=f"metadata_{method}",
+            openapi_extra=docs.responses(404, 503) | {docs.MODE_KEY: METADATA},
         )
 
     @app.get("/metrics", tags=["operations"])

@@ -121,7 +121,7 @@ class Settings:
     max_body_bytes: int = int(DEFAULT_BODY_MB * MB)
     max_slide_bytes: int = int(DEFAULT_SLIDE_MB * MB)
     limits: Limits = field(default_factory=Limits)
-    decode_workers: int = 2  # threads decoding requests (JSON, base64, PNG)
+    decode_workers: int = 2  # threads parsing requests (JSON), and processes decoding their tiles (base64, PNG)
     slide_read_threads: int = 2  # threads reading a slide's regions while the forward pass runs
     max_queued_slides: int = 4  # slides received or running at once (one runs, the rest wait on disk)
     graceful_timeout_s: float = 30.0

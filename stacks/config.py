@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -300,17 +301,23 @@ class KitConfig(BaseModel):
 KEYS = tuple(KitConfig.model_fields)
 
 
-def load_config(context: dict[str, Any]) -> KitConfig:
-    """Validate the kit's context keys (strings from `-c` are parsed as numbers or JSON); refuse unknown ones."""
+def load_config(context: dict[str, Any], given: Collection[str] = ()) -> KitConfig:
+    """Validate the kit's context keys (strings from `-c` are parsed as numbers or JSON); refuse unknown ones.
+    `given`: the keys that came from `-c` (the others from cdk.json), named so in an error."""
     unknown = sorted(key for key in context if key not in KEYS and key not in CDK_KEYS and ":" not in key)
     if unknown:
         raise ConfigError(f"unknown context key(s) {', '.join(unknown)}; the kit's keys are: {', '.join(KEYS)}")
-    values = {key: _parse(context[key]) for key in KEYS if key in context and context[key] is not None}
+    values = {key: _parse(key, context[key]) for key in KEYS if key in context and context[key] is not None}
     try:
         return KitConfig.model_validate(values)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'context'}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("invalid cdk.json context:\n  " + "\n  ".join(problems)) from None
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "context"
+            if given and error["loc"]:
+                where += " (from -c)" if error["loc"][0] in given else " (from cdk.json)"
+            problems.append(f"{where}: {error['msg']}")
+        raise ConfigError("invalid context:\n  " + "\n  ".join(problems)) from None
 
 
 def cdk_context(root: Path, argv: list[str]) -> dict[str, Any]:
@@ -318,15 +325,20 @@ def cdk_context(root: Path, argv: list[str]) -> dict[str, Any]:
     context: dict[str, Any] = json.loads((root / "cdk.json").read_text())["context"]
     pairs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in ("-c", "--context")]
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"-c {pair!r}: give KEY=VALUE (e.g. -c minInstances=1)")
         context[key] = value
     return context
 
 
-def _parse(value: Any) -> Any:
+def _parse(key: str, value: Any) -> Any:
+    """A string from `-c` as JSON when it starts like a number, object or list; broken JSON is named."""
     if isinstance(value, str) and value[:1] in "{[0123456789":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
+            if value[:1] in "{[":
+                raise ConfigError(f"{key}: not valid JSON: {exc.msg} at character {exc.pos} of {value!r}") from None
             return value
     return value

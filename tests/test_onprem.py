@@ -275,3 +275,92 @@ def test_matches_compares_with_every_token() -> None:
     tokens = [TOKEN_A.encode(), TOKEN_B.encode()]
     assert auth.matches(TOKEN_B.encode(), tokens) and not auth.matches(WRONG.encode(), tokens)
     assert not auth.matches(TOKEN_A.encode(), [])
+
+
+# --- what "Try it out" in /docs sends, and the front page's first requests -----------------------------------
+
+
+def tried(url: str, path: str, operation: dict[str, object]) -> list[tuple[str, str, object]]:
+    """(name, the URL Swagger's "Try it out" fills in, body) for each example body of an operation; the first
+    is what the page shows by default (the path parameter's example, the first example)."""
+    parameters = {p["name"]: p for p in operation.get("parameters", [])}  # type: ignore[attr-defined]
+    content = operation["requestBody"]["content"]["application/json"]  # type: ignore[index]
+    sent = []
+    for name, example in content["examples"].items():
+        model = name if "model" in parameters else None
+        filled = path.replace("{model}", model or "").replace("{endpoint_name}", "local")
+        sent.append((name, url + filled, example["value"]))
+    default = parameters.get("model", {}).get("example")
+    assert default is None or sent[0][0] == default, "the default model and the default example must agree"
+    return sent
+
+
+def test_every_tile_routes_examples_succeed(running: Running) -> None:
+    document = httpx.get(running.url + "/openapi.json").json()
+    posted = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if method != "post" or "requestBody" not in operation:
+                continue
+            assert operation["requestBody"]["content"]["application/json"]["examples"], path
+            for name, target, body in tried(running.url, path, operation):
+                answer = httpx.post(target, json=body, timeout=30)
+                assert answer.status_code == 200, (path, name, answer.text)
+                assert len(answer.json()["output"]) > 0
+                posted += 1
+    assert posted >= 9  # /invocations and /endpoints/.../invocations x 3 models, and the /api tile routes
+
+
+def test_openapi_names_hosted_models_the_slide_body_and_400(running: Running) -> None:
+    document = httpx.get(running.url + "/openapi.json").json()
+    hosted = list(running.server.models.runners)  # type: ignore[union-attr]
+    embed = document["paths"]["/api/embed/{model}"]["post"]
+    (model,) = [p for p in embed["parameters"] if p["name"] == "model"]
+    assert model["schema"]["enum"] == [m for m in hosted if m != "tissue-seg"]  # the models with mode embedding
+    assert [p["name"] for p in embed["parameters"]] == ["model"]  # no `mode` query parameter
+    body = embed["requestBody"]["content"]
+    assert {"image/tiff", "application/x-tar", "application/octet-stream", "application/json"} <= set(body)
+    schema = body["application/json"]["schema"]
+    assert "model_name" not in schema.get("required", []) and "mode" not in schema.get("required", [])
+    assert "base64" in schema["properties"]["image_data"]["description"]
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            assert "422" not in operation["responses"], path
+    assert "400" in embed["responses"] and "HTTPValidationError" not in document["components"]["schemas"]
+
+
+def test_metadata_of_a_model_not_hosted_names_the_routes_model(running: Running) -> None:
+    answer = httpx.get(running.url + "/api/metadata/h9")
+    assert answer.status_code == 404
+    body = answer.json()
+    assert body["field"] == "model" and body["record"] is None and "'h9' is not hosted here" in body["error"]
+    assert "h0" not in body["error"] and all(m in body["error"] for m in running.server.models.runners)  # type: ignore[union-attr]
+    tile = httpx.post(running.url + "/api/embed/h0", json={"image_data": ""})
+    assert tile.status_code == 404 and tile.json()["field"] == "model"
+
+
+def test_front_pages_first_requests_succeed_as_copied(running: Running) -> None:
+    import subprocess
+
+    tries = httpx.get(running.url + "/").json()["try"]
+    assert len(tries) == 2 and tries[0].startswith("curl ") and "/invocations" in tries[1]
+    page = httpx.get(running.url + "/", headers={"Accept": "text/html"}).text
+    assert "A first request" in page and "/api/metadata/" in page
+    for command in tries:
+        done = subprocess.run(["bash", "-c", command + " --fail --silent"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, (command[:200], done.stderr)
+        assert '"output"' in done.stdout or '"model_name"' in done.stdout
+
+
+def test_a_server_open_to_the_network_without_a_token_says_so(artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from model_code.server import create_app
+
+    caplog.set_level(logging.WARNING)
+    create_app(Settings(model_dir=artifact, host="127.0.0.1"))
+    assert "open to anyone" not in caplog.text
+    create_app(Settings(model_dir=artifact, host="0.0.0.0"))
+    assert "every route on 0.0.0.0 is open to anyone who can reach this port; set AUTH_TOKENS" in caplog.text
+    caplog.clear()
+    create_app(Settings(model_dir=artifact, host="0.0.0.0", auth=Auth(tokens=(TOKEN_A,))))
+    create_app(Settings(model_dir=artifact, host="0.0.0.0", auth=Auth(sagemaker=True)))
+    assert "open to anyone" not in caplog.text

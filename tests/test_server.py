@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from botocore.exceptions import ClientError as BotoClientError
 
 from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port
+from model_code.batching import GIL_SWITCH_INTERVAL_S
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
 from tests.serving import Running, serve_in_thread
@@ -303,25 +305,26 @@ def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path
     assert [name for name, _ in finished] == ["bad request", "metadata", "ping", "forward"]
 
 
-def test_records_of_one_jsonlines_request_decode_in_parallel(
-    running: Running, vendor: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import threading
+def test_tiles_decode_in_worker_processes(running: Running, vendor: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_code import decoding
 
-    from model_code import inference
+    here: list[int] = []
+    real_decode = decoding.decode_record
 
-    threads: set[str] = set()
-    real_decode = inference.decode_record
+    def counting(raw: object, index: int, overrides: object) -> object:
+        here.append(index)
+        return real_decode(raw, index, overrides)  # type: ignore[arg-type]
 
-    def recording(*args: object) -> object:
-        threads.add(threading.current_thread().name)
-        return real_decode(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(inference, "decode_record", recording)
+    monkeypatch.setattr(decoding, "decode_record", counting)  # seen in this process only, not in the workers
     body = (vendor / "batch" / "h1_embed_inputs.jsonl").read_bytes()
     response = httpx.post(f"{running.url}/invocations", content=body, headers={"content-type": "application/jsonlines"})
-    assert response.status_code == 200 and len(response.text.splitlines()) == 20
-    assert len({name for name in threads if name.startswith("decode")}) == 2  # DECODE_WORKERS of the fixture
-    threads.clear()
+    assert response.status_code == 200
+    assert [len(json.loads(line)["output"]) for line in response.text.splitlines()] == [1536] * 20
+    assert here == []  # the 20 records decoded in the worker processes
     single = httpx.post(f"{running.url}/invocations", json=wire_record("h1", "embedding"))
-    assert single.status_code == 200 and len(threads) == 1 and next(iter(threads)).startswith("parse")
+    assert single.status_code == 200 and len(single.json()["output"]) == 1536
+    assert here == [0]  # a lone request's one record decodes in the serving process: no pipe to cross
+
+
+def test_the_forward_thread_wins_the_gil_back_within_half_a_millisecond(running: Running) -> None:
+    assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S == 0.0005

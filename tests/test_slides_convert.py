@@ -139,3 +139,18 @@ def test_convert_an_s3_prefix(
     with h5py.File(tmp_path / "got.h5", "r") as f:
         assert stamp_get_coords(f)[2] == 112.0 and "feats" in f
     assert (tmp_path / "local" / "sub" / "forty-zarr.h5").is_file()
+
+
+def test_skipped_tiles_travel_with_a_conversion(kit_outputs: Path, tmp_path: Path) -> None:
+    """A file with tiles left out (damaged JPEG) keeps its skipped_coords, in level-0 pixels, in every layout."""
+    from kit.slides.convert import convert_file
+
+    source = tmp_path / "damaged.h5"
+    shutil.copy(kit_outputs / "forty.h5", source)
+    with h5py.File(source, "a") as f:
+        del f["skipped_coords"]
+        f.create_dataset("skipped_coords", data=np.array([[448, 896]], dtype=np.int64))
+        f.attrs["skipped_tiles"] = 1
+    convert_file(source, "stamp", tmp_path / "stamp.h5")
+    with h5py.File(tmp_path / "stamp.h5", "r") as f:
+        assert f["skipped_coords"][:].tolist() == [[448, 896]] and f.attrs["skipped_tiles"] == 1

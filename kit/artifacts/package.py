@@ -13,7 +13,9 @@ HELP = "build a model artifact (OUT/model/ and OUT/model.tar.gz)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_models(parser, required=True, what="the models the artifact holds")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--out", type=Path, required=True, help="directory for the artifact: OUT/model/ and OUT/model.tar.gz"
+    )
     parser.add_argument("--demo", action="store_true", help="tiny models built by the kit (no weights needed)")
     parser.add_argument(
         "--timm-checkpoint",
@@ -42,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="native",
         help="--demo only: aoti makes every demo model an AOTInductor package (needs a C++ compiler)",
     )
-    parser.add_argument("--aoti-device", choices=("cpu", "cuda"), default="cpu", help="--format aoti: compile for")
+    parser.add_argument(
+        "--aoti-device", choices=("cpu", "cuda"), default="cpu", help="--format aoti: the device to compile for"
+    )
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored ViT weights")
     parser.add_argument(
         "--with-code", action="store_true", help="add code/ so AWS's PyTorch serving image can run the handler"

@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from kit.artifacts import check_model_dir
 from kit.cli import add_json, write_output
 
 HELP = "check an artifact's checksums, run every mode once; report formats, precision, CUDA arch, torch"
@@ -19,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_model_dir(args.model_dir)  # before torch is imported (seconds)
     from kit.artifacts.checking import verify_artifact
 
     report = verify_artifact(args.model_dir)

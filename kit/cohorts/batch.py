@@ -32,11 +32,6 @@ def job_request(
     """The CreateTransformJob request: many lines per request (the server batches them), answers in order."""
     from stacks.config import LOCAL_NVME_FAMILIES
 
-    if args.max_concurrent * args.max_payload_mb > MAX_PAYLOAD_PRODUCT:
-        raise KitError(
-            f"--max-concurrent {args.max_concurrent} x --max-payload-mb {args.max_payload_mb} is over "
-            f"{MAX_PAYLOAD_PRODUCT}: SageMaker refuses the job"
-        )
     resources: dict[str, Any] = {
         "InstanceType": args.instance_type,
         "InstanceCount": args.instance_count,
@@ -79,12 +74,12 @@ def wait(
     aws: boto3.Session, job_name: str, output_uri: str, files: int, poll_s: float, timeout_s: float
 ) -> dict[str, Any]:
     """Poll until the job ends, with a bar of output files written out of input files; its last description."""
-    from tqdm import tqdm
+    from kit.progress import progress
 
     sagemaker = aws.client("sagemaker")
     bucket, prefix = _split(output_uri)
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=files, unit="file", dynamic_ncols=True) as bar:
+    with progress(total=files, unit="file") as bar:
         while True:
             job = sagemaker.describe_transform_job(TransformJobName=job_name)
             done = len(input_files(aws, f"s3://{bucket}/{prefix}"))
@@ -112,7 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", help="S3 prefix for the answers (default: BatchOutput/JOB/)")
     parser.add_argument("--job-name", help="default: ENDPOINT-YYYYmmdd-HHMMSS")
-    parser.add_argument("--instance-type", default="ml.g5.xlarge")
+    parser.add_argument(
+        "--instance-type", default="ml.g5.xlarge", help="the transform job's instances (default %(default)s)"
+    )
     parser.add_argument("--instance-count", type=int, default=1, help="up to 100; files are spread over them")
     parser.add_argument("--max-payload-mb", type=int, default=6, help="per request (SageMaker's default %(default)s)")
     parser.add_argument("--max-concurrent", type=int, default=8, help="requests in flight per instance, %(default)s")
@@ -128,6 +125,14 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.instance_count <= 100:
         raise KitError(f"--instance-count {args.instance_count}: 1 to 100")
+    if args.max_concurrent * args.max_payload_mb > MAX_PAYLOAD_PRODUCT:
+        raise KitError(
+            f"--max-concurrent {args.max_concurrent} x --max-payload-mb {args.max_payload_mb} is over "
+            f"{MAX_PAYLOAD_PRODUCT}: SageMaker refuses the job"
+        )
+    for uri in (args.input, args.output):
+        if uri is not None:
+            _split(uri)  # a malformed URI is refused before AWS is asked anything
     aws = session(args)
     deployment = find_deployment(aws, args.stack, args.endpoint)
     allowed = deployment.uri("BatchInput")

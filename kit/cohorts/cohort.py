@@ -193,10 +193,10 @@ def _row(path: Path, line: int, row: dict[str, str]) -> CohortSlide:
 
 
 def cohort_slides(
-    sources: list[str], cohort: Path | None, s3: Any | None = None, *, unique_ids: bool = True
+    sources: list[str], cohort: Path | None, s3: Any | None = None, *, unique: bool = True
 ) -> list[CohortSlide]:
     """From a cohort CSV, and/or slide files, directories and s3:// prefixes (listed with `s3`, a client);
-    `unique_ids`: refuse two slides with one id (engines whose outputs are named by id)."""
+    `unique`: refuse two slides with one id (engines whose outputs are named by id)."""
     slides = read_cohort(cohort) if cohort else []
     local = [Path(s) for s in sources if not s.startswith("s3://")]
     if local:
@@ -205,8 +205,13 @@ def cohort_slides(
         slides += s3_slides(s3, prefix)
     if not slides:
         raise KitError("no slides: give slide files, directories, s3:// prefixes or --cohort")
+    return unique_ids(slides) if unique else slides
+
+
+def unique_ids(slides: list[CohortSlide]) -> list[CohortSlide]:
+    """The slides, after refusing two with one id (for engines whose outputs are named by id)."""
     counts = Counter(s.slide_id for s in slides)
     repeated = sorted(i for i, n in counts.items() if n > 1)
-    if repeated and unique_ids:
+    if repeated:
         raise KitError(f"slide ids given twice: {', '.join(repeated)} (name them apart in a cohort CSV's slide_id)")
     return slides

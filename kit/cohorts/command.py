@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kit import KitError
 from kit.cli import session
-from kit.cohorts.cohort import cohort_slides
+from kit.cohorts.cohort import cohort_slides, unique_ids
 
 
 def run_async(args: argparse.Namespace, attributes: str, suffix: str, wanted: dict[str, object]) -> int:
@@ -17,8 +17,12 @@ def run_async(args: argparse.Namespace, attributes: str, suffix: str, wanted: di
     from kit.cohorts.runner import Cohort, instance_hours, refuse_oversized, report, run_cohort
     from kit.slides.features import SlideJob, check_existing
 
+    local = [s for s in args.slides if not s.startswith("s3://")]
+    remote = [s for s in args.slides if s.startswith("s3://")]
+    slides = cohort_slides(local, args.cohort) if local or args.cohort else []  # before AWS is asked anything
     aws = session(args)
-    slides = cohort_slides(args.slides, args.cohort, aws.client("s3"))
+    if remote or not slides:
+        slides = unique_ids(slides + cohort_slides(remote, None, aws.client("s3")))
     refuse_oversized(slides, aws.client("s3"))
     deployment = find_deployment(aws, args.stack, args.endpoint)
     if deployment.serving != "async":

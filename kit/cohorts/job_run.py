@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     stack = job.find_job_stack(aws, args.stack)
     if not out.startswith(stack.output):
         raise KitError(f"--out {out}: the cohort-job role writes only under {stack.output}")
-    slides = with_sizes(s3, cohort_slides(prefixes, args.cohort, s3, unique_ids=False))
+    slides = with_sizes(s3, cohort_slides(prefixes, args.cohort, s3, unique=False))
     outside = [s.source for s in slides if s.in_s3 and not s.source.startswith(stack.inputs)]
     if outside:
         raise KitError(

@@ -153,15 +153,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="measured throughput of one instance (default: the kit's tilesPerSecondPerInstance, %(default)s)",
     )
     parser.add_argument(
-        "--instances", type=int, default=defaults["maxInstances"].default, help="instances at most, %(default)s"
+        "--instances",
+        type=int,
+        default=defaults["maxInstances"].default,
+        help="instances working on the cohort (default: the kit's maxInstances, %(default)s)",
     )
     parser.add_argument(
-        "--min-instances", type=int, default=defaults["minInstances"].default, help="real-time's floor, %(default)s"
+        "--min-instances",
+        type=int,
+        default=defaults["minInstances"].default,
+        help="real-time's floor, kept up around the clock (default %(default)s)",
     )
     parser.add_argument(
-        "--utilisation", type=float, default=defaults["targetUtilisation"].default, help="real-time, %(default)s"
+        "--utilisation",
+        type=float,
+        default=defaults["targetUtilisation"].default,
+        help="real-time's scaling target, a fraction of one instance's throughput (default %(default)s)",
     )
-    parser.add_argument("--startup-minutes", type=float, default=10, help="an instance's start, %(default)s")
+    parser.add_argument(
+        "--startup-minutes", type=float, default=10, help="minutes an instance takes to start (default %(default)s)"
+    )
     parser.add_argument(
         "--scale-in-minutes",
         type=float,

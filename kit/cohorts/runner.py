@@ -175,12 +175,12 @@ def run_cohort(
     cohort: Cohort, slides: list[CohortSlide], poll_s: float, timeout_s: float
 ) -> tuple[list[Request], float]:
     """Submit, follow, resubmit failures (up to --retries), with a progress bar; the requests and wall time."""
-    from tqdm import tqdm
+    from kit.progress import progress
 
     began = time.time()
     cohort.load()
     by_id = {s.slide_id: s for s in slides}
-    with tqdm(total=len(slides), unit="slide", dynamic_ncols=True) as bar:
+    with progress(total=len(slides), unit="slide") as bar:
         while True:
             for slide in slides:
                 cohort.submit(slide)

@@ -48,11 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from stacks.config import ConfigError, cdk_context, load_config
 
+    given = [pair.partition("=")[0] for pair in args.context]
     try:
-        config = load_config(cdk_context(REPO, [part for pair in args.context for part in ("-c", pair)]))
+        config = load_config(cdk_context(REPO, [part for pair in args.context for part in ("-c", pair)]), given)
     except ConfigError as exc:
         raise KitError(str(exc)) from None
-    checks = preflight(config, session(args))
+    checks = preflight(config, session(args, default_region=config.region))
     for check in checks:
         print(f"{'PASS' if check.passed else 'FAIL'} {check.name}: {check.detail}")
         if not check.passed:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
 from kit import CheckFailed
-from kit.cli import add_aws, session
+from kit.cli import add_aws, add_json, positive, session, write_output
 
 if TYPE_CHECKING:
     import boto3
@@ -17,14 +18,21 @@ HELP = "wait for an endpoint to be InService"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", required=True, help="SageMaker endpoint name")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds before giving up (default 3600)")
-    parser.add_argument("--poll", type=float, default=30, help="seconds between checks (default 30)")
+    parser.add_argument(
+        "--timeout", type=positive(float, 0), default=3600, help="seconds before giving up, 0 or more (default 3600)"
+    )
+    parser.add_argument(
+        "--poll", type=positive(float, 0), default=30, help="seconds between checks, 0 or more (default 30)"
+    )
+    add_json(parser, "the endpoint's name, status and configuration")
     add_aws(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     described = wait_in_service(args.endpoint, session(args), timeout_s=args.timeout, poll_s=args.poll)
     print(f"{args.endpoint} is {described['EndpointStatus']}")
+    fields = ("EndpointName", "EndpointArn", "EndpointStatus", "EndpointConfigName")
+    write_output(args.json, json.dumps({key: described.get(key) for key in fields}, indent=2).encode())
     return 0
 
 

@@ -109,9 +109,11 @@ def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = 
     writer = open_writer("h5", h5_out, coords, ratios, widths, str(features.dtype), mask, layout)
     writer.write(0, {"features": features, **per_tile})
     writer.close(attributes)
-    with h5py.File(h5_out, "a") as file:  # anything else the source holds, as it was
+    with h5py.File(h5_out, "a") as file:  # anything else the source holds (skipped_coords too), as it was
         for name, array in arrays.items():
             if name not in per_tile:
+                if name in file:
+                    del file[name]  # what the writer made empty, e.g. skipped_coords
                 file.create_dataset(name, data=array)
     if pt_out is not None:
         import torch

@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kit import KitError
-from kit.cli import add_aws
+from kit.cli import add_aws, endpoint_url
 from kit.cohorts.cohort import named_slides
 from kit.slides.features import SlideJob, check_existing, output_tiles
 from kit.slides.transport import HttpTransport, SlideFailed
+from model_code.catalogue import EMBEDDING, MODELS, canonical_name
 from model_code.slides.layouts import LAYOUTS, SUFFIXES
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
+SLIDE_MODELS = tuple(name for name, spec in MODELS.items() if EMBEDDING in spec.modes)  # tissue-seg finds tissue
+OWN_FLAGS = ("model", "format", "dtype", "layout")  # slide options with an option of their own
 
 
 class Transport(Protocol):
@@ -75,10 +78,10 @@ def plan_outputs(slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: s
 def run_slides(slides: list[SlideJob], transport: Transport, attributes: str, overwrite: bool = False) -> list[Outcome]:
     """Every slide through `transport` with a progress bar and a line per slide; failures do not stop the rest.
     An existing output is skipped (check_existing has checked it) unless `overwrite`."""
-    from tqdm import tqdm
+    from kit.progress import progress
 
     outcomes: list[Outcome] = []
-    with tqdm(slides, unit="slide", dynamic_ncols=True) as bar:
+    with progress(slides, unit="slide") as bar:
         for one in bar:
             bar.set_postfix_str(one.name)
             outcome = _one(one, transport, attributes, overwrite)
@@ -136,14 +139,34 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def parse_slide_model(text: str) -> str:
+    """An encoder's catalogue name (aliases resolved); anything else is a usage error naming the choices."""
+    name = canonical_name(text.strip())
+    if name not in SLIDE_MODELS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a slide model ({', '.join(SLIDE_MODELS)})")
+    return name
+
+
+def other_options() -> list[str]:
+    """The slide options --option passes: the server's, less those with a flag here."""
+    from model_code.slides.options import SlideOptions
+
+    return [name for name in SlideOptions.model_fields if name not in OWN_FLAGS]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "slides", nargs="*", help="slide files or directories (with --endpoint also s3:// prefixes under AsyncInput)"
     )
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--endpoint-url", help="a server, e.g. http://127.0.0.1:8080")
+    where.add_argument("--endpoint-url", type=endpoint_url, help="a server, e.g. http://127.0.0.1:8080")
     where.add_argument("--endpoint", help="a SageMaker async endpoint of the stack: optimus-h1-slides, or h1-slides")
-    parser.add_argument("--model", required=True, help="h1, h0, h0-mini or m-optimus")
+    parser.add_argument(
+        "--model",
+        type=parse_slide_model,
+        required=True,
+        help=f"{', '.join(SLIDE_MODELS)}: named here (the server could pick it) because the outputs record it",
+    )
     parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr.zip")
     parser.add_argument(
         "--format", choices=tuple(SUFFIXES), default="h5", help="h5 (default) or zarr (the vendor SDK's)"
@@ -164,11 +187,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="another slide option: mode, mpp, tile_size, min_tissue, slide_mpp (docs/slides.md)",
+        help=f"another slide option, repeatable: {', '.join(other_options())} (docs/slides.md)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per slide (--endpoint: in all)")
     cohort = parser.add_argument_group("SageMaker async (--endpoint)")
-    cohort.add_argument("--cohort", type=Path, help="a cohort CSV: slide, slide_id, bulk_rna (kit/cohorts/cohort.py)")
+    cohort.add_argument(
+        "--cohort",
+        type=Path,
+        help="a CSV, one slide a row: `slide` (a path relative to the CSV, or s3://BUCKET/KEY), optional "
+        "`slide_id` (default the file's stem), `bulk_rna` (a JSON file of raw counts) and `tiles`",
+    )
     cohort.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
     cohort.add_argument("--retries", type=int, default=2, help="resubmissions of a failed slide, %(default)s")
     cohort.add_argument("--poll", type=float, default=30, help="seconds between checks, %(default)s")

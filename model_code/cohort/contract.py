@@ -11,7 +11,9 @@ Layout under the ML root (`/opt/ml` in a SageMaker training job):
 - `input/config/resourceconfig.json`: `current_host`, `hosts`.
 - `checkpoints/`: outputs (`<slide_id or slide path without suffix><format suffix>`) and
   `status/<host>.jsonl`, one line per slide outcome: `slide`, `status` (`done`/`failed`), `reason`, `tiles`,
-  `seconds`; synced to `CheckpointConfig.S3Uri` while the job runs.
+  `seconds`; synced to `CheckpointConfig.S3Uri` while the job runs. A restarted job appends: a slide's last
+  line is its outcome (a failed slide is tried again by a restart). `.NAME.partial` files are outputs being
+  published (copied, then renamed to NAME): never complete, to be ignored.
 - `output/failure`: why the job failed, when it failed as a whole.
 """
 

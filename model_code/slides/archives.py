@@ -51,7 +51,7 @@ def unpack(body: Path, kind: str, workdir: Path, limit: int) -> tuple[Path, np.n
     rnas = [path for path in files if path.name == BULK_RNA_FILE]
     if len(rnas) > 1:
         raise ClientError(f"the archive holds {len(rnas)} {BULK_RNA_FILE} files; send one", field="bulk_rna")
-    return slide_file(root, frozenset({BULK_RNA_FILE})), _bulk_rna(rnas[0]) if rnas else None
+    return slide_file(root, frozenset({BULK_RNA_FILE})), bulk_rna_file(rnas[0]) if rnas else None
 
 
 def _tar(body: Path, root: Path) -> list[Path]:
@@ -115,7 +115,8 @@ def _write(root: Path, name: str, source: IO[bytes]) -> Path:
     return path
 
 
-def _bulk_rna(path: Path) -> np.ndarray:
+def bulk_rna_file(path: Path) -> np.ndarray:
+    """bulk_rna.json (a JSON list of the raw counts, -1 for a gene not measured) -> the log1p vector."""
     if path.stat().st_size > MAX_RNA_BYTES:
         raise ClientError(f"{BULK_RNA_FILE} is over {MAX_RNA_BYTES} bytes", field="bulk_rna")
     try:

@@ -76,7 +76,7 @@ def choose_runner(models: Models, options: SlideOptions) -> Runner:
 
 
 def check_bulk_rna(runner: Runner, bulk_rna: np.ndarray | None) -> None:
-    if bulk_rna is not None and runner.entry.name != "m-optimus":
+    if bulk_rna is not None and not runner.spec.bulk_rna_genes:
         raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
 
 
@@ -201,7 +201,7 @@ def _attributes(
     geometry = slide.geometry
     return {
         "model": entry.name,
-        "model_version": _model_version(models.model_dir, entry.files),
+        "model_version": model_version(models.model_dir, entry.files),
         "pooling": entry.pooling if MODELS[entry.name].family == "encoder" else None,
         "mode": options.mode,
         "output": PREDICTION if options.mode in (PREDICTION, PREDICTION_WITH_EMBEDDING) else EMBEDDING,
@@ -231,7 +231,7 @@ def _attributes(
     }
 
 
-def _model_version(model_dir: Path, files: dict[str, str]) -> str | None:
+def model_version(model_dir: Path, files: dict[str, str]) -> str | None:
     """The sha256 (first 16 hex digits) the manifest records for the model's weights or program."""
     try:
         digests = json.loads((model_dir / MANIFEST).read_text())["sha256"]
