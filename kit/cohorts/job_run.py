@@ -16,10 +16,6 @@ if TYPE_CHECKING:
     from kit.cohorts.job import Cohort
 
 HELP = "start a training job that turns the cohort's slides in S3 (any size) into features files; reruns resume"
-EXAMPLE = (
-    "example: python -m kit cohort run s3://BUCKET/slides/ --model h1 --artifact kit://h1/v1/ --instances 20 "
-    "--spot --out s3://BUCKET/features/"
-)
 INPUT_MODES = ("FastFile", "File")
 SHOWN = 20  # slides listed before "... and N more"
 
@@ -28,7 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from stacks.config import KitConfig
 
     defaults = KitConfig.model_fields
-    parser.epilog = EXAMPLE
     parser.add_argument("slides", nargs="*", help="s3:// prefixes of slides (multi-file slides: .mrxs + folder, DICOM)")
     parser.add_argument(
         "--cohort",
@@ -108,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise KitError(f"--instances {args.instances}: at least 1")
     prefixes = [s if s.endswith("/") else s + "/" for s in args.slides]
     if not prefixes and not args.cohort:
-        raise KitError(f"give s3:// prefixes of slides or --cohort CSV ({EXAMPLE})")
+        raise KitError("give s3:// prefixes of slides or --cohort CSV (`python -m kit cohort run --help`)")
     for source in prefixes:
         if not source.startswith("s3://"):
             raise KitError(f"{source}: a training job reads slides from S3; upload them first (aws s3 sync)")

@@ -21,7 +21,6 @@ ENDED = ("Completed", "Failed", "Stopped")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "example: python -m kit cohort status cohort-h1-20260101-120000 --follow --price-per-hour 1.41"
     parser.add_argument("job", help="the training job's name, as `kit cohort run` printed it")
     parser.add_argument("--follow", action="store_true", help="poll, with a progress bar, until the job ends")
     parser.add_argument("--poll", type=float, default=60, help="seconds between polls, %(default)s")
