@@ -57,14 +57,20 @@ node_modules/.bin/cdk: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# The CDK app, offline (placeholder account and region unless CDK_DEFAULT_ACCOUNT/REGION are set):
-# cdk-nag's AwsSolutions and HIPAA packs fail it on any unacknowledged finding; then cfn-lint.
-synth: install build/demo/H1/model.tar.gz build/demo/M/model.tar.gz
+# The CDK app, offline (placeholder account and region unless CDK_DEFAULT_ACCOUNT/REGION are set): cdk-nag's
+# AwsSolutions and HIPAA packs fail it on any unacknowledged finding; then cfn-lint and checkov (in .venv-checkov;
+# its skips carry their reason in the template). Synthesized twice: as cdk.json says (docs/architecture.md is drawn
+# from it), and with an example cohortJobs into cdk.out/cohort-jobs/, so that the cohort-job role is checked too.
+COHORT_JOBS := -c 'cohortJobs={"inputs": ["s3://example-slides/cohorts/"]}'
+CHECKOV := .venv-checkov/bin/checkov --quiet --compact --skip-download --framework cloudformation
+synth: install build/demo/H1/model.tar.gz build/demo/M/model.tar.gz .venv-checkov/.installed-stamp
 	rm -rf cdk.out
 	$(PY) app.py
-	$(VENV)/bin/cfn-lint cdk.out/*.template.json
+	CDK_OUTDIR=cdk.out/cohort-jobs $(PY) app.py $(COHORT_JOBS)
+	$(VENV)/bin/cfn-lint cdk.out/*.template.json cdk.out/cohort-jobs/*.template.json
+	$(CHECKOV) $$(printf -- '-f %s ' cdk.out/*.template.json cdk.out/cohort-jobs/*.template.json)
 	$(PY) -m stacks.diagram cdk.out --write docs/architecture.md
-	@echo "synthesized into cdk.out/: cdk-nag and cfn-lint clean; docs/architecture.md redrawn"
+	@echo "synthesized into cdk.out/: cdk-nag, cfn-lint and checkov clean; docs/architecture.md redrawn"
 
 build/demo/H1/model.tar.gz: $(STAMP)
 	$(PY) -m kit package --demo --models h1,tissue-seg --out build/demo/H1

@@ -34,12 +34,17 @@ COMMANDS: dict[str, str] = {
     "demo": "kit.demo",
     "slides run": "kit.slides.run",
     "slides convert": "kit.slides.convert",
+    "cohort run": "kit.cohorts.job_run",
+    "cohort status": "kit.cohorts.job_status",
 }
 DESCRIPTION = (
     "The operator's commands of the Optimus SageMaker kit, from packaging a model artifact to deploying,\n"
     "checking and using its endpoints."
 )
-GROUPS = {"slides": "whole slides: `slides run` sends them to an endpoint, `slides convert` relays the outputs"}
+GROUPS = {
+    "slides": "whole slides: `slides run` sends them to an endpoint, `slides convert` relays the outputs",
+    "cohort": "cohorts in S3 as training jobs: `cohort run` starts one (reruns resume), `cohort status` follows it",
+}
 # One command line per command, shown under its --help (tests/test_cli.py checks each parses).
 EXAMPLES = {
     "package": "python -m kit package --demo --models h1,tissue-seg --out build/demo/H1",
@@ -53,6 +58,9 @@ EXAMPLES = {
     "demo": "python -m kit demo --workdir build/demo",
     "slides run": "python -m kit slides run slides/ --endpoint-url http://127.0.0.1:8080 --model h1 --out features/",
     "slides convert": "python -m kit slides convert features/ --to stamp --out stamp-features/",
+    "cohort run": "python -m kit cohort run s3://BUCKET/slides/ --model h1 --artifact kit://h1/v1/ --instances 20 "
+    "--spot --out s3://BUCKET/features/",
+    "cohort status": "python -m kit cohort status cohort-h1-20260101-120000 --follow --price-per-hour 1.41",
 }
 
 

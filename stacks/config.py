@@ -55,6 +55,36 @@ class AsyncConfig(BaseModel):
     backlogAgeAlarmS: int = Field(6 * 3600, ge=60)  # alarm when the oldest queued request is older than this
 
 
+class CohortJobsConfig(BaseModel):
+    """Cohort training jobs (`kit cohort run`): where their role may read slides and write features."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1)  # s3://BUCKET/PREFIX/ the jobs read slides from
+    output: str | None = None  # s3://BUCKET/PREFIX/ they write; default: the results bucket's cohorts/
+    inputKmsKeyArns: list[str] = []  # KMS keys that encrypt the input buckets (SSE-KMS), if any
+
+    @field_validator("inputs", "output")
+    @classmethod
+    def _prefixes(cls, value: list[str] | str | None) -> list[str] | str | None:
+        for uri in [value] if isinstance(value, str) else value or []:
+            match = S3_URI.match(uri)
+            if not match or not match.group(2).strip("/") or "*" in uri or not uri.endswith("/"):
+                raise ValueError(
+                    f"'{uri}': give s3://BUCKET/PREFIX/ (a folder, ending in '/'); a whole bucket or a wildcard "
+                    "would let every cohort job read (or write) all of it"
+                )
+        return value
+
+    @field_validator("inputKmsKeyArns")
+    @classmethod
+    def _keys(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not KMS_KEY_ARN.match(value):
+                raise ValueError(f"'{value}' is not a KMS key ARN")
+        return values
+
+
 class EndpointConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -136,6 +166,7 @@ class KitConfig(BaseModel):
     kmsKeyArn: str | None = None
     artifactKmsKeyArn: str | None = None  # key of an s3:// artifact outside the kit's bucket, or "sse-s3"
     alarmEmail: str | None = None
+    cohortJobs: CohortJobsConfig | None = None  # a least-privilege role for `kit cohort run`'s training jobs
     latencyAlarmMs: float = Field(5000, gt=0)
     errorAlarmCount: int = Field(5, ge=1)
     gpuMemoryAlarmPercent: float = Field(90, gt=0)

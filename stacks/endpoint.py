@@ -31,7 +31,7 @@ from constructs import Construct
 
 from model_code.settings import REALTIME_RESPONSE_MB
 from stacks.config import AsyncConfig, KitConfig
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, nag_resource
 
 # An update that trips one of these is rolled back (async endpoints publish no model errors and take minutes a slide).
 ROLLBACK_ALARMS = ("Errors5xx", "ModelErrors", "Latency", "InvocationFailures")
@@ -225,12 +225,7 @@ class ModelEndpoint(Construct):
         bucket = bucket_arn(stack, artifact.bucket)
         model_objects = f"{bucket}/{artifact.key}*" if artifact.is_prefix else f"{bucket}/{artifact.key}"
         statements = [
-            iam.PolicyStatement(
-                sid="PullImage",
-                actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                resources=[image.repository_arn],
-            ),
-            iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+            *pull_image(image),
             iam.PolicyStatement(
                 sid="ReadModelData",
                 actions=["s3:GetObject"],
@@ -317,31 +312,25 @@ class ModelEndpoint(Construct):
                     resources=["*"],
                 )
             )
-        policy = iam.ManagedPolicy(self, "ExecutionPolicy", statements=statements)
-        role = iam.Role(
+        role, policy = sagemaker_role(
             self,
-            "ExecutionRole",
-            assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+            "Execution",
+            statements,
             description=f"SageMaker execution role of endpoint {self.endpoint_name}",
-            managed_policies=[policy],
-        )
-        acknowledge(
-            policy,
-            "AwsSolutions-IAM5[Resource::*]",
-            reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) have "
-            "no resource-level permissions, nor (with a VPC) do the EC2 network-interface actions SageMaker needs "
-            "before the interfaces exist.",
+            star_reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (limited by a namespace condition) "
+            "have no resource-level permissions, nor (with a VPC) do the EC2 network-interface actions SageMaker "
+            "needs before the interfaces exist.",
         )
         if artifact.is_prefix:
             acknowledge(
                 policy,
-                f"AwsSolutions-IAM5[Resource::{_nag_resource(stack.resolve(model_objects))}]",
+                f"AwsSolutions-IAM5[Resource::{nag_resource(stack.resolve(model_objects))}]",
                 reason="An uncompressed model is every object under this endpoint's own model prefix.",
             )
         acknowledge(
             policy,
             *(
-                f"AwsSolutions-IAM5[Resource::{_nag_resource(stack.resolve(results + self.prefix(p)))}*]"
+                f"AwsSolutions-IAM5[Resource::{nag_resource(stack.resolve(results + self.prefix(p)))}*]"
                 for p in PREFIXES
             ),
             reason="Requests and results are objects SageMaker names (one per request or input file), under this "
@@ -566,22 +555,37 @@ def _deployment(
     )
 
 
+def pull_image(image: ImageRef) -> list[iam.PolicyStatement]:
+    """Pull the image from its repository, after the ECR login (which has no resource-level permission)."""
+    return [
+        iam.PolicyStatement(
+            sid="PullImage",
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[image.repository_arn],
+        ),
+        iam.PolicyStatement(sid="EcrLogin", actions=["ecr:GetAuthorizationToken"], resources=["*"]),
+    ]
+
+
+def sagemaker_role(
+    scope: Construct, name: str, statements: list[iam.PolicyStatement], *, description: str, star_reason: str
+) -> tuple[iam.Role, iam.ManagedPolicy]:
+    """A role SageMaker assumes, with one managed policy (NAMEPolicy, NAMERole); `star_reason` acknowledges its
+    `Resource *` statements."""
+    policy = iam.ManagedPolicy(scope, f"{name}Policy", statements=statements)
+    role = iam.Role(
+        scope,
+        f"{name}Role",
+        assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+        description=description,
+        managed_policies=[policy],
+    )
+    acknowledge(policy, "AwsSolutions-IAM5[Resource::*]", reason=star_reason)
+    return role, policy
+
+
 def bucket_arn(stack: Stack, bucket: str) -> str:
     return f"arn:{stack.partition}:s3:::{bucket}"
-
-
-def _nag_resource(resolved: object) -> str:
-    """A resource as cdk-nag writes it in a finding: Fn::Join flattened, a Ref in <>, an import by its name."""
-    if isinstance(resolved, str):
-        return resolved
-    if isinstance(resolved, dict) and "Fn::Join" in resolved:
-        separator, parts = resolved["Fn::Join"]
-        return separator.join(_nag_resource(part) for part in parts)
-    if isinstance(resolved, dict) and "Ref" in resolved:
-        return f"<{resolved['Ref']}>"
-    if isinstance(resolved, dict) and "Fn::ImportValue" in resolved:
-        return str(resolved["Fn::ImportValue"])
-    raise ValueError(f"cannot name {resolved!r} as cdk-nag does")
 
 
 def _uncompressed(artifact: ArtifactRef) -> sagemaker.CfnModel.ModelDataSourceProperty:

@@ -16,6 +16,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from stacks.cohort_job import CohortJobRole
 from stacks.config import (
     ECR_URI,
     KIT_BUCKET,
@@ -27,7 +28,7 @@ from stacks.config import (
     MissingArtifactError,
 )
 from stacks.endpoint import ArtifactRef, ImageRef, ModelEndpoint
-from stacks.foundation import FoundationStack
+from stacks.foundation import COHORT_OUTPUT, FoundationStack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +90,8 @@ class EndpointsStack(Stack):
                 parameter_name=f"/{config.prefix}/{name}/models",
                 string_value=",".join(endpoint.models),
             )
+        if config.cohortJobs:
+            self._cohort_jobs(config, image, foundation, results_bucket)
         # The results bucket is the foundation's output (an output made of an import is what cfn-lint warns of).
         CfnOutput(self, "FoundationStack", value=foundation.stack_name)
         self._dashboard(config)
@@ -117,6 +120,23 @@ class EndpointsStack(Stack):
             }
         for key, value in outputs.items():
             CfnOutput(self, title + key, value=value)
+
+    def _cohort_jobs(self, config: KitConfig, image: ImageRef, foundation: FoundationStack, results: str) -> None:
+        """The cohort-job role and what `kit cohort run` reads (the output prefix is the foundation's output)."""
+        assert config.cohortJobs is not None
+        jobs = CohortJobRole(
+            self,
+            "CohortJob",
+            jobs=config.cohortJobs,
+            output=config.cohortJobs.output or f"s3://{results}/{COHORT_OUTPUT}",
+            image=image,
+            artifact_bucket=Fn.import_value(foundation.artifact_bucket_export),
+            key=foundation.key,
+            prefix=config.prefix,
+        )
+        CfnOutput(self, "CohortJobRoleArn", value=jobs.role.role_arn)
+        CfnOutput(self, "CohortJobImageUri", value=image.uri)
+        CfnOutput(self, "CohortJobInputs", value=",".join(config.cohortJobs.inputs))
 
     def _image(self, config: KitConfig) -> ImageRef:
         if config.image == "asset":

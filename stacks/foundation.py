@@ -15,8 +15,9 @@ from constructs import Construct
 
 from stacks.config import KitConfig
 from stacks.key_policy import alarm_pattern, key_policy_statements
-from stacks.nag import acknowledge
+from stacks.nag import acknowledge, checkov_skip
 
+COHORT_OUTPUT = "cohorts/"  # cohort jobs' default output prefix in the results bucket
 MULTIPART_ABORT = Duration.days(7)  # an interrupted multi-GB upload leaves parts that are billed until aborted
 
 
@@ -47,6 +48,12 @@ class FoundationStack(Stack):
             "HIPAA.Security-S3DefaultEncryptionKMS",
             reason="S3 server access logging delivers only to buckets encrypted with S3-managed keys (SSE-S3); "
             "the logs hold request metadata, never model data.",
+        )
+        checkov_skip(
+            self.access_logs,
+            "CKV_AWS_18",
+            reason="This is the access-log bucket: logging its own accesses into itself would log every log delivery, "
+            "without end; the artifact and results buckets log here.",
         )
         self.artifacts = self._private_bucket("Artifacts", "artifacts/")
         # Slides sent to async endpoints and batch transform, and what comes back: per endpoint, its role may read
@@ -119,6 +126,9 @@ class FoundationStack(Stack):
         CfnOutput(self, "ImageRepositoryUri", value=self.repository.repository_uri)
         CfnOutput(self, "KeyArn", value=self.key.key_arn)
         CfnOutput(self, "AlarmTopicArn", value=self.alarms.topic_arn)
+        if config.cohortJobs:  # where cohort jobs write: here, since the default is this stack's bucket
+            output = config.cohortJobs.output or f"s3://{self.results.bucket_name}/{COHORT_OUTPUT}"
+            CfnOutput(self, "CohortJobOutput", value=output)
 
     def _key(self, config: KitConfig) -> kms.IKey:
         if config.kmsKeyArn:

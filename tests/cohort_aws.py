@@ -1,5 +1,6 @@
 """A deployed kit in moto: the foundation and endpoints stacks' outputs as the stacks write them (with
-literal values), the results bucket, the model and the async topics; shared by the batch and runner tests."""
+literal values), the results and artifact buckets, the model, the async topics and the cohort-job role's
+outputs; shared by the batch, runner and cohort-job tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import boto3
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/0a1b2c3d-1111-2222-3333-444455556666"
 BUCKET = "optimus-results-test"
+ARTIFACTS = "optimus-artifacts-test"
+SLIDES = "optimus-slides-test"  # a customer's bucket of slides; the cohort-job role reads its cohorts/ prefix
+JOB_ROLE = f"arn:aws:iam::{ACCOUNT}:role/optimus-cohort-job"
+IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/optimus:1"
 
 
 def _stack(outputs: dict[str, str]) -> str:
@@ -23,7 +28,8 @@ def _stack(outputs: dict[str, str]) -> str:
 
 def deploy(session: boto3.Session) -> None:
     """optimus-h1 (real-time) and optimus-h1-slides (async), as `cdk deploy` would leave them."""
-    session.client("s3").create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    for bucket in (BUCKET, ARTIFACTS, SLIDES):
+        session.client("s3").create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
     sns = session.client("sns")
     topics = {o: sns.create_topic(Name=f"slides-{o}")["TopicArn"] for o in ("success", "error")}
     sagemaker = session.client("sagemaker")
@@ -32,14 +38,27 @@ def deploy(session: boto3.Session) -> None:
         sagemaker.create_model(
             ModelName=model,
             ExecutionRoleArn=role,
-            PrimaryContainer={"Image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/optimus:1"},
+            PrimaryContainer={"Image": IMAGE},
             EnableNetworkIsolation=True,
         )
     cloudformation = session.client("cloudformation")
     cloudformation.create_stack(
-        StackName="OptimusFoundation", TemplateBody=_stack({"ResultsBucket": BUCKET, "KeyArn": KEY_ARN})
+        StackName="OptimusFoundation",
+        TemplateBody=_stack(
+            {
+                "ResultsBucket": BUCKET,
+                "ArtifactBucket": ARTIFACTS,
+                "KeyArn": KEY_ARN,
+                "CohortJobOutput": f"s3://{BUCKET}/cohorts/",
+            }
+        ),
     )
-    outputs = {"FoundationStack": "OptimusFoundation"}
+    outputs = {
+        "FoundationStack": "OptimusFoundation",
+        "CohortJobRoleArn": JOB_ROLE,
+        "CohortJobImageUri": IMAGE,
+        "CohortJobInputs": f"s3://{SLIDES}/cohorts/,s3://{SLIDES}/more/",
+    }
     for title, name, model, serving in (
         ("H1", "optimus-h1", "H1Model-abc", "real-time"),
         ("H1Slides", "optimus-h1-slides", "H1SlidesModel-def", "async"),

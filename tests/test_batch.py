@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
-import botocore.session
 import pytest
 
 from kit.__main__ import main
@@ -16,7 +15,7 @@ from kit.cohorts.batch import job_request
 from kit.cohorts.deployment import find_deployment
 from tests.cohort_aws import BUCKET, KEY_ARN, REGION, deploy
 from tests.conftest import mocked_aws
-from tests.test_stack_api_calls import constraint_errors
+from tests.service_model import request_errors
 
 INPUT = f"s3://{BUCKET}/optimus-h1/batch/input/run1/"
 
@@ -64,8 +63,7 @@ def test_transform_job_on_the_stacks_model(aws: boto3.Session, capsys: pytest.Ca
         "InstanceType": "ml.g5.xlarge", "InstanceCount": 2, "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"
     }  # fmt: skip
     assert request["MaxConcurrentTransforms"] * request["MaxPayloadInMB"] <= 100
-    shape = botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateTransformJob")
-    assert constraint_errors(request, shape.input_shape, "CreateTransformJob") == []
+    assert request_errors("sagemaker", "CreateTransformJob", request) == []
 
 
 def test_ebs_instance_types_get_the_volume_key() -> None:

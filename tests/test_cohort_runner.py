@@ -5,7 +5,9 @@ tests/async_sagemaker.py around the kit's real server — with a failing slide, 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,10 +15,12 @@ from typing import Any
 
 import boto3
 import h5py
+import numpy as np
 import pytest
 
 from kit.__main__ import main
 from kit.cohorts.runner import instance_hours
+from kit.endpoints.samples import synthetic_counts
 from kit.slides.synthetic import make_slide
 from model_code.slides.options import SlideOptions
 from model_code.slides.provenance import recipe
@@ -55,7 +59,12 @@ def slides_run(out: Path, *extra: str) -> int:
 
 def puts(session: boto3.Session) -> list[str]:
     keys: list[str] = []
-    session.events.register("provide-client-params.s3.PutObject", lambda params, **_: keys.append(params["Key"]))
+
+    def upload(params: dict[str, Any], **_: Any) -> None:
+        if "/async/input/" in params["Key"]:  # the runner's uploads, not the answers the stand-in writes
+            keys.append(params["Key"])
+
+    session.events.register("provide-client-params.s3.PutObject", upload)
     return keys
 
 
@@ -168,3 +177,57 @@ def test_instance_hours_from_cpu_sample_counts(cloud: tuple[boto3.Session, Async
     began = (now - timedelta(minutes=40)).timestamp()
     assert instance_hours(session, ENDPOINT, began, now.timestamp()) == pytest.approx(1.0)
     assert instance_hours(session, "optimus-other", began, now.timestamp()) is None
+
+
+def test_a_slide_over_1_gb_or_of_several_files_is_refused_before_anything_is_uploaded(
+    cloud: tuple[boto3.Session, AsyncSageMaker], slides: dict[str, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    session, sagemaker = cloud
+    big = tmp_path / "big.svs"
+    with big.open("wb") as sparse:
+        sparse.truncate(1_100_000_000)  # no disk, no memory: its size is what the runner checks
+    started: list[str] = []
+    session.events.register("provide-client-params.s3.*", lambda params, **_: started.append(params.get("Key", "")))
+    assert slides_run(tmp_path / "out", str(slides["a"]), str(big)) == 2
+    error = capsys.readouterr().err
+    assert "big (1.10 GB)" in error and "over async inference's 1 GB" in error and "kit cohort run" in error
+    assert [k for k in started if k] == [] and sagemaker.calls == []  # slide a was not sent either
+    s3 = session.client("s3")
+    for key in ("cohort-9/case.mrxs", "cohort-9/case/Data0001.dat"):
+        s3.put_object(Bucket=BUCKET, Key=f"{ENDPOINT}/async/input/{key}", Body=b"x")
+    assert slides_run(tmp_path / "out", f"s3://{BUCKET}/{ENDPOINT}/async/input/cohort-9/") == 2
+    assert "multi-file slides (one object a request): case;" in capsys.readouterr().err
+
+
+def test_bulk_rna_goes_as_a_streamed_tar_in_checked_parts(
+    cloud: tuple[boto3.Session, AsyncSageMaker], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 20 MB slide with its bulk RNA: the tar is never built in memory, goes up as multipart (8 MB parts, each
+    with its SHA-256), is byte for byte the tar tarfile writes, and the model gets the RNA."""
+    session, sagemaker = cloud
+    slide = make_slide(tmp_path / "case-r.svs", 0.5)
+    with slide.open("ab") as padded:  # trailing bytes past the TIFF's last IFD: OpenSlide ignores them
+        padded.write(np.random.default_rng(0).bytes(20 << 20))
+    rna = tmp_path / "rna.json"
+    rna.write_text(json.dumps(synthetic_counts()))
+    (tmp_path / "cohort.csv").write_text(f"slide,bulk_rna\n{slide},{rna}\n")
+    parts: list[dict[str, Any]] = []
+    session.events.register("provide-client-params.s3.UploadPart", lambda params, **_: parts.append(params))
+    argv = ["--cohort", str(tmp_path / "cohort.csv"), "--option", "mode=prediction"]
+    assert slides_run(tmp_path / "out", *argv[:2], "--model", "m-optimus", *argv[2:]) == 0, capsys.readouterr()
+    assert len(parts) == 3 and all(p["ChecksumAlgorithm"] == "SHA256" for p in parts)
+    (call,) = sagemaker.calls
+    assert call["ContentType"] == "application/x-tar"
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, path in ((slide.name, slide), ("bulk_rna.json", rna)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = path.stat().st_size, 0o644
+            with path.open("rb") as source:
+                archive.addfile(info, source)
+    bucket, key = call["InputLocation"].removeprefix("s3://").split("/", 1)
+    sent = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert sent == reference.getvalue()
+    with h5py.File(tmp_path / "out" / "case-r.h5", "r") as written:
+        assert written.attrs["bulk_rna"] and written.attrs["output"] == "prediction"

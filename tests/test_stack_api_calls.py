@@ -10,11 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import botocore.session
 import pytest
-import regex  # AWS's patterns use \p{...} classes, which `re` lacks (regex comes with cfn-lint)
-from botocore.model import Shape
-from botocore.validate import ParamValidator
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 
@@ -23,40 +19,8 @@ from aws_cdk import App
 from app import build
 from kit.artifacts.builder import package
 from tests.cfn_calls import api_calls
+from tests.service_model import request_errors
 from tests.test_stacks import context
-
-SESSION = botocore.session.get_session()
-
-
-def constraint_errors(value: Any, shape: Shape, path: str) -> list[str]:
-    """What botocore's ParamValidator leaves to the service: enums, maximums and patterns."""
-    errors = []
-    if shape.type_name == "structure" and isinstance(value, dict):
-        for name, member in value.items():
-            if name in shape.members:
-                errors += constraint_errors(member, shape.members[name], f"{path}.{name}")
-    elif shape.type_name == "list" and isinstance(value, list):
-        errors += [e for i, v in enumerate(value) for e in constraint_errors(v, shape.member, f"{path}[{i}]")]
-    elif shape.type_name == "map" and isinstance(value, dict):
-        errors += [e for k, v in value.items() for e in constraint_errors(v, shape.value, f"{path}.{k}")]
-    elif shape.type_name == "string" and isinstance(value, str):
-        enum, pattern, most = shape.enum, shape.metadata.get("pattern"), shape.metadata.get("max")
-        if enum and value not in enum:
-            errors.append(f"{path}: {value!r} not one of {enum}")
-        if most is not None and len(value) > most:
-            errors.append(f"{path}: longer than {most}")
-        if pattern and not _matches(pattern, value):
-            errors.append(f"{path}: {value!r} does not match {pattern}")
-    elif shape.type_name in ("integer", "long", "double", "float") and value > shape.metadata.get("max", value):
-        errors.append(f"{path}: {value} over {shape.metadata['max']}")
-    return errors
-
-
-def _matches(pattern: str, value: str) -> bool:
-    try:
-        return regex.fullmatch(pattern, value, regex.DOTALL) is not None
-    except regex.error:  # a Java-only construct (a few of AWS's patterns): not checkable here
-        return True
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +51,9 @@ def test_every_call_is_valid_for_botocores_service_model(templates: dict[str, di
         "CreateModel": 3, "CreateEndpointConfig": 3, "CreateEndpoint": 3, "UpdateEndpoint": 3,
         "RegisterScalableTarget": 3, "PutScalingPolicy": 6, "PutMetricAlarm": 15, "PutDashboard": 1,
     }  # fmt: skip
-    problems = []
-    for service, operation, params in calls:
-        shape = SESSION.get_service_model(service).operation_model(operation).input_shape
-        report = ParamValidator().validate(params, shape)
-        if report.has_errors():
-            problems.append(f"{operation}: {report.generate_report()}")
-        problems += [f"{operation}: {e}" for e in constraint_errors(params, shape, operation)]
+    problems = [
+        f"{operation}: {e}" for service, operation, params in calls for e in request_errors(service, operation, params)
+    ]
     assert not problems, "\n".join(problems)
 
 
@@ -118,9 +78,7 @@ def test_the_checker_catches_what_a_real_account_would_refuse(templates: dict[st
             "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 7200}}}}),
     ]  # fmt: skip
     for service, operation, params in broken:
-        shape = SESSION.get_service_model(service).operation_model(operation).input_shape
-        report = ParamValidator().validate(params, shape)
-        assert report.has_errors() or constraint_errors(params, shape, operation), operation
+        assert request_errors(service, operation, params), operation
 
 
 def test_async_calls_carry_the_queue_settings(templates: dict[str, dict[str, Any]]) -> None:

@@ -392,6 +392,12 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
         ({"endpoints": {"H 1": {"models": ["h1"], "artifact": "s3://b/k"}}}, "endpoint name 'H 1'"),
         ({"maxInstances": "many"}, "maxInstances"),
         ({"kmsKeyArn": "alias/mine"}, "is not a KMS key ARN"),
+        ({"cohortJobs": {"inputs": ["s3://slides/"]}}, "cohortJobs.inputs: Value error, 's3://slides/': give"),
+        ({"cohortJobs": {"inputs": ["s3://slides/*"]}}, "a whole bucket or a wildcard"),
+        ({"cohortJobs": {"inputs": ["s3://slides/cohorts"]}}, "a folder, ending in '/'"),
+        ({"cohortJobs": {"inputs": []}}, "cohortJobs.inputs: List should have at least 1 item"),
+        ({"cohortJobs": {"inputs": ["s3://s/c/"], "output": "s3://out/"}}, "cohortJobs.output: Value error"),
+        ({"cohortJobs": '{"inputs": ["s3://s/c/"], "inputKmsKeyArns": ["k"]}'}, "'k' is not a KMS key ARN"),
     ],
 )
 def test_config_errors_name_the_key(artifacts: dict[str, str], overrides: dict[str, Any], message: str) -> None:
@@ -619,3 +625,48 @@ def test_app_without_artifacts_synthesizes_and_prints_an_imported_keys_statement
     statements = json.loads(err[err.index("[") :])
     assert [s["Sid"] for s in statements] == ["AllowIamPolicies", "EndpointLogGroups", "AlarmsToEncryptedTopic"]
     assert (tmp_path / "out" / "OptimusFoundation.template.json").is_file()
+
+
+def test_cohort_jobs_get_a_least_privilege_role_and_the_outputs_the_kit_reads(
+    artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    """Synthesized under cdk-nag (build adds both packs; a finding fails synthesis): read the inputs, write the
+    output prefix only, the kit's key, SageMaker's training-job logs and metrics, the image."""
+    jobs = {"inputs": ["s3://customer-slides/cohorts/", "s3://customer-slides/more/", "s3://other-slides/plco/"]}
+    key = "arn:aws:kms:eu-west-1:123456789012:key/0a1b2c3d-1111-2222-3333-444455556666"
+    app = App(context=context(artifacts, cohortJobs={**jobs, "inputKmsKeyArns": [key]}), outdir=str(tmp_path))
+    foundation, endpoints = build(app)
+    app.synth()
+    template = Template.from_stack(endpoints)
+    (policy,) = [p for p in resources(template, "AWS::IAM::ManagedPolicy").values() if "ReadSlides" in json.dumps(p)]
+    by_sid = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert set(by_sid) == {
+        "PullImage", "EcrLogin", "ReadSlides", "ListSlides0", "ListSlides1", "ReadArtifacts", "ListArtifacts",
+        "ReadWriteOutputs", "ListOutputs", "UseKitKey", "WriteLogs", "JobMetrics", "DecryptSlides",
+    }  # fmt: skip
+    slides = json.dumps(by_sid["ReadSlides"]["Resource"])
+    assert (
+        "customer-slides/cohorts/*" in slides
+        and "other-slides/plco/*" in slides
+        and by_sid["ReadSlides"]["Action"] == "s3:GetObject"
+    )
+    assert by_sid["ListSlides0"]["Condition"] == {"StringLike": {"s3:prefix": ["cohorts/*", "more/*"]}}
+    writes = [s for s in by_sid.values() if "s3:PutObject" in json.dumps(s["Action"])]
+    assert writes == [by_sid["ReadWriteOutputs"]]  # the output prefix only
+    output = json.dumps(by_sid["ReadWriteOutputs"]["Resource"])
+    assert "optimus-results-bucket" in output and '/cohorts/*"' in output  # default: the results bucket's cohorts/
+    assert "s3:DeleteObject" not in json.dumps(policy)
+    assert "/aws/sagemaker/TrainingJobs" in json.dumps(by_sid["WriteLogs"]["Resource"])
+    assert by_sid["JobMetrics"]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "/aws/sagemaker/TrainingJobs"}
+    }
+    assert by_sid["DecryptSlides"]["Resource"] == key
+    outputs = template.to_json()["Outputs"]
+    assert outputs["CohortJobInputs"]["Value"] == ",".join(jobs["inputs"])
+    assert {"CohortJobRoleArn", "CohortJobImageUri"} <= set(outputs)
+    assert "CohortJobOutput" in Template.from_stack(foundation).to_json()["Outputs"]
+    explicit = App(
+        context=context(artifacts, cohortJobs={**jobs, "output": "s3://features/study/"}), outdir=str(tmp_path / "x")
+    )
+    _, stack = build(explicit)
+    assert "features/study/*" in json.dumps(Template.from_stack(stack).to_json())

@@ -1,7 +1,10 @@
 """The cohort runner behind `kit slides run --endpoint NAME`: every slide through a SageMaker async endpoint.
 
+refused first, before anything is uploaded: a slide over async inference's 1 GB a request, or a multi-file one
+(the error names the training-job path, `kit cohort run`, which takes both).
 submit: local slides are uploaded to the endpoint's AsyncInput prefix under their sha256 (skipped when S3
 already holds that object: same key, same checksum), slides with bulk RNA as the tar the slide path reads;
+both streamed from disk in multipart uploads S3 checks part by part (SHA-256), never held in memory;
 then one InvokeEndpointAsync per slide, its options in the custom attributes.
 follow: SageMaker writes each answer (or the container's error) to the output (failure) location it returned;
 the runner polls those objects, downloads answers to OUT/<slide_id>.h5 (or .zarr.zip) and checks them.
@@ -11,19 +14,19 @@ ones still queued, and resubmits failed ones; each run gives a slide at most 1 +
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import tarfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit import KitError
-from kit.cohorts.cohort import CohortSlide
+from kit.cohorts.cohort import MRXS, CohortSlide, with_sizes
 
 if TYPE_CHECKING:
     import boto3
@@ -31,6 +34,10 @@ if TYPE_CHECKING:
     from kit.cohorts.deployment import Deployment
 
 STATE = "cohort-state.json"
+# Async inference's request cap ("up to 1 GB"): read as 10^9 bytes, the stricter reading, so that nothing this
+# lets through is refused by SageMaker after its upload.
+ASYNC_MAX_BYTES = 1_000_000_000
+UPLOAD_PARTS_IN_FLIGHT = 4  # parts of 8 MB (s3transfer's default) held at once: what an upload holds in memory
 TAR, SLIDE = "application/x-tar", "application/octet-stream"
 
 
@@ -96,7 +103,8 @@ class Cohort:
             EndpointName=self.deployment.endpoint_name,
             InputLocation=request.input_uri,
             ContentType=TAR if slide.bulk_rna else SLIDE,
-            CustomAttributes=f"{self.attributes};slide_name={slide.slide_id}",
+            CustomAttributes=f"{self.attributes};slide_name={slide.slide_id}"
+            + (f";slide_mpp={slide.slide_mpp:g}" if slide.slide_mpp is not None else ""),
             InferenceId=f"{slide.slide_id}-{request.attempts + 1}"[-64:],
             InvocationTimeoutSeconds=self.invocation_timeout_s,
         )
@@ -108,7 +116,7 @@ class Cohort:
 
     def _input(self, slide: CohortSlide) -> str:
         """The request body's S3 URI: an S3 slide as it is (it must be where the role reads), a local one
-        uploaded under its checksum."""
+        uploaded under its checksum, streamed from disk in parts that S3 checks (SHA-256 each)."""
         allowed = self.deployment.uri("AsyncInput")
         if slide.in_s3:
             if slide.bulk_rna:
@@ -116,24 +124,29 @@ class Cohort:
             if not slide.source.startswith(allowed):
                 raise KitError(f"{slide.source}: the endpoint reads only {allowed}; copy it there (aws s3 cp)")
             return slide.source
-        body = _tar(Path(slide.source), slide.bulk_rna) if slide.bulk_rna else Path(slide.source).read_bytes()
-        digest = hashlib.sha256(body).digest()
+        body = _body(slide)
+        with body() as stream:
+            digest = hashlib.file_digest(stream, "sha256").digest()
         key = f"{self.deployment.prefixes['AsyncInput']}{slide.slide_id}/{digest.hex()[:32]}"
         key += ".tar" if slide.bulk_rna else "".join(Path(slide.source).suffixes)
+        from boto3.s3.transfer import TransferConfig
+
         s3 = self.aws.client("s3")
         if not _holds(s3, self.deployment.bucket, key, digest):
-            s3.put_object(
-                Bucket=self.deployment.bucket,
-                Key=key,
-                Body=body,
-                ChecksumSHA256=base64.b64encode(digest).decode(),  # S3 refuses the object if it arrives different
-                Metadata={"sha256": digest.hex()},
-            )
+            with body() as stream:
+                s3.upload_fileobj(
+                    stream,
+                    self.deployment.bucket,
+                    key,
+                    ExtraArgs={"ChecksumAlgorithm": "SHA256", "Metadata": {"sha256": digest.hex()}},
+                    Config=TransferConfig(max_concurrency=UPLOAD_PARTS_IN_FLIGHT),
+                )
         return f"s3://{self.deployment.bucket}/{key}"
 
     def follow_once(self) -> list[Request]:
         """Check each queued request's output and failure objects; the requests that ended now."""
-        from kit.slides.run import SlideFailed, output_tiles
+        from kit.slides.features import output_tiles
+        from kit.slides.transport import SlideFailed
 
         s3, ended = self.aws.client("s3"), []
         for request in self.requests.values():
@@ -224,15 +237,89 @@ def report(requests: list[Request], wall_s: float, hours: float | None, price: f
     return "\n".join(lines)
 
 
-def _tar(slide: Path, rna: Path) -> bytes:
-    """The slide and bulk_rna.json, uncompressed, with fixed metadata: the same files give the same bytes."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for name, data in ((slide.name, slide.read_bytes()), ("bulk_rna.json", rna.read_bytes())):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def refuse_oversized(slides: list[CohortSlide], s3: Any) -> None:
+    """Before anything is uploaded: every slide must fit one async request (one object, at most 1 GB with its
+    bulk RNA), else the cohort belongs to a training job."""
+    too_big, multi = [], []
+    for slide in with_sizes(s3, slides):
+        local_units = not slide.in_s3 and (Path(slide.source).is_dir() or slide.source.lower().endswith(MRXS))
+        if len(slide.parts) > 1 or local_units:
+            multi.append(slide.slide_id)
+            continue
+        size = slide.size or 0
+        if slide.bulk_rna:
+            size = _tar_size(Path(slide.source), slide.bulk_rna)
+        if size > ASYNC_MAX_BYTES:
+            too_big.append(f"{slide.slide_id} ({size / 1e9:.2f} GB)")
+    if too_big or multi:
+        said = (
+            [f"{len(too_big)} slide(s) over async inference's 1 GB a request: {', '.join(too_big[:5])}"]
+            if too_big
+            else []
+        )
+        said += [f"multi-file slides (one object a request): {', '.join(multi[:5])}"] if multi else []
+        raise KitError(
+            f"{'; '.join(said)}; nothing was uploaded. Run the cohort as a training job instead "
+            "(slides in S3, any size): python -m kit cohort run s3://BUCKET/SLIDES/ --model MODEL "
+            "--artifact kit://KEY/ --out s3://BUCKET/FEATURES/"
+        )
+
+
+def _body(slide: CohortSlide) -> Callable[[], io.BufferedReader]:
+    """Opens the request body as a stream: the slide file, or the tar of the slide and bulk_rna.json."""
+    if slide.bulk_rna is None:
+        return lambda: Path(slide.source).open("rb")
+    parts = _tar_parts(Path(slide.source), slide.bulk_rna)
+    return lambda: io.BufferedReader(_Concatenated(parts), 1 << 20)
+
+
+def _tar_parts(slide: Path, rna: Path) -> list[bytes | Path]:
+    """An uncompressed tar of the slide and bulk_rna.json as headers, files and padding, byte for byte what
+    tarfile writes with fixed metadata (the same files give the same bytes), none of it read yet."""
+    parts: list[bytes | Path] = []
+    for name, path in ((slide.name, slide), ("bulk_rna.json", rna)):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = path.stat().st_size, 0o644
+        parts += [info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), path]
+        parts.append(b"\0" * (-info.size % tarfile.BLOCKSIZE))
+    written = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in parts) + 2 * tarfile.BLOCKSIZE
+    parts.append(b"\0" * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE)))
+    return parts
+
+
+def _tar_size(slide: Path, rna: Path) -> int:
+    return sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in _tar_parts(slide, rna))
+
+
+class _Concatenated(io.RawIOBase):
+    """Byte strings and files, one after the other, read a megabyte at a time."""
+
+    def __init__(self, parts: list[bytes | Path]):
+        self._chunks = self._read(parts)
+        self._pending = b""
+
+    @staticmethod
+    def _read(parts: list[bytes | Path]) -> Iterator[bytes]:
+        for part in parts:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            with part.open("rb") as file:
+                while chunk := file.read(1 << 20):
+                    yield chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        return size
 
 
 def _holds(s3: Any, bucket: str, key: str, digest: bytes) -> bool:

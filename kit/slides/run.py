@@ -21,15 +21,15 @@ from typing import Any, Protocol
 
 from kit import KitError
 from kit.cli import add_aws, endpoint_url
+from kit.cohorts.cohort import named_slides
+from kit.slides.features import SlideJob, check_existing, output_tiles
 from kit.slides.transport import HttpTransport, SlideFailed
 from model_code.catalogue import EMBEDDING, MODELS, canonical_name
 from model_code.slides.layouts import LAYOUTS, SUFFIXES
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs")
 SLIDE_MODELS = tuple(name for name, spec in MODELS.items() if EMBEDDING in spec.modes)  # tissue-seg finds tissue
 OWN_FLAGS = ("model", "format", "dtype", "layout")  # slide options with an option of their own
-DICOM_SUFFIX = ".dcm"  # a folder of DICOM instances is one slide, sent as a tar (kit/slides/transport.py)
 
 
 class Transport(Protocol):
@@ -55,42 +55,6 @@ class Outcome:
         return self.tiles / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
-class SlideJob:
-    """A slide, its path in the directory given (or its file name), and where its output goes."""
-
-    slide: Path
-    name: str
-    target: Path
-    bulk_rna: bool = False
-
-
-def named_slides(paths: list[Path]) -> list[tuple[Path, str]]:
-    """Files as given (named by their file name); directories searched (recursively) for slide files and
-    folders of DICOM instances (each one slide), in name order, each named by its path in the directory; a
-    folder of DICOM instances given is that slide."""
-    found: list[tuple[Path, str]] = []
-    for path in paths:
-        if path.is_dir() and any(p.suffix.lower() == DICOM_SUFFIX for p in path.iterdir()):
-            found.append((path, path.name))
-        elif path.is_dir():
-            files = [p for p in path.rglob("*") if p.is_file()]
-            series = {p.parent for p in files if p.suffix.lower() == DICOM_SUFFIX}
-            slides = sorted([p for p in files if p.suffix.lower() in SLIDE_SUFFIXES] + list(series))
-            found += [(p, p.relative_to(path).as_posix()) for p in slides]
-        elif path.is_file():
-            found.append((path, path.name))
-        else:
-            raise KitError(f"{path}: no such file or directory")
-    if not found:
-        raise KitError(f"no slides ({', '.join(SLIDE_SUFFIXES)}) in {', '.join(map(str, paths))}")
-    return found
-
-
-def find_slides(paths: list[Path]) -> list[Path]:
-    return [slide for slide, _ in named_slides(paths)]
-
-
 def plan_outputs(slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: str | None = None) -> list[SlideJob]:
     """Each slide's output under `out_dir` (model_code.slides.layouts.output_name); two slides with one
     output are refused."""
@@ -109,28 +73,6 @@ def plan_outputs(slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: s
             "give their directory instead of the files, or run them to different --out"
         )
     return jobs
-
-
-def check_existing(jobs: list[SlideJob], wanted: dict[str, object]) -> None:
-    """Refuse outputs that exist but were made another way (naming what differs), before anything runs."""
-    from model_code.slides.layouts import read_attributes
-    from model_code.slides.provenance import differences
-
-    stale = []
-    for one in jobs:
-        if one.target.exists():
-            try:
-                found = differences(read_attributes(one.target), {**wanted, "bulk_rna": one.bulk_rna})
-            except (OSError, ValueError, KeyError) as exc:
-                found = [f"not a features file ({exc})"]
-            if found:
-                stale.append(f"{one.target} ({'; '.join(found)})")
-    if stale:
-        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
-        raise KitError(
-            f"{len(stale)} existing output(s) were made another way: {shown}; "
-            "--overwrite redoes them, or give another --out"
-        )
 
 
 def run_slides(slides: list[SlideJob], transport: Transport, attributes: str, overwrite: bool = False) -> list[Outcome]:
@@ -169,16 +111,6 @@ def _one(one: SlideJob, transport: Transport, attributes: str, overwrite: bool) 
         return Outcome(slide, "failed", reason=str(exc), name=one.name)
     partial.replace(target)
     return Outcome(slide, "done", tiles, time.perf_counter() - began, note, name=one.name)
-
-
-def output_tiles(path: Path) -> int:
-    """The tile count a features file records (HDF5 or Zarr zip); SlideFailed when it is not one."""
-    from model_code.slides.layouts import read_attributes
-
-    try:
-        return int(read_attributes(path)["tiles"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise SlideFailed(f"the answer is not a features file ({exc})") from None
 
 
 def skipped_note(path: Path) -> str:
