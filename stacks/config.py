@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from model_code.catalogue import MODELS, canonical_name
 from model_code.errors import invalid_fields
 from model_code.manifest import MANIFEST
+from stacks import names
 
 ECR_URI = re.compile(
     r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([a-z0-9._/-]+)(:[\w.-]+|@sha256:[0-9a-f]{64})$"
@@ -146,7 +147,7 @@ class KitConfig(BaseModel):
 
     endpoints: dict[str, EndpointConfig]
     prefix: str = "optimus"  # names every physical resource (and the stacks): two copies side by side differ here
-    instanceType: str = "ml.g5.xlarge"
+    instanceType: str = names.DEFAULT_INSTANCE_TYPE
     minInstances: int = Field(1, ge=1)
     maxInstances: int = Field(4, ge=1)
     tilesPerSecondPerInstance: float = Field(40.0, gt=0)  # estimate from an H200 (docs/performance.md); measure
@@ -291,7 +292,7 @@ class KitConfig(BaseModel):
     @property
     def stack_prefix(self) -> str:
         """'optimus-stage' -> 'OptimusStage': the stacks are OptimusStageFoundation and OptimusStageEndpoints."""
-        return "".join(part.capitalize() for part in self.prefix.split("-"))
+        return names.title(self.prefix)
 
     @property
     def target_invocations_per_instance(self) -> int:

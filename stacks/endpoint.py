@@ -30,6 +30,7 @@ from aws_cdk import aws_sns as sns
 from constructs import Construct
 
 from model_code.settings import REALTIME_RESPONSE_MB
+from stacks import names
 from stacks.config import AsyncConfig, KitConfig
 from stacks.nag import acknowledge, nag_resource
 
@@ -39,7 +40,6 @@ ROLLBACK_ALARMS = ("Errors5xx", "ModelErrors", "Latency", "InvocationFailures")
 INPUTS = ("async/input/", "batch/input/")
 OUTPUTS = ("async/output/", "async/failures/", "batch/output/")
 PREFIXES = INPUTS + OUTPUTS
-VARIANT = "AllTraffic"
 INSTANCE_METRICS = "/aws/sagemaker/Endpoints"  # CPU, memory, disk, GPU and GPU memory of the instances
 
 
@@ -85,7 +85,7 @@ class ModelEndpoint(Construct):
         serving_async: AsyncConfig | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
-        self.endpoint_name = f"{config.prefix}-{name}"
+        self.endpoint_name = names.endpoint_name(config.prefix, name)
         self.models = models
         self.serving_async = serving_async
         self.results_bucket = results_bucket
@@ -96,7 +96,7 @@ class ModelEndpoint(Construct):
         self.log_group = logs.LogGroup(
             self,
             "Logs",
-            log_group_name=f"/aws/sagemaker/Endpoints/{self.endpoint_name}",
+            log_group_name=names.log_group(self.endpoint_name),
             encryption_key=key,
             retention=logs.RetentionDays.ONE_YEAR,
             removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
@@ -133,7 +133,7 @@ class ModelEndpoint(Construct):
             "Config",
             production_variants=[
                 sagemaker.CfnEndpointConfig.ProductionVariantProperty(
-                    variant_name=VARIANT,
+                    variant_name=names.VARIANT,
                     model_name=model.attr_model_name,
                     instance_type=config.instanceType,
                     # An async endpoint starts with one instance; scaling takes it to its minimum (0 allowed).
@@ -353,7 +353,7 @@ class ModelEndpoint(Construct):
             role=service_role,
             service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
             scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-            resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT}",
+            resource_id=f"endpoint/{self.endpoint_name}/variant/{names.VARIANT}",
             min_capacity=self.serving_async.minInstances if self.serving_async else config.minInstances,
             max_capacity=(self.serving_async and self.serving_async.maxInstances) or config.maxInstances,
         )
@@ -428,7 +428,7 @@ class ModelEndpoint(Construct):
         return cloudwatch.Metric(
             namespace=namespace,
             metric_name=name,
-            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": VARIANT},
+            dimensions_map={"EndpointName": self.endpoint_name, "VariantName": names.VARIANT},
             statistic=statistic,
             period=Duration.minutes(minutes),
         )

@@ -16,6 +16,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
+from stacks import names
 from stacks.cohort_job import CohortJobRole
 from stacks.config import (
     ECR_URI,
@@ -65,7 +66,7 @@ class EndpointsStack(Stack):
                 continue
             endpoint = ModelEndpoint(
                 self,
-                _title(name),
+                names.title(name),
                 name=name,
                 models=endpoint_config.models,
                 config=config,
@@ -80,43 +81,45 @@ class EndpointsStack(Stack):
             self._outputs(name, endpoint)
             ssm.StringParameter(
                 self,
-                f"{_title(name)}NameParameter",
+                f"{names.title(name)}NameParameter",
                 parameter_name=f"/{config.prefix}/{name}/endpoint-name",
                 string_value=endpoint.endpoint_name,
             )
             ssm.StringParameter(
                 self,
-                f"{_title(name)}ModelsParameter",
+                f"{names.title(name)}ModelsParameter",
                 parameter_name=f"/{config.prefix}/{name}/models",
                 string_value=",".join(endpoint.models),
             )
         if config.cohortJobs:
             self._cohort_jobs(config, image, foundation, results_bucket)
         # The results bucket is the foundation's output (an output made of an import is what cfn-lint warns of).
-        CfnOutput(self, "FoundationStack", value=foundation.stack_name)
+        CfnOutput(self, names.FOUNDATION_STACK, value=foundation.stack_name)
         self._dashboard(config)
 
     def _outputs(self, name: str, endpoint: ModelEndpoint) -> None:
         """What `kit slides run --endpoint` and `kit batch` read: the endpoint, its model and role (batch
         transform runs the model under its role), and its key prefixes in the results bucket (the foundation
         stack's ResultsBucket)."""
-        title = _title(name)
+        title = names.title(name)
+        batch_input, batch_output, async_input, async_output, async_failures = names.PREFIXES
         outputs = {
-            "EndpointName": endpoint.endpoint_name,
-            "Models": ",".join(endpoint.models),
-            "ModelName": endpoint.model.attr_model_name,
-            "ExecutionRoleArn": endpoint.role.role_arn,
-            "Serving": "async" if endpoint.serving_async else "real-time",
-            "BatchInput": endpoint.prefix("batch/input/"),
-            "BatchOutput": endpoint.prefix("batch/output/"),
+            names.ENDPOINT_NAME: endpoint.endpoint_name,
+            names.MODELS: ",".join(endpoint.models),
+            names.MODEL_NAME: endpoint.model.attr_model_name,
+            names.ROLE_ARN: endpoint.role.role_arn,
+            names.SERVING: "async" if endpoint.serving_async else "real-time",
+            batch_input: endpoint.prefix("batch/input/"),
+            batch_output: endpoint.prefix("batch/output/"),
         }
         if endpoint.serving_async:
+            success, error = names.TOPICS
             outputs |= {
-                "AsyncInput": endpoint.prefix("async/input/"),
-                "AsyncOutput": endpoint.prefix("async/output/"),
-                "AsyncFailures": endpoint.prefix("async/failures/"),
-                "AsyncSuccessTopic": endpoint.topics["success"].topic_arn,
-                "AsyncErrorTopic": endpoint.topics["error"].topic_arn,
+                async_input: endpoint.prefix("async/input/"),
+                async_output: endpoint.prefix("async/output/"),
+                async_failures: endpoint.prefix("async/failures/"),
+                success: endpoint.topics["success"].topic_arn,
+                error: endpoint.topics["error"].topic_arn,
             }
         for key, value in outputs.items():
             CfnOutput(self, title + key, value=value)
@@ -134,9 +137,9 @@ class EndpointsStack(Stack):
             key=foundation.key,
             prefix=config.prefix,
         )
-        CfnOutput(self, "CohortJobRoleArn", value=jobs.role.role_arn)
-        CfnOutput(self, "CohortJobImageUri", value=image.uri)
-        CfnOutput(self, "CohortJobInputs", value=",".join(config.cohortJobs.inputs))
+        CfnOutput(self, names.COHORT_JOB_ROLE_ARN, value=jobs.role.role_arn)
+        CfnOutput(self, names.COHORT_JOB_IMAGE_URI, value=image.uri)
+        CfnOutput(self, names.COHORT_JOB_INPUTS, value=",".join(config.cohortJobs.inputs))
 
     def _image(self, config: KitConfig) -> ImageRef:
         if config.image == "asset":
@@ -165,7 +168,7 @@ class EndpointsStack(Stack):
             key = None if config.artifactKmsKeyArn == SSE_S3 else config.artifactKmsKeyArn
             return ArtifactRef(match.group(1), match.group(2), key)
         tarball = endpoint.local_tarball(REPO_ROOT)
-        asset = s3_assets.Asset(self, f"{_title(name)}ModelData", path=str(tarball))
+        asset = s3_assets.Asset(self, f"{names.title(name)}ModelData", path=str(tarball))
         return ArtifactRef(asset.s3_bucket_name, asset.s3_object_key, None)
 
     def _dashboard(self, config: KitConfig) -> None:
@@ -248,7 +251,3 @@ def _queue_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
             ],
         ),
     )
-
-
-def _title(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("-"))

@@ -13,6 +13,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sns_subscriptions as subscriptions
 from constructs import Construct
 
+from stacks import names
 from stacks.config import KitConfig
 from stacks.key_policy import alarm_pattern, key_policy_statements
 from stacks.nag import acknowledge, checkov_skip
@@ -120,15 +121,17 @@ class FoundationStack(Stack):
             self.alarms.add_subscription(subscriptions.EmailSubscription(config.alarmEmail))
         # Exported under a name of ours: the endpoints stack reads it for kit:// artifacts (and cdk-nag can name it).
         self.artifact_bucket_export = f"{config.prefix}-artifact-bucket"
-        CfnOutput(self, "ArtifactBucket", value=self.artifacts.bucket_name, export_name=self.artifact_bucket_export)
+        CfnOutput(
+            self, names.ARTIFACT_BUCKET, value=self.artifacts.bucket_name, export_name=self.artifact_bucket_export
+        )
         self.results_bucket_export = f"{config.prefix}-results-bucket"
-        CfnOutput(self, "ResultsBucket", value=self.results.bucket_name, export_name=self.results_bucket_export)
+        CfnOutput(self, names.RESULTS_BUCKET, value=self.results.bucket_name, export_name=self.results_bucket_export)
         CfnOutput(self, "ImageRepositoryUri", value=self.repository.repository_uri)
-        CfnOutput(self, "KeyArn", value=self.key.key_arn)
+        CfnOutput(self, names.KEY_ARN, value=self.key.key_arn)
         CfnOutput(self, "AlarmTopicArn", value=self.alarms.topic_arn)
         if config.cohortJobs:  # where cohort jobs write: here, since the default is this stack's bucket
             output = config.cohortJobs.output or f"s3://{self.results.bucket_name}/{COHORT_OUTPUT}"
-            CfnOutput(self, "CohortJobOutput", value=output)
+            CfnOutput(self, names.COHORT_JOB_OUTPUT, value=output)
 
     def _key(self, config: KitConfig) -> kms.IKey:
         if config.kmsKeyArn:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stacks import names
 from stacks.config import KitConfig
 
 
@@ -17,7 +18,7 @@ def partition_of(region: str) -> str:
 
 def log_group_pattern(config: KitConfig) -> str:
     """Where SageMaker writes the kit's endpoint logs (the log groups are /aws/sagemaker/Endpoints/ENDPOINT)."""
-    return f"/aws/sagemaker/Endpoints/{config.prefix}-*"
+    return names.log_group(names.endpoint_name(config.prefix, "*"))
 
 
 def alarm_pattern(config: KitConfig) -> str:

@@ -65,7 +65,11 @@ def test_smoke_without_credentials_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_missing_and_in_the_way_files_are_one_line(tmp_path: Path) -> None:
-    refused(["plan", "--cohort", "/nonexistent.csv", "--tiles-per-slide", "9"], tmp_path, "/nonexistent.csv: No such")
+    refused(
+        ["plan", "--cohort", "/nonexistent.csv", "--tiles-per-slide", "9"],
+        tmp_path,
+        "/nonexistent.csv: no such cohort CSV",
+    )
     slide, taken = tmp_path / "a.svs", tmp_path / "taken"
     slide.write_bytes(b"II*\x00")
     taken.write_text("a file where the output folder should go")

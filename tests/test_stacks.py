@@ -20,6 +20,7 @@ from aws_cdk.assertions import Annotations, Match, Template
 
 from app import build
 from kit.artifacts.builder import package
+from stacks import names
 from stacks.config import KEYS, ConfigError, KitConfig, load_config
 from stacks.endpoint import INPUTS, OUTPUTS
 from stacks.endpoints import image_asset
@@ -392,11 +393,11 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
         ({"endpoints": {"H 1": {"models": ["h1"], "artifact": "s3://b/k"}}}, "endpoint name 'H 1'"),
         ({"maxInstances": "many"}, "maxInstances"),
         ({"kmsKeyArn": "alias/mine"}, "is not a KMS key ARN"),
-        ({"cohortJobs": {"inputs": ["s3://slides/"]}}, "cohortJobs.inputs: Value error, 's3://slides/': give"),
+        ({"cohortJobs": {"inputs": ["s3://slides/"]}}, "cohortJobs.inputs: 's3://slides/': give"),
         ({"cohortJobs": {"inputs": ["s3://slides/*"]}}, "a whole bucket or a wildcard"),
         ({"cohortJobs": {"inputs": ["s3://slides/cohorts"]}}, "a folder, ending in '/'"),
         ({"cohortJobs": {"inputs": []}}, "cohortJobs.inputs: List should have at least 1 item"),
-        ({"cohortJobs": {"inputs": ["s3://s/c/"], "output": "s3://out/"}}, "cohortJobs.output: Value error"),
+        ({"cohortJobs": {"inputs": ["s3://s/c/"], "output": "s3://out/"}}, "cohortJobs.output: 's3://out/'"),
         ({"cohortJobs": '{"inputs": ["s3://s/c/"], "inputKmsKeyArns": ["k"]}'}, "'k' is not a KMS key ARN"),
     ],
 )
@@ -670,3 +671,25 @@ def test_cohort_jobs_get_a_least_privilege_role_and_the_outputs_the_kit_reads(
     )
     _, stack = build(explicit)
     assert "features/study/*" in json.dumps(Template.from_stack(stack).to_json())
+
+
+def test_every_output_the_kit_reads_is_one_the_stacks_write(artifacts: dict[str, str], tmp_path: Path) -> None:
+    """The contract of stacks/names.py: the kit reads outputs by these names (kit/cohorts/deployment.py,
+    kit/endpoints/stack.py, kit/cohorts/job.py); a real-time and an async endpoint, with cohort jobs."""
+    endpoints = {
+        "h1": {"models": ["h1", "tissue-seg"], "artifact": artifacts["H1"]},
+        "h1-slides": {"models": ["h1", "tissue-seg"], "artifact": artifacts["H1"], "async": True},
+    }
+    jobs = {"inputs": ["s3://study-slides/cohort/"]}
+    foundation, stack = _stacks(context(artifacts, endpoints=endpoints, cohortJobs=jobs), tmp_path)
+    written = set(stack.to_json()["Outputs"])
+    per_endpoint = [names.ENDPOINT_NAME, names.MODELS, names.MODEL_NAME, names.ROLE_ARN, names.SERVING]
+    for entry, extra in (("h1", names.PREFIXES[:2]), ("h1-slides", (*names.PREFIXES, *names.TOPICS))):
+        expected = {names.title(entry) + key for key in (*per_endpoint, *extra)}
+        assert expected <= written, f"{entry}: the kit reads {sorted(expected - written)}, which the stack lacks"
+    assert {names.FOUNDATION_STACK, names.COHORT_JOB_ROLE_ARN, names.COHORT_JOB_IMAGE_URI, names.COHORT_JOB_INPUTS} <= (
+        written
+    )
+    read_from_foundation = {names.RESULTS_BUCKET, names.ARTIFACT_BUCKET, names.KEY_ARN, names.COHORT_JOB_OUTPUT}
+    assert read_from_foundation <= set(foundation.to_json()["Outputs"])
+    assert names.log_group("optimus-h1") in json.dumps(stack.to_json())  # the log group preflight looks for

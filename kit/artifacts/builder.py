@@ -19,9 +19,10 @@ from kit.artifacts.checking import check_artifact
 from kit.artifacts.checkpoints import timm_model
 from kit.artifacts.code import add_code
 from kit.artifacts.demo_models import build_demo_model
-from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
+from kit.artifacts.programs import describe_program
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.manifest import MANIFEST, ModelEntry, read_gene_csv, write_manifest
+from stacks.names import DEFAULT_INSTANCE_TYPE
 
 
 @dataclass(frozen=True)

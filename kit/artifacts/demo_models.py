@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from kit.artifacts.exporting import compile_aoti_package, export_program, save_state_dict, vendor_metadata
-from kit.artifacts.programs import DEFAULT_INSTANCE_TYPE, describe_program
+from kit.artifacts.programs import describe_program
 from model_code.catalogue import MODELS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.loaders import build_vit, embed
 from model_code.manifest import ModelEntry
+from stacks.names import DEFAULT_INSTANCE_TYPE
 
 # A one-block ViT keeping H-Optimus's features (registers, SwiGLU, layer scale) with a head to 1536.
 DEMO_VIT = {"embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "num_classes": 1536}

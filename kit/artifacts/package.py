@@ -7,6 +7,7 @@ from pathlib import Path
 
 from kit.cli import add_models
 from model_code.catalogue import N_INPUT_GENES, N_OUTPUT_GENES
+from stacks import names
 
 HELP = "build a model artifact (OUT/model/ and OUT/model.tar.gz)"
 
@@ -35,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tissue-seg-program", type=Path, help="the vendor's tissue-seg .pt2")
     parser.add_argument(
         "--instance-type",
-        default="ml.g5.xlarge",
-        help="the endpoint's instance type: a CUDA package must have kernels for its GPU (default ml.g5.xlarge)",
+        default=names.DEFAULT_INSTANCE_TYPE,
+        help="the endpoint's instance type: a CUDA package must have kernels for its GPU (default %(default)s)",
     )
     parser.add_argument(
         "--format",

@@ -20,8 +20,7 @@ from model_code.catalogue import INSTANCE_GPUS, MODELS, arch_runs_on, instance_g
 from model_code.loaders import load_program
 from model_code.manifest import AotiPackage
 from model_code.settings import DEFAULT_MAX_BATCH_SIZE
-
-DEFAULT_INSTANCE_TYPE = "ml.g5.xlarge"
+from stacks.names import DEFAULT_INSTANCE_TYPE
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import CheckFailed, KitError
 from kit.cli import add_aws, session
+from stacks import names
 
 if TYPE_CHECKING:
     import boto3
@@ -108,7 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="S3 prefix for the answers (default: BatchOutput/JOB/)")
     parser.add_argument("--job-name", help="default: ENDPOINT-YYYYmmdd-HHMMSS")
     parser.add_argument(
-        "--instance-type", default="ml.g5.xlarge", help="the transform job's instances (default %(default)s)"
+        "--instance-type",
+        default=names.DEFAULT_INSTANCE_TYPE,
+        help="the transform job's instances (default %(default)s)",
     )
     parser.add_argument("--instance-count", type=int, default=1, help="up to 100; files are spread over them")
     parser.add_argument("--max-payload-mb", type=int, default=6, help="per request (SageMaker's default %(default)s)")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kit import KitError
+from kit.endpoints.stack import stack_outputs
+from stacks import names
 
 if TYPE_CHECKING:
     import boto3
@@ -27,30 +29,23 @@ class Deployment:
         return f"s3://{self.bucket}/{self.prefixes[prefix]}" + "/".join(parts)
 
 
-def stack_outputs(session: boto3.Session, stack: str) -> dict[str, str]:
-    described = session.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]
-    return {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
-
-
 def find_deployment(session: boto3.Session, stack: str, endpoint: str) -> Deployment:
     """`endpoint`: the endpoint's name (optimus-h1) or its entry's (h1)."""
     outputs = stack_outputs(session, stack)
-    names = {k.removesuffix("EndpointName"): v for k, v in outputs.items() if k.endswith("EndpointName")}
-    entry = "".join(part.capitalize() for part in endpoint.split("-"))  # h1-slides -> H1Slides, as stacks/ names it
-    title = next((t for t, name in names.items() if endpoint == name or entry == t), None)
+    endpoints = {k.removesuffix(names.ENDPOINT_NAME): v for k, v in outputs.items() if k.endswith(names.ENDPOINT_NAME)}
+    title = next((t for t, name in endpoints.items() if endpoint == name or names.title(endpoint) == t), None)
     if title is None:
-        raise KitError(f"stack {stack} has no endpoint '{endpoint}' (it has {', '.join(names.values()) or 'none'})")
-    if f"{title}ModelName" not in outputs or "FoundationStack" not in outputs:
+        raise KitError(f"stack {stack} has no endpoint '{endpoint}' (it has {', '.join(endpoints.values()) or 'none'})")
+    if title + names.MODEL_NAME not in outputs or names.FOUNDATION_STACK not in outputs:
         raise KitError(f"stack {stack} predates batch and async outputs: deploy it again (`cdk deploy {stack}`)")
-    foundation = stack_outputs(session, outputs["FoundationStack"])
-    prefix_keys = ("BatchInput", "BatchOutput", "AsyncInput", "AsyncOutput", "AsyncFailures")
+    foundation = stack_outputs(session, outputs[names.FOUNDATION_STACK])
     return Deployment(
-        endpoint_name=names[title],
-        serving=outputs[f"{title}Serving"],
-        model_name=outputs[f"{title}ModelName"],
-        role_arn=outputs[f"{title}ExecutionRoleArn"],
-        bucket=foundation["ResultsBucket"],
-        key_arn=foundation["KeyArn"],
-        prefixes={k: outputs[title + k] for k in prefix_keys if title + k in outputs},
-        topics={k: outputs[title + k] for k in ("AsyncSuccessTopic", "AsyncErrorTopic") if title + k in outputs},
+        endpoint_name=endpoints[title],
+        serving=outputs[title + names.SERVING],
+        model_name=outputs[title + names.MODEL_NAME],
+        role_arn=outputs[title + names.ROLE_ARN],
+        bucket=foundation[names.RESULTS_BUCKET],
+        key_arn=foundation[names.KEY_ARN],
+        prefixes={k: outputs[title + k] for k in names.PREFIXES if title + k in outputs},
+        topics={k: outputs[title + k] for k in names.TOPICS if title + k in outputs},
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from kit import KitError
 from kit.cohorts.cohort import CohortSlide, output_name, split_s3
 from model_code.cohort import contract
+from stacks import names
 
 if TYPE_CHECKING:
     import boto3
@@ -49,24 +50,26 @@ class JobStack:
 
 
 def find_job_stack(aws: boto3.Session, stack: str) -> JobStack:
-    from kit.cohorts.deployment import stack_outputs
+    from kit.endpoints.stack import stack_outputs
 
     outputs = stack_outputs(aws, stack)
-    if "CohortJobRoleArn" not in outputs:
+    if names.COHORT_JOB_ROLE_ARN not in outputs:
         raise KitError(
             f"stack {stack} has no cohort-job role: deploy it with the context key cohortJobs "
             '(-c \'cohortJobs={"inputs": ["s3://BUCKET/SLIDES/"]}\'; docs/cohorts.md)'
         )
-    foundation = stack_outputs(aws, outputs["FoundationStack"])
-    if "CohortJobOutput" not in foundation:
-        raise KitError(f"stack {outputs['FoundationStack']} predates cohort jobs: deploy it again (cdk deploy --all)")
+    foundation = stack_outputs(aws, outputs[names.FOUNDATION_STACK])
+    if names.COHORT_JOB_OUTPUT not in foundation:
+        raise KitError(
+            f"stack {outputs[names.FOUNDATION_STACK]} predates cohort jobs: deploy it again (cdk deploy --all)"
+        )
     return JobStack(
-        role_arn=outputs["CohortJobRoleArn"],
-        image_uri=outputs["CohortJobImageUri"],
-        inputs=tuple(outputs["CohortJobInputs"].split(",")),
-        output=foundation["CohortJobOutput"],
-        artifact_bucket=foundation["ArtifactBucket"],
-        key_arn=foundation["KeyArn"],
+        role_arn=outputs[names.COHORT_JOB_ROLE_ARN],
+        image_uri=outputs[names.COHORT_JOB_IMAGE_URI],
+        inputs=tuple(outputs[names.COHORT_JOB_INPUTS].split(",")),
+        output=foundation[names.COHORT_JOB_OUTPUT],
+        artifact_bucket=foundation[names.ARTIFACT_BUCKET],
+        key_arn=foundation[names.KEY_ARN],
     )
 
 

@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifact", required=True, help="the kit artifact holding it, kit://KEY/ (as `kit upload`)")
     parser.add_argument("--out", required=True, help="s3:// prefix for the outputs, under the stack's CohortJobOutput")
     parser.add_argument("--instances", type=int, default=1, help="GPU instances, %(default)s")
-    parser.add_argument("--instance-type", default=defaults["instanceType"].default, help="%(default)s")
+    parser.add_argument(
+        "--instance-type", default=defaults["instanceType"].default, help="the job's GPU instances, %(default)s"
+    )
     parser.add_argument("--spot", action="store_true", help="managed spot: cheaper, may be interrupted (it resumes)")
     parser.add_argument(
         "--input-mode", choices=INPUT_MODES, default="FastFile",

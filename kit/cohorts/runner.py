@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import KitError
 from kit.cohorts.cohort import MRXS, CohortSlide, with_sizes
+from stacks import names
 
 if TYPE_CHECKING:
     import boto3
@@ -209,7 +210,7 @@ def instance_hours(aws: boto3.Session, endpoint: str, began: float, ended: float
     points = cloudwatch.get_metric_statistics(
         Namespace="/aws/sagemaker/Endpoints",
         MetricName="CPUUtilization",
-        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": "AllTraffic"}],
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": names.VARIANT}],
         StartTime=start,
         EndTime=datetime.fromtimestamp(ended, UTC) + timedelta(minutes=1),
         Period=60,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import REPO, KitError
 from kit.cli import add_aws, add_json, session, write_output
+from stacks import names
 
 if TYPE_CHECKING:
     import boto3
@@ -324,7 +325,7 @@ def _uploaded(s3: Any, bucket: str, key: str, models: list[str]) -> tuple[list[s
 
 def leftover_log_group(context: Context, name: str) -> Check:
     """A destroy keeps the endpoint's log group; a fresh create of the same name then fails."""
-    group = f"/aws/sagemaker/Endpoints/{context.config.prefix}-{name}"
+    group = names.log_group(names.endpoint_name(context.config.prefix, name))
     check = f"log group {group}"
     if context.stack_outputs("Endpoints") is not None:
         return Check(check, True, "the endpoints stack exists and owns it")
