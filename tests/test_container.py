@@ -17,7 +17,8 @@ import pytest
 
 from kit.artifacts.builder import package
 from kit.endpoints.samples import wire_record
-from kit.local import free_port, local_server, serve_model
+from kit.local import free_port, local_server, metric, serve_model
+from tests.polling import eventually
 from tests.serving import REPO
 
 
@@ -57,12 +58,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits(artifact: Path) -> None:
 
 def _wait_until_forwarding(url: str) -> None:
     """Until the request is inside its (simulated, 1.5 s) forward pass: its tile has left the queue."""
-    for _ in range(200):
-        metrics = httpx.get(f"{url}/metrics").text
-        if re.search(r'optimus_queue_wait_seconds_count\{model="h1"\} 1\.0', metrics):
-            return
-        threading.Event().wait(0.02)
-    raise AssertionError("the request never reached its forward pass")
+    eventually(lambda: metric(url, "optimus_queue_wait_seconds_count", model="h1") == 1, "the request in its forward")
 
 
 def test_model_dir_that_is_not_an_artifact_exits_non_zero(tmp_path: Path) -> None:

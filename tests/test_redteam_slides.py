@@ -31,6 +31,7 @@ from model_code.settings import Settings
 from model_code.slides import job
 from model_code.slides.archives import MAX_MEMBERS
 from model_code.slides.reader import MAX_READ_SIDE, Slide
+from tests.polling import eventually
 from tests.serving import Running, free_port, serve_in_thread
 from tests.test_slides import ATTRIBUTES, post_slide, tile_api
 
@@ -48,11 +49,8 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The server's temporary directory for this test; after it, no slide's files may be left there."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     yield tmp_path
-    for _ in range(50):  # the answer's folder goes once its last byte is sent, just after the client has it
-        if not list(tmp_path.glob("optimus-slide-*")):
-            break
-        time.sleep(0.1)
-    assert not list(tmp_path.glob("optimus-slide-*")), "a slide's temporary files were left behind"
+    # the answer's folder goes once its last byte is sent, just after the client has it
+    eventually(lambda: not list(tmp_path.glob("optimus-slide-*")), "a slide's temporary files removed", timeout_s=5)
 
 
 def claimed_tiff(width: int, height: int, pixels_per_cm: int, tile: int = 16384) -> bytes:
@@ -326,23 +324,15 @@ def quitter(running: Running, slide: bytes, sent: int) -> socket.socket:
     return connection
 
 
-def wait_for(condition: object, what: str) -> None:
-    for _ in range(300):
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_slides_queue_up_to_a_bound_then_503_and_tiles_keep_flowing(
     running: Running, slide: bytes, scratch: Path, held: tuple[threading.Event, mock.Mock]
 ) -> None:
     release, ran = held
     answers: list[httpx.Response] = []
     first = send_in_thread(running, slide, answers)
-    wait_for(lambda: ran.call_count == 1, "the first slide to start")
+    eventually(lambda: ran.call_count == 1, "the first slide to start")
     second = send_in_thread(running, slide, answers)
-    wait_for(lambda: running.server.slides.pending == 2, "the second slide to wait")
+    eventually(lambda: running.server.slides.pending == 2, "the second slide to wait")
     began = time.perf_counter()
     assert tile_api(running, [np.full((224, 224, 3), 200, np.uint8)]).shape == (1, 1536)  # while a slide runs
     busy = post_slide(running, slide, "model=h1")
@@ -360,12 +350,12 @@ def test_a_slide_whose_client_left_while_it_waited_is_not_run(
     release, ran = held
     answers: list[httpx.Response] = []
     first = send_in_thread(running, slide, answers)
-    wait_for(lambda: ran.call_count == 1, "the first slide to start")
+    eventually(lambda: ran.call_count == 1, "the first slide to start")
     with quitter(running, slide, len(slide)):
-        wait_for(lambda: running.server.slides.pending == 2, "the second slide to wait")
+        eventually(lambda: running.server.slides.pending == 2, "the second slide to wait")
     release.set()
     first.join(60)
-    wait_for(lambda: running.server.slides.pending == 0, "the second slide to be dropped")
+    eventually(lambda: running.server.slides.pending == 0, "the second slide to be dropped")
     assert [answer.status_code for answer in answers] == [200] and ran.call_count == 1
 
 
@@ -382,10 +372,10 @@ def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
     forwards = mock.Mock(wraps=job.tissue.records)
     monkeypatch.setattr(job.tissue, "records", forwards)
     with quitter(running, slide, len(slide)):
-        wait_for(lambda: ran.call_count == 1, "the slide to start")
+        eventually(lambda: ran.call_count == 1, "the slide to start")
     time.sleep(0.2)  # the server sees the hang-up while the slide is still finding its tissue
     release.set()
-    wait_for(lambda: running.server.slides.pending == 0, "the slide to stop")
+    eventually(lambda: running.server.slides.pending == 0, "the slide to stop")
     assert forwards.call_count == 0 and not list(scratch.glob("optimus-slide-*"))
     answer = post_slide(running, slide, "model=h1")
     assert answer.status_code == 200 and ran.call_count == 2 and forwards.call_count > 0
@@ -393,5 +383,5 @@ def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
 
 def test_client_gone_mid_upload_leaves_no_files(running: Running, slide: bytes, scratch: Path) -> None:
     with quitter(running, slide, len(slide) // 2):
-        wait_for(lambda: list(scratch.glob("optimus-slide-*/body")), "the upload to start")
-    wait_for(lambda: running.server.slides.pending == 0, "the upload to be dropped")
+        eventually(lambda: list(scratch.glob("optimus-slide-*/body")), "the upload to start")
+    eventually(lambda: running.server.slides.pending == 0, "the upload to be dropped")

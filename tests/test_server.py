@@ -19,10 +19,11 @@ from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
 from kit.endpoints.samples import synthetic_counts, wire_record
-from kit.local import free_port
+from kit.local import free_port, metric
 from model_code.batching import GIL_SWITCH_INTERVAL_S
 from model_code.settings import Settings
 from tests.conftest import png_bytes, random_tile
+from tests.polling import eventually
 from tests.serving import Running, serve_in_thread
 
 
@@ -246,20 +247,12 @@ def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, m
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                loading = httpx.get(f"{url}/ping")
-                break
-            except httpx.ConnectError:
-                threading.Event().wait(0.05)
+        loading = eventually(lambda: httpx.get(f"{url}/ping"), "the server answering /ping")
         assert loading.status_code == 503 and loading.json()["status"] == "loading"
         early = httpx.post(f"{url}/invocations", json=wire_record("h1", "embedding"))
         assert early.status_code == 503 and "still loading" in early.json()["error"]
         release.set()
-        for _ in range(100):
-            if httpx.get(f"{url}/ping").status_code == 200:
-                break
-            threading.Event().wait(0.05)
+        eventually(lambda: httpx.get(f"{url}/ping").status_code == 200, "a healthy /ping once the models loaded")
         assert httpx.post(f"{url}/invocations", json=wire_record("h1", "embedding")).status_code == 200
     finally:
         release.set()
@@ -289,10 +282,9 @@ def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path
             ),
         )
         tile.start()
-        for _ in range(200):  # until the tile is inside its forward pass
-            if 'optimus_queue_wait_seconds_count{model="h1"} 1.0' in httpx.get(f"{slow.url}/metrics").text:
-                break
-            time.sleep(0.01)
+        eventually(
+            lambda: metric(slow.url, "optimus_queue_wait_seconds_count", model="h1") == 1, "the tile in its forward"
+        )
         call(
             "bad request",
             lambda: httpx.post(
