@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MODEL_DIR = Path("/opt/ml/model")
 DEFAULT_BODY_MB = 6.0  # SageMaker real-time InvokeEndpoint limit
@@ -121,8 +122,9 @@ class Settings:
     max_body_bytes: int = int(DEFAULT_BODY_MB * MB)
     max_slide_bytes: int = int(DEFAULT_SLIDE_MB * MB)
     limits: Limits = field(default_factory=Limits)
-    decode_workers: int = 2  # threads parsing requests (JSON), and processes decoding their tiles (base64, PNG)
-    slide_read_threads: int = 2  # threads reading a slide's regions while the forward pass runs
+    # threads parsing requests (JSON), and processes decoding their tiles (base64, PNG): one per core
+    decode_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    slide_read_threads: int = field(default_factory=lambda: default_slide_read_threads())  # while the forward runs
     max_queued_slides: int = 4  # slides received or running at once (one runs, the rest wait on disk)
     graceful_timeout_s: float = 30.0
     read_timeout_s: float = 20.0  # a connection that stops sending mid-request is dropped after this
@@ -136,24 +138,34 @@ class Settings:
     ) -> Settings:
         """--model-dir, else /opt/ml/model; --port, else SAGEMAKER_BIND_TO_PORT, else 8080; the rest from env."""
         body_mb = _number(env, "MAX_BODY_MB", _number(env, "SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_BODY_MB))
+        default = _defaults(cls)
         return cls(
             model_dir=model_dir or DEFAULT_MODEL_DIR,
-            host=env.get("SERVER_HOST", "0.0.0.0"),
-            port=port if port is not None else int(_number(env, "SAGEMAKER_BIND_TO_PORT", 8080, minimum=1)),
+            host=env.get("SERVER_HOST", default["host"]),
+            port=port if port is not None else int(_number(env, "SAGEMAKER_BIND_TO_PORT", default["port"], minimum=1)),
             max_batch_size=max_batch_size(env),
-            max_batch_wait_ms=_number(env, "MAX_BATCH_WAIT_MS", 5.0, minimum=0),
+            max_batch_wait_ms=_number(env, "MAX_BATCH_WAIT_MS", default["max_batch_wait_ms"], minimum=0),
             max_body_bytes=int(body_mb * MB),
             max_slide_bytes=int(_number(env, "MAX_SLIDE_MB", DEFAULT_SLIDE_MB, minimum=0.001) * MB),
             limits=Limits.from_env(env),
-            decode_workers=int(_number(env, "DECODE_WORKERS", os.cpu_count() or 1, minimum=1)),
-            slide_read_threads=int(_number(env, "SLIDE_READ_THREADS", default_slide_read_threads(), minimum=1)),
-            max_queued_slides=int(_number(env, "MAX_QUEUED_SLIDES", 4, minimum=1)),
-            graceful_timeout_s=_number(env, "GRACEFUL_TIMEOUT_S", 30.0, minimum=0),
-            read_timeout_s=_number(env, "READ_TIMEOUT_S", 20.0, minimum=0.1),
+            decode_workers=int(_number(env, "DECODE_WORKERS", default["decode_workers"], minimum=1)),
+            slide_read_threads=int(_number(env, "SLIDE_READ_THREADS", default["slide_read_threads"], minimum=1)),
+            max_queued_slides=int(_number(env, "MAX_QUEUED_SLIDES", default["max_queued_slides"], minimum=1)),
+            graceful_timeout_s=_number(env, "GRACEFUL_TIMEOUT_S", default["graceful_timeout_s"], minimum=0),
+            read_timeout_s=_number(env, "READ_TIMEOUT_S", default["read_timeout_s"], minimum=0.1),
             simulated_forward_ms=_simulated(env.get("SIMULATED_FORWARD_MS")),
             simulated_poison_slide=env.get("SIMULATED_POISON_SLIDE") or None,
             auth=Auth.from_env(env),
         )
+
+
+def _defaults(settings: type[Settings]) -> dict[str, Any]:
+    """Each field's one default (its default_factory called), for the environment's fallbacks."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(settings)
+        if f.init
+    }
 
 
 def default_slide_read_threads() -> int:
