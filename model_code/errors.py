@@ -70,6 +70,14 @@ class ForwardError(RuntimeError, _ToolkitError):
         return {"error": self.message, "status": self.status_code, "model": self.model, "retryable": True}
 
 
+LOADING = "the models are still loading"
+
+
+def unavailable(reason: str) -> dict[str, Any]:
+    """The body of a 503 the server answers before any record is read (models loading, slide queue full)."""
+    return {"error": reason, "status": 503}
+
+
 # What one record ends as: its answer, its client error, or the forward pass's failure.
 Result = dict[str, Any] | ClientError | ForwardError
 

@@ -30,7 +30,7 @@ from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import awaits_continue, disconnected, drain
 from model_code.decoding import DecodePool
-from model_code.errors import ClientError, ForwardError, Result
+from model_code.errors import LOADING, ClientError, ForwardError, Result, unavailable
 from model_code.inference import Batch, Models
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
@@ -144,7 +144,7 @@ class Server:
         While its tiles wait or run, a request whose client has gone away is withdrawn from the queues.
         """
         if self.models is None or self.batcher is None or self.parse_pool is None:
-            return error_response({"error": "the models are still loading", "status": 503}, 503)
+            return error_response(unavailable(LOADING), 503)
         models, batcher = self.models, self.batcher
         loop = asyncio.get_running_loop()
         parse = functools.partial(

@@ -21,10 +21,11 @@ from kit.slides.run import Outcome, named_slides, plan_outputs, run_slides, tabl
 from kit.slides.synthetic import make_slide
 from kit.slides.transport import HttpTransport, SlideFailed, slide_body
 from model_code.settings import Settings
+from tests.polling import eventually
 from tests.serving import Running, serve_in_thread
 from tests.test_bad_tiles import damaged, tile_index
 from tests.test_multifile_slides import DICOM
-from tests.test_redteam_slides import hold_tissue_pass, wait_for
+from tests.test_redteam_slides import hold_tissue_pass
 
 LIMIT = 1 << 20  # MAX_SLIDE_MB of the small server
 
@@ -93,7 +94,7 @@ def holding(running: Running, send: Callable[[], object]) -> threading.Thread:
     """`send` in a thread, once its slide holds the queue."""
     holder = threading.Thread(target=send)
     holder.start()
-    wait_for(lambda: running.server.slides.pending == 1, "the first slide to hold the queue")
+    eventually(lambda: running.server.slides.pending == 1, "the first slide to hold the queue")
     return holder
 
 

@@ -24,7 +24,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from model_code.connections import awaits_continue, disconnected, drain
-from model_code.errors import ClientError
+from model_code.errors import LOADING, ClientError, unavailable
 from model_code.inference import Models
 from model_code.records import media_type
 from model_code.slides import archives
@@ -61,7 +61,7 @@ class SlideService:
         """A 503 (retried after `retry_after` seconds when given), sent once the body is drained."""
         await drain(request, self.max_bytes, awaits_continue(request))
         headers = {"connection": "close", **({"Retry-After": str(retry_after)} if retry_after else {})}
-        return JSONResponse({"error": reason, "status": 503}, status_code=503, headers=headers)
+        return JSONResponse(unavailable(reason), status_code=503, headers=headers)
 
     async def answer(
         self, request: Request, models: Models | None, overrides: dict[str, str] | None = None
@@ -71,7 +71,7 @@ class SlideService:
         100 Continue), so that a client that sends everything before reading gets the reason, not a reset."""
         try:
             if models is None:
-                return await self._refuse(request, "the models are still loading", None)
+                return await self._refuse(request, LOADING, None)
             route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
             options = slide_options(request.headers, request.query_params.multi_items(), route)
             runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
