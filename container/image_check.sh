@@ -89,8 +89,8 @@ failed=0
 for run in "${RUNS[@]}"; do
     name=image-check-${run,,}
     port=${PORT[$run]}
-    env=()
-    [[ $port != 8080 ]] && env=(-e SAGEMAKER_BIND_TO_PORT="$port")
+    env=(-e SAGEMAKER_HOSTED=1)  # as the CDK stack sets it: on SageMaker, IAM guards the routes (no token warning)
+    [[ $port != 8080 ]] && env+=(-e SAGEMAKER_BIND_TO_PORT="$port")
     step "run $run (${FORMAT[$run]} models): serve on port $port, --network none, read-only root"
     "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
     started=$(date +%s.%N)

@@ -131,7 +131,7 @@ def protect(app: FastAPI, auth: Auth, docs_paths: Sequence[str], host: str = LOO
         if not auth.sagemaker and host not in LOCAL_HOSTS:
             log.warning(
                 "no AUTH_TOKENS or AUTH_TOKENS_FILE: every route on %s is open to anyone who can reach this port; "
-                "set AUTH_TOKENS (README, 'On-premise use'), or SERVER_HOST=127.0.0.1 for this machine only",
+                "set AUTH_TOKENS (docs/security.md), or SERVER_HOST=127.0.0.1 for this machine only",
                 host,
             )
         return
