@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import KitError
 from kit.cohorts.cohort import MRXS, CohortSlide, with_sizes
+from kit.slides.transport import Member, Part, part_chunks, parts_length, tar_parts
 from stacks import names
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ def refuse_oversized(slides: list[CohortSlide], s3: Any) -> None:
             continue
         size = slide.size or 0
         if slide.bulk_rna:
-            size = _tar_size(Path(slide.source), slide.bulk_rna)
+            size = parts_length(_tar_parts(Path(slide.source), slide.bulk_rna))
         if size > ASYNC_MAX_BYTES:
             too_big.append(f"{slide.slide_id} ({size / 1e9:.2f} GB)")
     if too_big or multi:
@@ -271,43 +271,20 @@ def _body(slide: CohortSlide) -> Callable[[], io.BufferedReader]:
     if slide.bulk_rna is None:
         return lambda: Path(slide.source).open("rb")
     parts = _tar_parts(Path(slide.source), slide.bulk_rna)
-    return lambda: io.BufferedReader(_Concatenated(parts), 1 << 20)
+    return lambda: io.BufferedReader(_Concatenated(part_chunks(parts)), 1 << 20)
 
 
-def _tar_parts(slide: Path, rna: Path) -> list[bytes | Path]:
-    """An uncompressed tar of the slide and bulk_rna.json as headers, files and padding, byte for byte what
-    tarfile writes with fixed metadata (the same files give the same bytes), none of it read yet."""
-    parts: list[bytes | Path] = []
-    for name, path in ((slide.name, slide), ("bulk_rna.json", rna)):
-        info = tarfile.TarInfo(name)
-        info.size, info.mode = path.stat().st_size, 0o644
-        parts += [info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), path]
-        parts.append(b"\0" * (-info.size % tarfile.BLOCKSIZE))
-    written = sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in parts) + 2 * tarfile.BLOCKSIZE
-    parts.append(b"\0" * (2 * tarfile.BLOCKSIZE + (-written % tarfile.RECORDSIZE)))
-    return parts
-
-
-def _tar_size(slide: Path, rna: Path) -> int:
-    return sum(len(p) if isinstance(p, bytes) else p.stat().st_size for p in _tar_parts(slide, rna))
+def _tar_parts(slide: Path, rna: Path) -> list[Part]:
+    """The tar of the slide and bulk_rna.json the slide path reads, none of it read yet."""
+    return tar_parts([Member(slide.name, slide), Member("bulk_rna.json", rna)])
 
 
 class _Concatenated(io.RawIOBase):
-    """Byte strings and files, one after the other, read a megabyte at a time."""
+    """A stream of byte strings as a readable file."""
 
-    def __init__(self, parts: list[bytes | Path]):
-        self._chunks = self._read(parts)
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks = chunks
         self._pending = b""
-
-    @staticmethod
-    def _read(parts: list[bytes | Path]) -> Iterator[bytes]:
-        for part in parts:
-            if isinstance(part, bytes):
-                yield part
-                continue
-            with part.open("rb") as file:
-                while chunk := file.read(1 << 20):
-                    yield chunk
 
     def readable(self) -> bool:
         return True

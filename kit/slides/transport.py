@@ -26,6 +26,7 @@ MAX_RETRY_AFTER_S = 900.0
 CHUNK = 1 << 20
 ERROR_BYTES = 64 << 10  # of an error answer, kept for the reason
 TAR_BLOCK = tarfile.BLOCKSIZE
+Part = bytes | tuple[Path, int]  # bytes as they are, or a file's first `size` bytes
 
 
 class SlideFailed(Exception):
@@ -64,28 +65,35 @@ def slide_body(slide: Path) -> SlideBody:
     if members is None:
         size = slide.stat().st_size
         return SlideBody("application/octet-stream", size, lambda: _file_chunks(slide, size))
-    sizes = [member.path.stat().st_size for member in members]
-    headers = [_tar_header(member.name, size) for member, size in zip(members, sizes, strict=True)]
-    length = sum(len(header) + _padded(size) for header, size in zip(headers, sizes, strict=True)) + 2 * TAR_BLOCK
-    return SlideBody("application/x-tar", length, lambda: _tar_chunks(members, headers, sizes))
+    parts = tar_parts(members)
+    return SlideBody("application/x-tar", parts_length(parts), lambda: part_chunks(parts))
 
 
-def _tar_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
-    return info.tobuf(tarfile.PAX_FORMAT)  # long names and sizes over 8 GB in extended headers
+def tar_parts(members: list[Member]) -> list[Part]:
+    """An uncompressed tar of the members as headers, files and padding, byte for byte what tarfile writes with
+    fixed metadata (the same files give the same bytes), none of it read yet. PAX headers: long names and
+    sizes over 8 GB."""
+    parts: list[Part] = []
+    for member in members:
+        info = tarfile.TarInfo(member.name)
+        info.size, info.mode = member.path.stat().st_size, 0o644
+        parts += [info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"), (member.path, info.size)]
+        parts.append(bytes(-info.size % TAR_BLOCK))
+    written = parts_length(parts) + 2 * TAR_BLOCK
+    parts.append(bytes(2 * TAR_BLOCK + (-written % tarfile.RECORDSIZE)))
+    return parts
 
 
-def _padded(size: int) -> int:
-    return -(-size // TAR_BLOCK) * TAR_BLOCK
+def parts_length(parts: list[Part]) -> int:
+    return sum(len(part) if isinstance(part, bytes) else part[1] for part in parts)
 
 
-def _tar_chunks(members: list[Member], headers: list[bytes], sizes: list[int]) -> Iterator[bytes]:
-    for member, header, size in zip(members, headers, sizes, strict=True):
-        yield header
-        yield from _file_chunks(member.path, size)
-        yield bytes(_padded(size) - size)
-    yield bytes(2 * TAR_BLOCK)
+def part_chunks(parts: list[Part]) -> Iterator[bytes]:
+    for part in parts:
+        if isinstance(part, bytes):
+            yield part
+        else:
+            yield from _file_chunks(*part)
 
 
 def _file_chunks(path: Path, size: int) -> Iterator[bytes]:
