@@ -1,13 +1,15 @@
 """The kit's handler behind LitServe, the serving benchmark's point of comparison (`python -m bench.serving`).
 
-`python -m bench.litserve_server --model-dir DIR --port P [--batch-log FILE]`: POST /invocations, GET /ping.
+`python -m bench.litserve_server --model-dir DIR --port P [--forward-ms A,B] [--batch-log FILE]`: POST
+/invocations, GET /ping.
 Configured as LitServe's batching guide advises: batching on the `LitAPI` (`max_batch_size`, `batch_timeout`,
 with `batch` / `unbatch` for inputs that are not tensors) and more than one inference worker on the device
 (`LitServer(workers_per_device=2)`), each of its own process; the HTTP side runs LitServe's default, an API
 server process per worker. Inside, the kit's own handler: the tile decode of `input_fn`, `model_fn` (with the
-server's simulated accelerator), `predict_fn` and `output_fn`, so both servers give identical answers.
+simulated accelerator of bench/simulated_device.py, as the kit's server gets it), `predict_fn` and
+`output_fn`, so both servers give identical answers.
 
-The workers share one device: their forward passes (the demo model's on the CPU, then SIMULATED_FORWARD_MS's
+The workers share one device: their forward passes (the demo model's on the CPU, then --forward-ms's
 wait, as the kit's forward thread runs them) take turns under a file lock, as two processes' passes on one GPU do.
 Each forward appends its batch size to --batch-log.
 """
@@ -28,12 +30,12 @@ import torch
 from fastapi import HTTPException
 from fastapi.responses import Response
 
+from bench.simulated_device import SimulatedDevice, forward_ms
 from model_code import inference
 from model_code.errors import ClientError, Result
 from model_code.inference import Batch
 from model_code.records import Record, decode_record
-from model_code.runners import ForwardHooks, simulate_device
-from model_code.settings import Settings
+from model_code.runners import ForwardHooks
 
 MAX_BATCH_SIZE = 32  # as the kit's default MAX_BATCH_SIZE
 BATCH_TIMEOUT_S = 0.005  # as the kit's default MAX_BATCH_WAIT_MS
@@ -43,21 +45,20 @@ WORKERS = 2
 class HandlerAPI(ls.LitAPI):
     """One tile a request, batched across requests by LitServe, run by the kit's handler."""
 
-    def __init__(self, model_dir: Path, device_lock: Path, batch_log: Path | None):
+    def __init__(self, model_dir: Path, device_lock: Path, batch_log: Path | None, device: SimulatedDevice):
         super().__init__(max_batch_size=MAX_BATCH_SIZE, batch_timeout=BATCH_TIMEOUT_S, api_path="/invocations")
         self.model_dir, self.device_lock, self.batch_log = model_dir, device_lock, batch_log
+        self.simulated = device  # not `self.device`: LitServe sets that to the device name
 
     def setup(self, device: str) -> None:
         if not os.environ.get("OMP_NUM_THREADS"):  # the workers share the cores, as the kit's serve.share_cpu
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // WORKERS))
-        self.simulated = Settings.load().simulated_forward_ms
         self.lock = self.device_lock.open("a")
         self.log = self.batch_log.open("a", buffering=1) if self.batch_log else None
         self.models = inference.load_models(self.model_dir, ForwardHooks(after=self._on_device))
 
     def _on_device(self, model: str, records: Sequence[Record], seconds: float) -> None:
-        if self.simulated is not None:
-            simulate_device(self.simulated, len(records))
+        self.simulated.after(model, records, seconds)
         if self.log is not None:
             self.log.write(f"{len(records)}\n")
 
@@ -92,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--batch-log", type=Path, help="a file each forward appends its batch size to")
+    parser.add_argument("--forward-ms", type=forward_ms, help="A,B: the simulated device (bench/simulated_device.py)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # LitServe stops its worker processes on Ctrl-C
     with tempfile.NamedTemporaryFile(prefix="litserve-device-") as lock:
-        api = HandlerAPI(args.model_dir, Path(lock.name), args.batch_log)
+        api = HandlerAPI(args.model_dir, Path(lock.name), args.batch_log, SimulatedDevice(args.forward_ms))
         server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=WORKERS, healthcheck_path="/ping")
         server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
     return 0

@@ -2,7 +2,7 @@
 
 (a) ceiling: JSON + base64 + PNG decode + normalisation of the same tile, in-process on all cores;
 (b) both servers through HTTP at concurrency 1, 8, 32, 64, single-tile requests, the demo model's CPU forward;
-(c) both with a simulated accelerator (SIMULATED_FORWARD_MS=20,1: each forward also waits 20 ms + 1 ms a
+(c) both with a simulated accelerator (bench/simulated_device.py, 20,1: each forward also waits 20 ms + 1 ms a
     tile, GIL released; LitServe's two workers share the one device) at concurrency 8, 32, 64, and the kit
     with MAX_BATCH_SIZE=1 at 32.
 LitServe runs the kit's handler (bench/litserve_server.py). The servers take turns: a round starts one
@@ -52,7 +52,7 @@ BODY = orjson.dumps(wire_record("h1", "embedding"))
 MEAN = np.array(H_OPTIMUS_NORMALISATION["mean"], np.float32) * 255
 STD = np.array(H_OPTIMUS_NORMALISATION["std"], np.float32) * 255
 SIMULATED = (20.0, 1.0)
-SIMULATED_ENV = {"SIMULATED_FORWARD_MS": ",".join(f"{v:g}" for v in SIMULATED)}
+SIMULATED_MS = ",".join(f"{v:g}" for v in SIMULATED)
 CPU_CONCURRENCY = (1, 8, 32, 64)
 SIMULATED_CONCURRENCY = (8, 32, 64)
 BATCH_SUM = re.compile(rb'^optimus_batch_size_(sum|count)\{model="h1"\} (\S+)$', re.MULTILINE)
@@ -87,17 +87,24 @@ class Contender:
     """One server under test: how to start it, and how to count the tiles of its forward passes."""
 
     name: str
-    start: Callable[[Path, dict[str, str]], contextlib.AbstractContextManager[LocalServer]]
+    start: Callable[[Path, dict[str, str], bool], contextlib.AbstractContextManager[LocalServer]]  # bool: simulated
     batches: Callable[[LocalServer], tuple[float, int]]  # (tiles, forward passes) so far
 
 
-def _kit(tree: Path | None) -> Callable[[Path, dict[str, str]], contextlib.AbstractContextManager[LocalServer]]:
-    """`python -m model_code.serve`, from this tree or (PYTHONPATH, cwd not on the path) from `tree`."""
+def _kit(tree: Path | None) -> Callable[[Path, dict[str, str], bool], contextlib.AbstractContextManager[LocalServer]]:
+    """`python -m model_code.serve` (simulated: `bench.simulated_device`), from this tree or (PYTHONPATH, cwd
+    not on the path) from `tree`; a tree from before the simulated device left the server's settings gets it
+    as SIMULATED_FORWARD_MS."""
 
-    def start(model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[LocalServer]:
+    def start(model_dir: Path, env: dict[str, str], simulated: bool) -> contextlib.AbstractContextManager[LocalServer]:
         port = free_port()
-        command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(model_dir), "--port", str(port)]
+        entry = ["model_code.serve"]
         where = {"PYTHONPATH": str(tree), "PYTHONSAFEPATH": "1"} if tree else {}
+        if simulated and (tree is None or (tree / "bench" / "simulated_device.py").exists()):
+            entry = ["bench.simulated_device", "--forward-ms", SIMULATED_MS]
+        elif simulated:
+            where["SIMULATED_FORWARD_MS"] = SIMULATED_MS
+        command = [sys.executable, "-m", *entry, "--model-dir", str(model_dir), "--port", str(port)]
         return local_server(command, port, {**env, **where})
 
     return start
@@ -110,9 +117,10 @@ def _kit_batches(server: LocalServer) -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def _litserve(batch_log: Path, model_dir: Path, env: dict[str, str]) -> Iterator[LocalServer]:
+def _litserve(batch_log: Path, model_dir: Path, env: dict[str, str], simulated: bool) -> Iterator[LocalServer]:
     port = free_port()
     command = [sys.executable, "-m", "bench.litserve_server", "--model-dir", str(model_dir), "--port", str(port)]
+    command += ["--forward-ms", SIMULATED_MS] if simulated else []
     with local_server([*command, "--batch-log", str(batch_log)], port, env) as server:
         yield server
 
@@ -148,6 +156,7 @@ def rounds(
     contenders: list[Contender],
     model_dir: Path,
     env: dict[str, str],
+    simulated: bool,
     concurrencies: tuple[int, ...],
     count: int,
     duration_s: float,
@@ -157,7 +166,7 @@ def rounds(
     runs, answers = [], {}
     for number in range(1, count + 1):
         for contender in contenders:
-            with contender.start(model_dir, env) as server:
+            with contender.start(model_dir, env, simulated) as server:
                 answers[contender.name] = answer(server)
                 for concurrency in concurrencies:
                     row = measure(contender, server, concurrency, duration_s)
@@ -245,16 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict[str, Any]] = []
         answers: dict[str, list[float]] = {}
         if not args.simulated_only:
-            found, answers = rounds(contenders, model_dir, {}, CPU_CONCURRENCY, args.rounds, args.duration, "(b)")
+            found, answers = rounds(
+                contenders, model_dir, {}, False, CPU_CONCURRENCY, args.rounds, args.duration, "(b)"
+            )
             runs += found
         found, answers = rounds(
-            contenders, model_dir, SIMULATED_ENV, SIMULATED_CONCURRENCY, args.rounds, args.duration, "(c)"
+            contenders, model_dir, {}, True, SIMULATED_CONCURRENCY, args.rounds, args.duration, "(c)"
         )
         runs += found
         unbatched, _ = rounds(
             contenders[:1],
             model_dir,
-            {**SIMULATED_ENV, "MAX_BATCH_SIZE": "1"},
+            {"MAX_BATCH_SIZE": "1"},
+            True,
             (32,),
             1,
             args.duration,

@@ -3,7 +3,7 @@ and stalled clients and a poison tile, while the server's memory, threads and op
 
 Fails (exit 1) when an answer comes back for the wrong request, any 5xx escapes other than the poison
 tile's 503, an expected status is not the one answered, or memory, threads or open files keep growing.
-The poison tile is the server's SIMULATED_POISON_SLIDE: every forward pass holding one of its tiles fails,
+The poison tile is bench.simulated_device's --poison-slide: every forward pass holding one of its tiles fails,
 as a device error would, and the server must isolate it from the tiles batched with it.
 
     python -m bench.soak [--minutes 2] [--clients 8] [--json build/soak/soak.json]
@@ -204,14 +204,14 @@ def soak(minutes: float, clients: int, workdir: Path, seed: int) -> dict[str, An
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
-        "SIMULATED_POISON_SLIDE": POISON,
         "READ_TIMEOUT_S": "2",
         "MAX_BATCH_WAIT_MS": "5",
     }
+    serve_args = ["--model-dir", str(model_dir), "--port", str(port)]
     log_path = workdir / "server.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "model_code.serve", "--model-dir", str(model_dir), "--port", str(port)],
+            [sys.executable, "-m", "bench.simulated_device", "--poison-slide", POISON, *serve_args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

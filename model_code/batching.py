@@ -1,10 +1,11 @@
 """Dynamic batching: tiles from concurrent requests are gathered per model and run as one forward pass.
 
-One collector task per model takes the first waiting tile, waits up to `max_wait_s` for more (up to
-`max_batch` tiles) and hands the batch to `predict` on a single forward thread, so forward passes never
-block the event loop or the decoding. While one forward runs, the next batch gathers. The wait ends
-early when `expecting_more()` says no request is still being decoded: then no tile can join soon, and
-waiting would only add latency (a lone request is not held back by MAX_BATCH_WAIT_MS).
+One forward thread takes the next batch the moment its previous pass ends: every tile that queued while
+the device was busy (up to `max_batch`, the model whose oldest tile has waited longest first), with no
+further wait, since those tiles have already waited a whole pass. Only a tile that finds the device idle
+waits up to `max_wait_s` for company, and only while `expecting_more()` says a request is still being
+decoded (a lone request is not held back by MAX_BATCH_WAIT_MS). The thread never waits for the event
+loop: tiles reach it through a lock-protected queue, and each pass's answers go back in one callback.
 
 The forward thread drops the GIL at every torch call and must win it back from the decoding threads and
 the event loop before its next one: `favour_forward` shortens the interval after which a thread holding
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from model_code.errors import ClientError, ForwardError, Result
@@ -35,7 +37,7 @@ def favour_forward() -> None:
 @dataclass
 class _Pending:
     record: Record
-    future: asyncio.Future[Result]
+    future: asyncio.Future[tuple[Result]]  # in a tuple: a tile's own ForwardError is a result, not a raise
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -53,69 +55,86 @@ class Batcher:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._on_wait = on_wait
-        self._queues: dict[str, asyncio.Queue[_Pending]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._forward = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        self._queues: dict[str, deque[_Pending]] = {}
+        self._ready = threading.Condition()
+        self._closed = False
+        self._idle_since = time.perf_counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._forward_loop, name="forward", daemon=True)
 
     async def run(self, records: Sequence[Record | ClientError]) -> list[Result]:
         """Results in the order given; ClientErrors pass through. Raises the error of a batch that failed whole.
 
         Cancelling it withdraws its tiles that have not yet run (their client has gone away)."""
-        outcomes = await asyncio.gather(
-            *(self._submit(r) for r in records if isinstance(r, Record)), return_exceptions=True
-        )
-        failures = [o for o in outcomes if isinstance(o, BaseException)]  # a result is a tuple, even an error's
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._thread.start()
+        pending = [_Pending(r, loop.create_future()) for r in records if isinstance(r, Record)]
+        with self._ready:
+            for item in pending:
+                self._queues.setdefault(item.record.model, deque()).append(item)
+            self._ready.notify()
+        outcomes = await asyncio.gather(*(p.future for p in pending), return_exceptions=True)
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             raise failures[0]
         answers = iter(outcomes)
         return [record if isinstance(record, ClientError) else next(answers)[0] for record in records]  # type: ignore[index]
 
-    async def _submit(self, record: Record) -> tuple[Result]:
-        queue = self._queues.get(record.model)
-        if queue is None:
-            queue = self._queues[record.model] = asyncio.Queue()
-            self._tasks.append(asyncio.create_task(self._collect(record.model, queue)))
-        pending = _Pending(record, asyncio.get_running_loop().create_future())
-        queue.put_nowait(pending)
-        return (await pending.future,)
+    def _next_batch(self) -> list[_Pending] | None:
+        """The next batch (None once closed): what queued while the device was busy at once, else what comes
+        within `max_wait_s` of the first tile while more is expected."""
+        with self._ready:
+            while not self._closed and not any(self._queues.values()):
+                self._ready.wait()
+            if self._closed:
+                return None
+            model = min((q for q in self._queues.values() if q), key=lambda q: q[0].enqueued)
+            batch = [model.popleft() for _ in range(min(len(model), self._max_batch))]
+            if batch[0].enqueued >= self._idle_since:  # it found the device idle: wait for company
+                deadline = time.perf_counter() + self._max_wait_s
+                while len(batch) < self._max_batch and self._expecting_more():
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    if not model:
+                        self._ready.wait(remaining)
+                    batch += [model.popleft() for _ in range(min(len(model), self._max_batch - len(batch)))]
+            return batch
 
-    async def _collect(self, model: str, queue: asyncio.Queue[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await queue.get()]
-            deadline = loop.time() + self._max_wait_s
-            while len(batch) < self._max_batch:
-                if not queue.empty():
-                    batch.append(queue.get_nowait())
-                    continue
-                remaining = deadline - loop.time()
-                if remaining <= 0 or not self._expecting_more():
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
-                except TimeoutError:
-                    break
+    def _forward_loop(self) -> None:
+        assert self._loop is not None
+        while (batch := self._next_batch()) is not None:
             batch = [p for p in batch if not p.future.done()]  # callers that went away
-            if not batch:
-                continue
-            started = time.perf_counter()
-            if self._on_wait is not None:
-                for pending in batch:
-                    self._on_wait(model, started - pending.enqueued)
-            try:
-                results = await loop.run_in_executor(self._forward, self._predict, [p.record for p in batch])
-            except Exception as exc:  # predict_fn isolates failing tiles itself: this is a failure outside them
-                error = exc if isinstance(exc, ForwardError) else ForwardError(model, exc)
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            if batch:
+                self._loop.call_soon_threadsafe(_deliver, batch, self._forward(batch))
+            self._idle_since = time.perf_counter()
+
+    def _forward(self, batch: list[_Pending]) -> list[Result] | ForwardError:
+        started = time.perf_counter()
+        if self._on_wait is not None:
+            for pending in batch:
+                self._on_wait(pending.record.model, started - pending.enqueued)
+        try:
+            return self._predict([p.record for p in batch])
+        except Exception as exc:  # predict_fn isolates failing tiles itself: this is a failure outside them
+            return exc if isinstance(exc, ForwardError) else ForwardError(batch[0].record.model, exc)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._forward.shutdown(wait=True)
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+
+def _deliver(batch: list[_Pending], outcome: list[Result] | ForwardError) -> None:
+    """On the event loop: each waiting caller gets its result, or the error of the pass that failed whole."""
+    for i, pending in enumerate(batch):
+        if pending.future.done():
+            continue
+        if isinstance(outcome, ForwardError):
+            pending.future.set_exception(outcome)
+        else:
+            pending.future.set_result((outcome[i],))

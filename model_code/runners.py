@@ -27,19 +27,11 @@ VENDOR_OUTPUT_NAMES = {EMBEDDING: "embeddings", PREDICTION: "predictions"}
 
 @dataclass(frozen=True)
 class ForwardHooks:
-    """The server's callbacks around each forward pass (metrics; benchmarks' simulated device)."""
+    """The server's callbacks around each forward pass (metrics; bench/simulated_device.py)."""
 
     # (model, records, seconds) after a pass, inside it: an exception here fails the pass, as a device would
     after: Callable[[str, Sequence[Record], float], None] | None = None
     failed: Callable[[str, int], None] | None = None  # (model, tiles) of a pass that failed
-
-
-def simulate_device(simulated: tuple[float, float], tiles: int) -> float:
-    """SIMULATED_FORWARD_MS=A,B (benchmarks only): wait A + B x tiles ms, the GIL released as during a GPU
-    call; returns the seconds waited."""
-    seconds = (simulated[0] + simulated[1] * tiles) / 1000
-    time.sleep(seconds)
-    return seconds
 
 
 class Runner:

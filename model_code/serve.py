@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from model_code.connections import guarded_protocol
 from model_code.inference import serving_device
+from model_code.runners import ForwardHooks
 from model_code.server import create_app
 from model_code.settings import Settings, SettingsError
 
@@ -34,7 +35,8 @@ def share_cpu() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: ForwardHooks | None = None) -> int:
+    """The server; `hooks` run inside each forward pass (benchmarks' simulated device, bench/simulated_device.py)."""
     parser = argparse.ArgumentParser(prog="python -m model_code.serve", description=__doc__)
     parser.add_argument("--model-dir", type=Path, help="the model artifact (default /opt/ml/model)")
     parser.add_argument("--port", type=int, help="default SAGEMAKER_BIND_TO_PORT, else 8080")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         assert server is not None
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=stop)
+    app = create_app(settings, on_fatal=stop, hooks=hooks)
     server = uvicorn.Server(uvicorn_config(app, settings, log_config=None))
     server.run()
     return 1 if app.state.server.load_error else 0

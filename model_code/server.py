@@ -34,7 +34,7 @@ from model_code.errors import LOADING, ClientError, ForwardError, Result, unavai
 from model_code.inference import Batch, Models
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
-from model_code.runners import ForwardHooks, simulate_device
+from model_code.runners import ForwardHooks
 from model_code.settings import Settings
 from model_code.slides.http import SlideService, is_slide
 
@@ -51,9 +51,10 @@ REST_BODY = docs.request_body(docs.rest_schema(WIRE_SCHEMA), BODY)
 class Server:
     """State of one serving process: models, decode pool, batcher, metrics."""
 
-    def __init__(self, settings: Settings, on_fatal: Callable[[], None]):
+    def __init__(self, settings: Settings, on_fatal: Callable[[], None], hooks: ForwardHooks | None = None):
         self.settings = settings
         self.on_fatal = on_fatal
+        self.injected = hooks or ForwardHooks()  # inside each pass, before the server's own (benchmarks, tests)
         self.metrics = Metrics()
         self.models: Models | None = None
         self.load_error: str | None = None
@@ -71,7 +72,7 @@ class Server:
         """
         self.parse_pool = ThreadPoolExecutor(self.settings.decode_workers, thread_name_prefix="parse")
         self.decode_pool = await asyncio.to_thread(DecodePool, self.settings.decode_workers)
-        hooks = ForwardHooks(after=self._after_forward, failed=self.metrics.forward_failed)
+        hooks = ForwardHooks(after=self._after_forward, failed=self._forward_failed)
         try:
             models = await asyncio.to_thread(inference.load_models, self.settings.model_dir, hooks)
         except Exception as exc:
@@ -112,13 +113,17 @@ class Server:
         return result.results
 
     def _after_forward(self, model: str, records: Sequence[Record], seconds: float) -> None:
-        simulated = self.settings.simulated_forward_ms
-        if simulated is not None:  # benchmarks only: stand in for an accelerator's time
-            seconds += simulate_device(simulated, len(records))
-        poison = self.settings.simulated_poison_slide
-        if poison is not None and any(record.echo.get("slide_name") == poison for record in records):
-            raise RuntimeError(f"simulated device failure on a tile of slide '{poison}' (SIMULATED_POISON_SLIDE)")
+        """The injected hook (its time is the pass's: a simulated device's wait), then the pass's metrics."""
+        if self.injected.after is not None:
+            began = time.perf_counter()
+            self.injected.after(model, records, seconds)
+            seconds += time.perf_counter() - began
         self.metrics.observe_forward(model, len(records), seconds)
+
+    def _forward_failed(self, model: str, tiles: int) -> None:
+        if self.injected.failed is not None:
+            self.injected.failed(model, tiles)
+        self.metrics.forward_failed(model, tiles)
 
     async def invoke(self, request: Request, overrides: dict[str, str] | None = None) -> Response:
         """An HTTP request: content type and Accept checked first, body read up to the limit, then answered."""
@@ -304,8 +309,10 @@ def model_error(endpoint: str, status: int, body: bytes) -> Response:
     )
 
 
-def create_app(settings: Settings, on_fatal: Callable[[], None] = lambda: None) -> FastAPI:
-    server = Server(settings, on_fatal)
+def create_app(
+    settings: Settings, on_fatal: Callable[[], None] = lambda: None, hooks: ForwardHooks | None = None
+) -> FastAPI:
+    server = Server(settings, on_fatal, hooks)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

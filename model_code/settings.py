@@ -128,8 +128,6 @@ class Settings:
     max_queued_slides: int = 4  # slides received or running at once (one runs, the rest wait on disk)
     graceful_timeout_s: float = 30.0
     read_timeout_s: float = 20.0  # a connection that stops sending mid-request is dropped after this
-    simulated_forward_ms: tuple[float, float] | None = None  # benchmarks only
-    simulated_poison_slide: str | None = None  # soak and tests only: tiles of this slide fail their forward
     auth: Auth = field(default_factory=Auth)
 
     @classmethod
@@ -153,8 +151,6 @@ class Settings:
             max_queued_slides=int(_number(env, "MAX_QUEUED_SLIDES", default["max_queued_slides"], minimum=1)),
             graceful_timeout_s=_number(env, "GRACEFUL_TIMEOUT_S", default["graceful_timeout_s"], minimum=0),
             read_timeout_s=_number(env, "READ_TIMEOUT_S", default["read_timeout_s"], minimum=0.1),
-            simulated_forward_ms=_simulated(env.get("SIMULATED_FORWARD_MS")),
-            simulated_poison_slide=env.get("SIMULATED_POISON_SLIDE") or None,
             auth=Auth.from_env(env),
         )
 
@@ -186,14 +182,3 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
     if value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
     return value
-
-
-def _simulated(raw: str | None) -> tuple[float, float] | None:
-    """SIMULATED_FORWARD_MS=A,B: each forward also waits A + B x tiles ms, GIL released (benchmarks only)."""
-    if not raw:
-        return None
-    try:
-        fixed, per_tile = (float(part) for part in raw.split(","))
-    except ValueError:
-        raise SettingsError(f"SIMULATED_FORWARD_MS={raw!r} must be two numbers, A,B") from None
-    return fixed, per_tile

@@ -12,6 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from kit.local import free_port, wait_healthy
+from model_code.runners import ForwardHooks
 from model_code.serve import uvicorn_config
 from model_code.server import Server, create_app
 from model_code.settings import Settings
@@ -32,10 +33,11 @@ class Running:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[Running]:
-    """The real app on uvicorn, configured as `serve` runs it, on a real port, in a thread of this process."""
+def serve_in_thread(settings: Settings, hooks: ForwardHooks | None = None) -> Iterator[Running]:
+    """The real app on uvicorn, configured as `serve` runs it, on a real port, in a thread of this process;
+    `hooks` inside each forward pass (bench.simulated_device's slow or failing device)."""
     settings = replace(settings, host="127.0.0.1")
-    app = create_app(settings)
+    app = create_app(settings, hooks=hooks)
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

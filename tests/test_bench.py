@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from bench.gpu_bench import flops_per_tile, main, peak_for
 from bench.http_load import build_request, run_load
 from bench.serving import compare, forward_bound
+from bench.simulated_device import SimulatedDevice, forward_ms
 from kit.endpoints.samples import wire_record
-from kit.local import local_server
+from kit.local import local_server, metric
 from model_code.catalogue import H_OPTIMUS_TIMM
 from model_code.settings import Settings
 from tests.serving import free_port, serve_in_thread
@@ -77,3 +79,22 @@ def test_pipelining_bound_is_the_lower_of_forward_and_cpu() -> None:
     assert by_concurrency[8]["bound_is"] == "forward" and by_concurrency[8]["over_bound"] == round(200 / (8 / 0.028), 2)
     assert by_concurrency[32]["bound_is"] == "cpu" and by_concurrency[32]["over_bound"] == 0.67
     assert by_concurrency[32]["tiles_per_s_ratio"] == 1.0
+
+
+def test_the_simulated_device_waits_inside_the_pass_and_its_poison_slide_fails_it(artifact: Path) -> None:
+    """bench.simulated_device's wait counts in the server's forward time; a pass holding a poison tile fails."""
+    device = SimulatedDevice(forward_ms=(300, 0), poison_slide="poison")
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=0)
+    with serve_in_thread(settings, device.hooks()) as running:
+        fine = httpx.post(f"{running.url}/invocations", json=wire_record("h1", "embedding"), timeout=60)
+        poisoned = {**wire_record("h1", "embedding"), "slide_name": "poison"}
+        failed = httpx.post(f"{running.url}/invocations", json=poisoned, timeout=60)
+        forward_s = metric(running.url, "optimus_forward_seconds_sum", model="h1")
+    assert fine.status_code == 200 and failed.status_code == 503
+    assert "simulated device failure" in failed.text
+    assert forward_s >= 0.3  # the good pass's time holds the simulated wait (a failed pass is not timed)
+
+
+def test_simulated_device_refuses_a_forward_time_that_is_not_two_numbers() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="must be two numbers of milliseconds"):
+        forward_ms("20")

@@ -35,8 +35,8 @@ def test_container_serve_entry_answers_ping_and_invocations(artifact: Path) -> N
 
 def test_sigterm_finishes_requests_in_flight_then_exits(artifact: Path) -> None:
     port = free_port()
-    env = {"SIMULATED_FORWARD_MS": "1500,0", "DECODE_WORKERS": "1", "MAX_BATCH_WAIT_MS": "0"}
-    command = [sys.executable, "-m", "model_code.serve", "--model-dir", str(artifact)]
+    env = {"DECODE_WORKERS": "1", "MAX_BATCH_WAIT_MS": "0"}
+    command = [sys.executable, "-m", "bench.simulated_device", "--forward-ms", "1500,0", "--model-dir", str(artifact)]
     with local_server([*command, "--port", str(port)], port, env) as server:
         process = server.process
         url = f"http://127.0.0.1:{port}"

@@ -21,6 +21,7 @@ import orjson
 import pytest
 import requests
 
+from bench.simulated_device import SimulatedDevice
 from kit.endpoints.samples import wire_record
 from kit.local import free_port, metric, wait_healthy
 from model_code.settings import Limits, Settings, SettingsError
@@ -38,9 +39,8 @@ def guarded(artifact: Path) -> Iterator[Running]:
         max_batch_wait_ms=20,
         limits=Limits(max_records=40, max_response_bytes=3 * 1024 * 1024),
         read_timeout_s=0.5,
-        simulated_poison_slide="poison",
     )
-    with serve_in_thread(settings) as running:
+    with serve_in_thread(settings, SimulatedDevice(poison_slide="poison").hooks()) as running:
         yield running
 
 
@@ -192,8 +192,8 @@ def test_record_errors_are_counted_for_single_records_and_unhosted_models_in_lis
 def test_work_of_a_client_that_went_away_leaves_the_queue(artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
     """One forward at a time, 600 ms each: the second client hangs up while the first tile runs, so its tile
     never runs; the disconnect is a 499 logged once, not a 500."""
-    settings = Settings(model_dir=artifact, port=free_port(), max_batch_size=1, simulated_forward_ms=(600, 0))
-    with serve_in_thread(settings) as slow:
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_size=1)
+    with serve_in_thread(settings, SimulatedDevice(forward_ms=(600, 0)).hooks()) as slow:
         port = int(slow.url.rsplit(":", 1)[1])
         first = threading.Thread(
             target=httpx.post,

@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
+from bench.simulated_device import SimulatedDevice
 from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port, metric
 from model_code.batching import GIL_SWITCH_INTERVAL_S
@@ -265,8 +266,8 @@ def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path
     import threading
     import time
 
-    settings = Settings(model_dir=artifact, port=free_port(), simulated_forward_ms=(1500, 0), max_batch_wait_ms=0)
-    with serve_in_thread(settings) as slow:
+    settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=0)
+    with serve_in_thread(settings, SimulatedDevice(forward_ms=(1500, 0)).hooks()) as slow:
         finished: list[tuple[str, float]] = []
 
         def call(name: str, send: object) -> None:
