@@ -16,7 +16,7 @@ from aws_cdk import aws_kms as kms
 from constructs import Construct
 
 from stacks.config import CohortJobsConfig
-from stacks.endpoint import ImageRef, bucket_arn, pull_image, sagemaker_role
+from stacks.endpoint_role import ImageRef, bucket_arn, pull_image, sagemaker_role
 from stacks.nag import acknowledge, nag_resource
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # SageMaker's, shared by every training job of the account and region

@@ -6,7 +6,6 @@ refuses to deploy (or synthesize) this stack with the message, and the foundatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from aws_cdk import Annotations, CfnOutput, Fn, Stack, Token
@@ -28,8 +27,10 @@ from stacks.config import (
     KitConfig,
     MissingArtifactError,
 )
-from stacks.endpoint import ArtifactRef, ImageRef, ModelEndpoint
+from stacks.endpoint import ModelEndpoint
+from stacks.endpoint_role import ArtifactRef, ImageRef
 from stacks.foundation import COHORT_OUTPUT, FoundationStack
+from stacks.serving import Panel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,25 +103,17 @@ class EndpointsStack(Stack):
         transform runs the model under its role), and its key prefixes in the results bucket (the foundation
         stack's ResultsBucket)."""
         title = names.title(name)
-        batch_input, batch_output, async_input, async_output, async_failures = names.PREFIXES
+        batch_input, batch_output = names.PREFIXES[:2]
         outputs = {
             names.ENDPOINT_NAME: endpoint.endpoint_name,
             names.MODELS: ",".join(endpoint.models),
             names.MODEL_NAME: endpoint.model.attr_model_name,
             names.ROLE_ARN: endpoint.role.role_arn,
-            names.SERVING: "async" if endpoint.serving_async else "real-time",
+            names.SERVING: endpoint.serving.label,
             batch_input: endpoint.prefix("batch/input/"),
             batch_output: endpoint.prefix("batch/output/"),
+            **endpoint.serving.outputs(),
         }
-        if endpoint.serving_async:
-            success, error = names.TOPICS
-            outputs |= {
-                async_input: endpoint.prefix("async/input/"),
-                async_output: endpoint.prefix("async/output/"),
-                async_failures: endpoint.prefix("async/failures/"),
-                success: endpoint.topics["success"].topic_arn,
-                error: endpoint.topics["error"].topic_arn,
-            }
         for key, value in outputs.items():
             CfnOutput(self, title + key, value=value)
 
@@ -174,12 +167,11 @@ class EndpointsStack(Stack):
     def _dashboard(self, config: KitConfig) -> None:
         dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"{config.prefix}-endpoints")
         for endpoint in self.endpoints.values():
-            dashboard.add_widgets(*(_queue_widgets(endpoint) if endpoint.serving_async else _request_widgets(endpoint)))
+            dashboard.add_widgets(*_graphs(endpoint, *endpoint.serving.panels()))
             gauge = endpoint.instance_metric
             dashboard.add_widgets(
                 *_graphs(
                     endpoint,
-                    12,
                     ("GPU and GPU memory (% of one GPU)", [gauge("GPUUtilization"), gauge("GPUMemoryUtilization")]),
                     (
                         "CPU (% of one core), memory, disk (%)",
@@ -194,60 +186,14 @@ class EndpointsStack(Stack):
             )
 
 
-Metrics = Sequence[cloudwatch.IMetric]
-Panel = tuple[str, Metrics] | tuple[str, Metrics, Metrics]
-
-
-def _graphs(endpoint: ModelEndpoint, width: int, *panels: Panel) -> list[cloudwatch.IWidget]:
-    """One graph per (title, left metrics[, right metrics]), titled with the endpoint's name."""
+def _graphs(endpoint: ModelEndpoint, *panels: Panel) -> list[cloudwatch.IWidget]:
+    """A row of graphs, one per (title, left metrics[, right metrics]), titled with the endpoint's name."""
     return [
         cloudwatch.GraphWidget(
             title=f"{endpoint.endpoint_name}: {panel[0]}",
             left=panel[1],
             right=panel[2] if len(panel) > 2 else None,
-            width=width,
+            width=24 // len(panels),
         )
         for panel in panels
     ]
-
-
-def _request_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
-    metric = endpoint.metric
-    return _graphs(
-        endpoint,
-        8,
-        ("invocations (one per tile)", [metric("Invocations", "Sum"), metric("InvocationsPerInstance", "Sum")]),
-        ("model latency (µs)", [metric("ModelLatency", "p50"), metric("ModelLatency", "p95")]),
-        ("errors", [metric("Invocation4XXErrors", "Sum", minutes=5), metric("Invocation5XXErrors", "Sum", minutes=5)]),
-    )
-
-
-def _queue_widgets(endpoint: ModelEndpoint) -> list[cloudwatch.IWidget]:
-    """An async endpoint: its queue (backlog, per instance), time in it, processing time, outcomes."""
-    metric, queue = endpoint.metric, endpoint.queue_metric
-    return _graphs(
-        endpoint,
-        6,
-        (
-            "backlog (queued requests)",
-            [queue("ApproximateBacklogSize", "Average"), queue("ApproximateBacklogSizePerInstance", "Average")],
-            [queue("HasBacklogWithoutCapacity", "Maximum")],
-        ),
-        (
-            "time in queue (ms; oldest request in s)",
-            [metric("TimeInBacklog", "p50"), metric("TimeInBacklog", "p95")],
-            [queue("ApproximateAgeOfOldestRequest", "Maximum")],
-        ),
-        (
-            "processing time per request (ms)",
-            [metric("TotalProcessingTime", "p50"), metric("TotalProcessingTime", "p95")],
-        ),
-        (
-            "requests processed and failed",
-            [
-                metric("InvocationsProcessed", "Sum", minutes=5),
-                metric("InvocationFailures", "Sum", minutes=5),
-                metric("Invocation5XXErrors", "Sum", minutes=5),
-            ],
-        ),
-    )

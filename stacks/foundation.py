@@ -58,7 +58,8 @@ class FoundationStack(Stack):
         )
         self.artifacts = self._private_bucket("Artifacts", "artifacts/")
         # Slides sent to async endpoints and batch transform, and what comes back: per endpoint, its role may read
-        # only PREFIX-NAME/{async,batch}/input/ and write only its output (and failure) prefixes (stacks/endpoint.py).
+        # only PREFIX-NAME/{async,batch}/input/ and write only its output (and failure) prefixes
+        # (stacks/endpoint_role.py).
         self.results = self._private_bucket("Results", "results/", noncurrent_version_expiration=Duration.days(30))
         acknowledge(
             self.access_logs,

@@ -21,7 +21,7 @@ from aws_cdk.assertions import Template
 from app import build
 from kit.artifacts.builder import package
 from stacks.config import ConfigError, load_config
-from stacks.endpoint import INPUTS, OUTPUTS
+from stacks.endpoint_role import INPUTS, OUTPUTS
 from tests.test_stacks import context
 
 RESULTS = {"Fn::ImportValue": "optimus-results-bucket"}

@@ -22,7 +22,7 @@ from app import build
 from kit.artifacts.builder import package
 from stacks import names
 from stacks.config import KEYS, ConfigError, load_config
-from stacks.endpoint import INPUTS, OUTPUTS
+from stacks.endpoint_role import INPUTS, OUTPUTS
 from stacks.endpoints import image_asset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_synthesis_has_no_unacknowledged_nag_findings(synthesized: tuple[Templat
 def test_without_acknowledgements_both_packs_fail_synthesis(
     artifacts: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in ("stacks.foundation", "stacks.endpoint"):
+    for module in ("stacks.foundation", "stacks.endpoint", "stacks.endpoint_role"):
         monkeypatch.setattr(f"{module}.acknowledge", lambda *args, reason: None)
     app = App(context=context(artifacts), outdir=str(tmp_path))
     build(app)
