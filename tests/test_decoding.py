@@ -34,6 +34,36 @@ def test_records_decoded_in_workers_equal_those_decoded_here() -> None:
             assert there.echo == here.echo
 
 
+def test_workers_import_neither_torch_nor_the_server() -> None:
+    """A worker is `python -m model_code.decoding`: the modules it holds are the decoder's alone."""
+    import subprocess
+    import sys
+
+    probe = "import sys, model_code.decoding; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    held = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert not {"torch", "fastapi", "uvicorn", "timm"} & set(eval(held))  # our own probe's list
+
+
 def test_a_client_error_pickles_whole() -> None:
     error = ClientError("too large", field="body", status=413, record=7)
     assert pickle.loads(pickle.dumps(error)).to_dict() == error.to_dict()
+
+
+def test_a_worker_that_dies_fails_only_its_record_and_is_replaced() -> None:
+    """A decoding process killed (the OOM killer, a crash in native code) fails the record it held with a 503;
+    the pool starts another and goes on decoding."""
+    raw = orjson.loads(orjson.dumps(wire_record("h1", "embedding", png_bytes(random_tile(224, 1)))))
+    pool = DecodePool(1)
+    try:
+        decode = functools.partial(decode_item, overrides=None)
+        assert isinstance(next(iter(pool.map(decode, [(0, raw)]))), Record)
+        worker = pool._workers[0].process  # the one worker, killed between records
+        worker.kill()
+        worker.wait(timeout=10)
+        died = next(iter(pool.map(decode, [(4, raw)])))
+        assert isinstance(died, ClientError) and died.status_code == 503 and died.record == 4
+        assert "decoding this tile died" in str(died)
+        again = list(pool.map(decode, [(0, raw), (1, raw)]))
+        assert all(isinstance(record, Record) for record in again)
+    finally:
+        pool.shutdown()
