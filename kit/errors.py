@@ -8,6 +8,7 @@ upload). Anything else is a bug in the kit and keeps its traceback.
 from __future__ import annotations
 
 from kit import CheckFailed, KitError
+from kit.s3 import is_not_found
 from model_code.errors import ArtifactError
 
 USAGE, FAILED = 2, 1
@@ -67,7 +68,7 @@ def _aws(exc: BaseException) -> tuple[str, int]:
         said = f"{exc.operation_name}: {message} ({code})"
         if code in DENIED:
             return f"{said}: these credentials may not do this; {CREDENTIALS_HINT} with a role that may", USAGE
-        if "does not exist" in message or "Could not find" in message or code.startswith("NoSuch"):
+        if "does not exist" in message or "Could not find" in message or code.startswith("NoSuch") or is_not_found(exc):
             return f"{said}: check the name and --region", USAGE
         return said, FAILED
     if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, ClientError):

@@ -18,6 +18,7 @@ from constructs import Construct
 from stacks.config import CohortJobsConfig
 from stacks.endpoint_role import ImageRef, bucket_arn, pull_image, sagemaker_role
 from stacks.nag import acknowledge, nag_resource
+from stacks.s3_uri import split
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"  # SageMaker's, shared by every training job of the account and region
 METRICS = "/aws/sagemaker/TrainingJobs"
@@ -38,8 +39,8 @@ class CohortJobRole(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        inputs = [_split(uri) for uri in jobs.inputs]
-        out_bucket, out_prefix = _split(output)
+        inputs = [split(uri) for uri in jobs.inputs]
+        out_bucket, out_prefix = split(output)  # its bucket may be the results bucket's token
         logs = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:{LOG_GROUP}"
         slides = [f"{bucket_arn(stack, b)}/{p}*" for b, p in inputs]
         outputs = f"{bucket_arn(stack, out_bucket)}/{out_prefix}*"
@@ -129,9 +130,3 @@ class CohortJobRole(Construct):
             f"AwsSolutions-IAM5[Resource::{nag_resource(stack.resolve(logs))}:log-stream:*]",
             reason="SageMaker names one log stream per training job and host in its own log group.",
         )
-
-
-def _split(uri: str) -> tuple[str, str]:
-    """'s3://bucket/prefix/' -> ('bucket', 'prefix/'); the bucket may be a token (the results bucket's import)."""
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key

@@ -17,12 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from model_code.catalogue import MODELS, canonical_name
 from model_code.errors import invalid_fields
 from model_code.manifest import MANIFEST
-from stacks import names
+from stacks import names, s3_uri
 
 ECR_URI = re.compile(
     r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([a-z0-9._/-]+)(:[\w.-]+|@sha256:[0-9a-f]{64})$"
 )
-S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.+)$")
 INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:([a-z0-9-]+):(\d{12}):key/[0-9a-f-]{36}$")
 GPU_FAMILIES = ("ml.g4dn.", "ml.g5.", "ml.g6.", "ml.g6e.", "ml.p3.", "ml.p4d.", "ml.p5.")
@@ -69,8 +68,8 @@ class CohortJobsConfig(BaseModel):
     @classmethod
     def _prefixes(cls, value: list[str] | str | None) -> list[str] | str | None:
         for uri in [value] if isinstance(value, str) else value or []:
-            match = S3_URI.match(uri)
-            if not match or not match.group(2).strip("/") or "*" in uri or not uri.endswith("/"):
+            _, key = s3_uri.parse(uri, "s3://BUCKET/PREFIX/")
+            if not key.strip("/") or "*" in uri or not uri.endswith("/"):
                 raise ValueError(
                     f"'{uri}': give s3://BUCKET/PREFIX/ (a folder, ending in '/'); a whole bucket or a wildcard "
                     "would let every cohort job read (or write) all of it"
@@ -117,7 +116,7 @@ class EndpointConfig(BaseModel):
 
     @property
     def artifact_in_s3(self) -> bool:
-        return self.artifact.startswith(("s3://", KIT_BUCKET))
+        return self.artifact.startswith((s3_uri.SCHEME, KIT_BUCKET))
 
     @property
     def artifact_in_kit_bucket(self) -> bool:
@@ -266,9 +265,11 @@ class KitConfig(BaseModel):
         if endpoint.artifact_in_kit_bucket:
             if not endpoint.artifact.removeprefix(KIT_BUCKET).strip("/"):
                 raise ValueError(f"{where}: '{endpoint.artifact}' names no key: kit://PREFIX/ or kit://KEY.tar.gz")
-        elif endpoint.artifact.startswith("s3://"):
-            if not S3_URI.match(endpoint.artifact):
-                raise ValueError(f"{where}: '{endpoint.artifact}' is not s3://BUCKET/KEY")
+        elif endpoint.artifact.startswith(s3_uri.SCHEME):
+            try:
+                s3_uri.parse(endpoint.artifact, needs_key=True)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
             if self.artifactKmsKeyArn is None:
                 raise ValueError(
                     f"{where}: '{endpoint.artifact}' is outside the kit's bucket, so the endpoint's role cannot know "

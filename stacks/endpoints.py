@@ -15,12 +15,11 @@ from aws_cdk import aws_s3_assets as s3_assets
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
-from stacks import names
+from stacks import names, s3_uri
 from stacks.cohort_job import CohortJobRole
 from stacks.config import (
     ECR_URI,
     KIT_BUCKET,
-    S3_URI,
     SSE_S3,
     ConfigError,
     EndpointConfig,
@@ -156,10 +155,9 @@ class EndpointsStack(Stack):
         if endpoint.artifact_in_kit_bucket:
             bucket = Fn.import_value(foundation.artifact_bucket_export)
             return ArtifactRef(bucket, endpoint.artifact.removeprefix(KIT_BUCKET), None)
-        match = S3_URI.match(endpoint.artifact)
-        if match:
+        if endpoint.artifact_in_s3:
             key = None if config.artifactKmsKeyArn == SSE_S3 else config.artifactKmsKeyArn
-            return ArtifactRef(match.group(1), match.group(2), key)
+            return ArtifactRef(*s3_uri.split(endpoint.artifact), key)  # as KitConfig checked it
         tarball = endpoint.local_tarball(REPO_ROOT)
         asset = s3_assets.Asset(self, f"{names.title(name)}ModelData", path=str(tarball))
         return ArtifactRef(asset.s3_bucket_name, asset.s3_object_key, None)

@@ -72,6 +72,8 @@ def test_upload_refuses_bad_targets(aws: boto3.Session, artifact: Path) -> None:
         upload_artifact(artifact, "s3://models/demo", aws)
     with pytest.raises(KitError, match="is not s3://BUCKET/KEY"):
         upload_artifact(artifact, "models/demo/", aws)
+    with pytest.raises(KitError, match="'s3://models/' is not s3://BUCKET/KEY: it names no key"):
+        upload_artifact(artifact.parent / "model.tar.gz", "s3://models/", aws)  # it once sent Key=''
     with pytest.raises(KitError, match="does not exist"):
         upload_artifact(artifact / "nope.tar.gz", "s3://models/x", aws)
 
@@ -215,6 +217,8 @@ def test_access_denied_names_the_credentials() -> None:
     denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized"}}, "DescribeStacks")
     message, status = explain(denied)  # type: ignore[misc]
     assert status == 2 and message.startswith("DescribeStacks: not authorized (AccessDenied): these credentials")
+    missing = ClientError({"Error": {"Code": "404", "Message": "Not Found"}}, "HeadObject")  # S3's HEAD: no body
+    assert explain(missing) == ("HeadObject: Not Found (404): check the name and --region", 2)
     throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "DescribeEndpoint")
     assert explain(throttled) == ("DescribeEndpoint: slow down (ThrottlingException)", 1)
     assert explain(ValueError("a bug")) is None

@@ -93,6 +93,15 @@ def test_a_url_without_a_scheme_is_a_usage_error(command: list[str], tmp_path: P
         (["slides", "run", "a.svs", "--endpoint", "h1-slides", "--out", "o", "--model", "h42"], "not a slide model"),
         (["upload", "README.md", "s3:/bad/uri"], "'s3:/bad/uri' is not s3://BUCKET/KEY"),
         (["batch", "--endpoint", "h1", "--input", "s3:/bad/uri"], "'s3:/bad/uri' is not s3://BUCKET/PREFIX/"),
+        (
+            ["batch", "--endpoint", "h1", "--input", "s3://My_Bucket/in/"],
+            "--input 's3://My_Bucket/in/' is not s3://BUCKET/PREFIX/: 'My_Bucket' is not an S3 bucket name",
+        ),
+        (
+            ["slides", "convert", "s3://lab/features", "--to", "stamp", "--out", "s3://lab..x/stamp"],
+            "--out 's3://lab..x/stamp' is not s3://BUCKET/PREFIX: 'lab..x' is not an S3 bucket name",
+        ),
+        (["upload", "README.md", "s3://bucket/"], "'s3://bucket/' is not s3://BUCKET/KEY: it names no key"),
         (["batch", "--endpoint", "h1", "--input", "s3://b/k/", "--max-concurrent", "50"], "is over 100"),
     ],
 )

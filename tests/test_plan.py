@@ -90,6 +90,7 @@ def test_cohort_csv_tiles_column_and_json(tmp_path: Path, capsys: pytest.Capture
     [
         ("path\na.svs\n", "columns must be"),
         ("slide\nmissing.svs\n", "cohort.csv:2: slide 'missing.svs': no such file"),
+        ("slide\ns3://My_Bucket/a.svs\n", "cohort.csv:2: slide 's3://My_Bucket/a.svs' is not s3://BUCKET/KEY"),
         ("slide,slide_id\na.svs,x\na.svs,x\n", "cohort.csv:3: slide_id 'x' appears twice"),
         ("slide,slide_id\na.svs,a b\n", "slide_id 'a b'"),
         ("slide,tiles\na.svs,many\n", "tiles 'many' is not a whole number"),

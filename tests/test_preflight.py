@@ -228,3 +228,21 @@ def test_preflight_fails_an_uploaded_artifact_whose_package_does_not_fit(aws: bo
     aws.client("s3").put_object(Bucket=bucket, Key="h1/v1/manifest.json", Body=manifest.model_dump_json().encode())
     check = by_name(preflight(config(), aws, stubbed(aws)))["artifact of h1"]
     assert not check.passed and "holds sm_90 kernels" in check.detail and "torchVersion" in check.fix
+
+
+def test_a_missing_artifact_names_what_is_not_there(aws: boto3.Session, artifact: Path) -> None:
+    """Each not-found by name (it once said only 's3://BUCKET/h1/v1/: Not Found', or S3's words for the manifest)."""
+    bucket = artifact_bucket(aws)
+    weights = next(rel for rel in json.loads((artifact / "manifest.json").read_text())["sha256"])
+    aws.client("s3").delete_object(Bucket=bucket, Key=f"h1/v1/{weights}")
+    endpoints = {
+        "h1": {"models": ["h1", "tissue-seg"], "artifact": "kit://h1/v1/"},
+        "h2": {"models": ["h1"], "artifact": "kit://h1/v2/"},
+        "h3": {"models": ["h1"], "artifact": "kit://h1/model.tar.gz"},
+    }
+    checks = by_name(preflight(config(endpoints=endpoints), aws, stubbed(aws)))
+    assert f"{weights}: not in S3" in checks["artifact of h1"].detail
+    assert checks["artifact of h2"].detail == f"s3://{bucket}/h1/v2/: no manifest.json there"
+    assert checks["artifact of h3"].detail == f"s3://{bucket}/h1/model.tar.gz: no such object"
+    assert not any(checks[f"artifact of {name}"].passed for name in endpoints)
+    assert checks["artifact of h2"].fix.startswith("python -m kit upload build/h2/model s3://")

@@ -396,6 +396,15 @@ def test_existing_image_s3_prefix_vpc_and_key(artifacts: dict[str, str], tmp_pat
         ({"cohortJobs": {"inputs": ["s3://slides/"]}}, "cohortJobs.inputs: 's3://slides/': give"),
         ({"cohortJobs": {"inputs": ["s3://slides/*"]}}, "a whole bucket or a wildcard"),
         ({"cohortJobs": {"inputs": ["s3://slides/cohorts"]}}, "a folder, ending in '/'"),
+        ({"cohortJobs": {"inputs": ["s3://10.0.0.1/cohorts/"]}}, "'10.0.0.1' is not an S3 bucket name"),
+        (
+            {
+                "endpoints": {"h1": {"models": ["h1"], "artifact": "s3://theirs-s3alias/h1/"}},
+                "artifactKmsKeyArn": "sse-s3",
+            },
+            "endpoints.h1.artifact: 's3://theirs-s3alias/h1/' is not s3://BUCKET/KEY: 'theirs-s3alias' is not an S3 "
+            "bucket name: no prefix",
+        ),
         ({"cohortJobs": {"inputs": []}}, "cohortJobs.inputs: List should have at least 1 item"),
         ({"cohortJobs": {"inputs": ["s3://s/c/"], "output": "s3://out/"}}, "cohortJobs.output: 's3://out/'"),
         ({"cohortJobs": '{"inputs": ["s3://s/c/"], "inputKmsKeyArns": ["k"]}'}, "'k' is not a KMS key ARN"),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ipaddress
 import json
-import re
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,16 +12,13 @@ from typing import TYPE_CHECKING
 from kit import CheckFailed, KitError
 from kit.artifacts import check_model_dir
 from kit.cli import add_aws, add_json, session, write_output
+from kit.s3 import parse
 
 if TYPE_CHECKING:
     import boto3
 
 HELP = "upload an artifact to S3 with checksums (dir -> prefix/)"
 PART_BYTES = 64 * 1024 * 1024  # S3 checks every part's SHA-256 on arrival; the whole file's goes in the metadata
-# S3's rules for a general purpose bucket's name (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html)
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 TARBALLS = (".tar.gz", ".tgz")
 
 
@@ -43,37 +38,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://") or "/" not in uri[5:]:
-        raise KitError(f"'{uri}' is not s3://BUCKET/KEY")
-    bucket, key = uri[5:].split("/", 1)
-    check_bucket(bucket)
-    return bucket, key
-
-
-def check_bucket(bucket: str) -> None:
-    """S3's naming rules, so `My_Bucket` is refused here rather than by S3 after the credentials check."""
-    reason = None
-    if not BUCKET.fullmatch(bucket):
-        reason = "3 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit"
-    elif ".." in bucket:
-        reason = "no two '.' in a row"
-    elif bucket.startswith(BUCKET_PREFIXES) or bucket.endswith(BUCKET_SUFFIXES):
-        reason = f"no prefix {', '.join(BUCKET_PREFIXES)} and no suffix {', '.join(BUCKET_SUFFIXES)}"
-    else:
-        try:
-            ipaddress.ip_address(bucket)
-            reason = "not an IP address"
-        except ValueError:
-            pass
-    if reason:
-        raise KitError(f"'{bucket}' is not an S3 bucket name: {reason}")
-
-
 def check_upload(path: Path, uri: str) -> None:
     """What can be checked without AWS: the URI, and that `path` is an artifact (a directory with its
     manifest, or a gzipped tarball; not a slide or any other file)."""
-    _, key = _split(uri)
+    _, key = parse(uri, needs_key=True)
     if path.is_dir():
         check_model_dir(path)
         if not key.endswith("/"):
@@ -96,7 +64,7 @@ def upload_artifact(path: Path, uri: str, session: boto3.Session) -> list[str]:
 
     from model_code.manifest import MANIFEST, read_manifest, sha256_file
 
-    bucket, key = _split(uri)
+    bucket, key = parse(uri, needs_key=True)
     if path.is_dir():
         if not key.endswith("/"):
             raise KitError(f"a model directory uploads to a prefix ending in '/', not '{uri}'")

@@ -9,12 +9,12 @@ while `sagemaker` 3.x brings 85 packages (mlflow, pandas, pyarrow, scikit-learn,
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from typing import TYPE_CHECKING, Any
 
 from kit import CheckFailed, KitError
 from kit.cli import add_aws, session
+from kit.s3 import parse
 from stacks import names
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 HELP = "run a batch transform job over S3 JSON-lines tile files on an endpoint's model, and wait for it"
 MAX_PAYLOAD_PRODUCT = 100  # MaxConcurrentTransforms x MaxPayloadInMB
-S3_PREFIX = re.compile(r"^s3://([^/]+)/(.*)$")
+PREFIX = "s3://BUCKET/PREFIX/"
 
 
 def job_request(
@@ -66,7 +66,8 @@ def job_request(
 
 
 def input_files(aws: boto3.Session, uri: str) -> list[str]:
-    bucket, prefix = _split(uri)
+    """The objects under a prefix, as SageMaker's S3Prefix reads it (every key that starts with it)."""
+    bucket, prefix = parse(uri, shape=PREFIX)
     pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")]
 
@@ -78,12 +79,11 @@ def wait(
     from kit.progress import progress
 
     sagemaker = aws.client("sagemaker")
-    bucket, prefix = _split(output_uri)
     deadline = time.monotonic() + timeout_s
     with progress(total=files, unit="file") as bar:
         while True:
             job = sagemaker.describe_transform_job(TransformJobName=job_name)
-            done = len(input_files(aws, f"s3://{bucket}/{prefix}"))
+            done = len(input_files(aws, output_uri))
             bar.update(min(done, files) - bar.n)
             bar.set_postfix_str(job["TransformJobStatus"])
             if job["TransformJobStatus"] in ("Completed", "Failed", "Stopped"):
@@ -91,13 +91,6 @@ def wait(
             if time.monotonic() > deadline:
                 raise CheckFailed(f"transform job {job_name} still {job['TransformJobStatus']} after {timeout_s:g} s")
             time.sleep(poll_s)
-
-
-def _split(uri: str) -> tuple[str, str]:
-    match = S3_PREFIX.match(uri)
-    if not match:
-        raise KitError(f"'{uri}' is not s3://BUCKET/PREFIX/")
-    return match.group(1), match.group(2)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
             f"--max-concurrent {args.max_concurrent} x --max-payload-mb {args.max_payload_mb} is over "
             f"{MAX_PAYLOAD_PRODUCT}: SageMaker refuses the job"
         )
-    for uri in (args.input, args.output):
+    for field, uri in (("--input", args.input), ("--output", args.output)):
         if uri is not None:
-            _split(uri)  # a malformed URI is refused before AWS is asked anything
+            parse(uri, field, shape=PREFIX)  # a malformed URI is refused before AWS is asked anything
     aws = session(args)
     deployment = find_deployment(aws, args.stack, args.endpoint)
     allowed = deployment.uri("BatchInput")

@@ -20,13 +20,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kit import KitError
+from kit.s3 import head, parse
 
 COLUMNS = ("slide", "slide_id", "slide_mpp", "bulk_rna", "tiles")
 SLIDE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names S3 keys and output files
 SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".bif", ".vms", ".svslide", ".mrxs")
 DICOM_SUFFIX = ".dcm"  # a folder of DICOM instances is one slide
 MRXS = ".mrxs"  # with the folder of its stem beside it, one slide
-S3_URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/(.*)$")
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,6 @@ class CohortSlide:
     @property
     def in_s3(self) -> bool:
         return self.source.startswith("s3://")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """'s3://bucket/some/key' -> ('bucket', 'some/key'); anything else is a usage error."""
-    match = S3_URI.match(uri)
-    if not match:
-        raise KitError(f"'{uri}' is not s3://BUCKET/KEY")
-    return match.group(1), match.group(2)
 
 
 def slide_id(source: str) -> str:
@@ -95,7 +87,7 @@ def find_slides(paths: list[Path]) -> list[Path]:
 
 def s3_slides(s3: Any, uri: str) -> list[CohortSlide]:
     """The slides under an S3 prefix with their sizes, multi-file units grouped (one slide each)."""
-    bucket, prefix = split_s3(uri)
+    bucket, prefix = parse(uri)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     objects = {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/")}
     slides = _units(bucket, objects)
@@ -124,18 +116,13 @@ def _units(bucket: str, objects: dict[str, int]) -> list[CohortSlide]:
 
 def with_sizes(s3: Any, slides: list[CohortSlide]) -> list[CohortSlide]:
     """S3 slides of a cohort CSV come without sizes: HEAD each (which also finds one that is not there)."""
-    from botocore.exceptions import ClientError
-
     sized = []
     for slide in slides:
         if slide.in_s3 and slide.size is None:
-            bucket, key = split_s3(slide.source)
-            try:
-                slide = replace(slide, size=s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-                    raise KitError(f"{slide.source}: no such object") from None
-                raise
+            found = head(s3, *parse(slide.source))
+            if found is None:
+                raise KitError(f"{slide.source}: no such object")
+            slide = replace(slide, size=found["ContentLength"])
         sized.append(slide)
     return sized
 
@@ -168,7 +155,9 @@ def _row(path: Path, line: int, row: dict[str, str]) -> CohortSlide:
     if not source:
         raise KitError(f"{path}:{line}: column 'slide' is empty")
     size = None
-    if not source.startswith("s3://"):
+    if source.startswith("s3://"):
+        parse(source, f"{path}:{line}: slide", needs_key=True)
+    else:
         local = (path.parent / source).resolve()
         if not local.is_file():
             raise KitError(f"{path}:{line}: slide '{source}': no such file")

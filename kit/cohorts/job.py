@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kit import KitError
-from kit.cohorts.cohort import CohortSlide, output_name, split_s3
+from kit.cohorts.cohort import CohortSlide, output_name
+from kit.s3 import parse
 from model_code.cohort import contract
 from stacks import names
 
@@ -82,7 +83,7 @@ class Cohort:
     slides: list[CohortSlide]
 
     def relative(self, slide: CohortSlide) -> str:
-        return split_s3(slide.source)[1].removeprefix(self.root)
+        return parse(slide.source)[1].removeprefix(self.root)
 
     def output_key(self, out_prefix: str, slide: CohortSlide, fmt: str) -> str:
         return out_prefix + output_name(self.relative(slide), slide.slide_id if slide.named else None, fmt)
@@ -93,10 +94,10 @@ def s3_cohort(slides: list[CohortSlide], prefixes: list[str]) -> Cohort:
     local = [s.source for s in slides if not s.in_s3]
     if local:
         raise KitError(f"{local[0]}: a training job reads slides from S3; upload them first (aws s3 sync DIR s3://...)")
-    buckets = {split_s3(s.source)[0] for s in slides}
+    buckets = {parse(s.source)[0] for s in slides}
     if len(buckets) > 1:
         raise KitError(f"slides in {len(buckets)} buckets ({', '.join(sorted(buckets))}): a job reads from one")
-    keys = [split_s3(p)[1] for p in prefixes] + [split_s3(s.source)[1] for s in slides if not s.parts]
+    keys = [parse(p)[1] for p in prefixes] + [parse(s.source)[1] for s in slides if not s.parts]
     keys += [s.parts[0] for s in slides if s.parts]
     common: list[str] = []
     for segments in zip(*(key.split("/")[:-1] for key in keys), strict=False):
@@ -111,20 +112,20 @@ def s3_cohort(slides: list[CohortSlide], prefixes: list[str]) -> Cohort:
 
 def present(s3: Any, uri: str) -> dict[str, int]:
     """Every object under an s3:// prefix: key -> size."""
-    bucket, prefix = split_s3(uri)
+    bucket, prefix = parse(uri)
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
 def missing(cohort: Cohort, out: str, fmt: str, existing: Iterable[str]) -> list[CohortSlide]:
     """The slides whose output is not under OUT yet."""
-    out_prefix, held = split_s3(out)[1], set(existing)
+    out_prefix, held = parse(out)[1], set(existing)
     return [s for s in cohort.slides if cohort.output_key(out_prefix, s, fmt) not in held]
 
 
 def running_jobs(aws: boto3.Session, out: str) -> list[str]:
     """Jobs started over this output (their folders under OUT/.kit/) that still run."""
-    bucket, prefix = split_s3(out + KIT_DIR)
+    bucket, prefix = parse(out + KIT_DIR)
     listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/")
     names = [p["Prefix"].removeprefix(prefix).rstrip("/") for p in listed.get("CommonPrefixes", [])]
     from botocore.exceptions import ClientError
@@ -144,11 +145,11 @@ def running_jobs(aws: boto3.Session, out: str) -> list[str]:
 
 def write_inputs(s3: Any, cohort: Cohort, slides: list[CohortSlide], out: str, job_name: str) -> tuple[str, str]:
     """The slides manifest and the cohort channel under OUT/.kit/JOB/: their S3 URIs."""
-    bucket, prefix = split_s3(f"{out}{KIT_DIR}{job_name}/")
+    bucket, prefix = parse(f"{out}{KIT_DIR}{job_name}/")
     manifest: list[Any] = [{"prefix": f"s3://{cohort.bucket}/{cohort.root}"}]
     lines = []
     for index, slide in enumerate(slides):
-        manifest += [key.removeprefix(cohort.root) for key in (slide.parts or (split_s3(slide.source)[1],))]
+        manifest += [key.removeprefix(cohort.root) for key in (slide.parts or (parse(slide.source)[1],))]
         rna = None
         if slide.bulk_rna is not None:
             rna = f"bulk_rna/{index}.json"
@@ -272,7 +273,7 @@ class Progress:
 def progress(s3: Any, out: str, name: str, outputs: dict[str, str]) -> Progress:
     """`outputs`: slide -> its output key. A slide is done when a `done` line says so and its output is there;
     failed when a line says so and it is not done; else remaining."""
-    bucket, prefix = split_s3(out)
+    bucket, prefix = parse(out)
     given = [json.loads(line)["slide"] for line in _read(s3, bucket, f"{prefix}{KIT_DIR}{name}/cohort/cohort.jsonl")]
     held = present(s3, out)
     done: dict[str, dict[str, Any]] = {}
@@ -300,7 +301,7 @@ def _read(s3: Any, bucket: str, key: str) -> list[str]:
 
 def output_keys(s3: Any, out: str, name: str, fmt: str) -> dict[str, str]:
     """slide -> output key, for the slides of a job's cohort.jsonl (the contract's naming)."""
-    bucket, prefix = split_s3(out)
+    bucket, prefix = parse(out)
     keys = {}
     for text in _read(s3, bucket, f"{prefix}{KIT_DIR}{name}/cohort/cohort.jsonl"):
         line = json.loads(text)

@@ -91,25 +91,26 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from kit.cohorts import job
-    from kit.cohorts.cohort import cohort_slides, split_s3, with_sizes
+    from kit.cohorts.cohort import cohort_slides, with_sizes
     from kit.cohorts.plan import Inputs, rows_table
+    from kit.s3 import folder, parse
 
     params = hyperparameters(args)
-    out = args.out if args.out.endswith("/") else args.out + "/"
-    split_s3(out)
+    out = folder(args.out)
+    parse(out, "--out", shape="s3://BUCKET/PREFIX/")
     if not args.artifact.startswith("kit://") or not args.artifact.endswith("/"):
         raise KitError(f"--artifact {args.artifact}: give kit://KEY/, an artifact `kit upload` put in the kit's bucket")
     if not 1 <= args.retries <= 30:
         raise KitError(f"--retries {args.retries}: 1 to 30 (RetryStrategy.MaximumRetryAttempts)")
     if args.instances < 1:
         raise KitError(f"--instances {args.instances}: at least 1")
-    prefixes = [s if s.endswith("/") else s + "/" for s in args.slides]
+    prefixes = [folder(s) for s in args.slides]
     if not prefixes and not args.cohort:
         raise KitError("give s3:// prefixes of slides or --cohort CSV (`python -m kit cohort run --help`)")
     for source in prefixes:
         if not source.startswith("s3://"):
             raise KitError(f"{source}: a training job reads slides from S3; upload them first (aws s3 sync)")
-        split_s3(source)
+        parse(source, shape="s3://BUCKET/PREFIX/")
     aws = session(args)
     s3 = aws.client("s3")
     stack = job.find_job_stack(aws, args.stack)
@@ -170,10 +171,10 @@ def run(args: argparse.Namespace) -> int:
 def _artifact(s3: Any, uri: str, model: str) -> int:
     """The artifact's bytes, after checking it is a kit artifact that holds the model."""
     from kit.cohorts import job
-    from kit.cohorts.cohort import split_s3
+    from kit.s3 import parse
 
     objects = job.present(s3, uri)
-    bucket, prefix = split_s3(uri)
+    bucket, prefix = parse(uri)
     if f"{prefix}manifest.json" not in objects:
         raise KitError(f"{uri}: no manifest.json there; upload the artifact with `python -m kit upload`")
     manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}manifest.json")["Body"].read())

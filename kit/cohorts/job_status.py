@@ -77,10 +77,10 @@ def _follow(
 
 def _download(aws: boto3.Session, described: dict[str, Any], state: Progress, target: Path) -> None:
     """The done slides' outputs into DIR, under their names relative to the output prefix."""
-    from kit.cohorts.cohort import split_s3
+    from kit.s3 import parse
 
     s3 = aws.client("s3")
-    bucket, prefix = split_s3(described["CheckpointConfig"]["S3Uri"])
+    bucket, prefix = parse(described["CheckpointConfig"]["S3Uri"])
     for slide in state.done:
         path = target / state.outputs[slide].removeprefix(prefix)
         path.parent.mkdir(parents=True, exist_ok=True)

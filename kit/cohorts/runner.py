@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import KitError
 from kit.cohorts.cohort import MRXS, CohortSlide, with_sizes
+from kit.s3 import head, is_not_found, parse
 from kit.slides.transport import Member, Part, part_chunks, parts_length, tar_parts
 from stacks import names
 
@@ -301,25 +302,18 @@ class _Concatenated(io.RawIOBase):
 
 
 def _holds(s3: Any, bucket: str, key: str, digest: bytes) -> bool:
-    from botocore.exceptions import ClientError
-
-    try:
-        head = s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return bool(head.get("Metadata", {}).get("sha256") == digest.hex())
+    found = head(s3, bucket, key)
+    return found is not None and found.get("Metadata", {}).get("sha256") == digest.hex()
 
 
 def _download(s3: Any, uri: str, path: Path) -> bool:
+    """Whether the object was there (and is now at `path`)."""
     from botocore.exceptions import ClientError
 
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:
-        s3.download_file(bucket, key, str(path))
+        s3.download_file(*parse(uri), str(path))
     except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+        if is_not_found(exc):
             return False
         raise
     return True

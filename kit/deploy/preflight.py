@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kit import REPO, KitError
 from kit.cli import add_aws, add_json, session, write_output
+from kit.s3 import head, is_not_found, parse
 from stacks import names
 
 if TYPE_CHECKING:
@@ -247,7 +248,7 @@ def artifact(context: Context, name: str, endpoint: EndpointConfig) -> Check:
             return Check(check, False, "the foundation stack is not deployed", "cdk deploy the foundation stack first")
         bucket, key = outputs["ArtifactBucket"], endpoint.artifact.removeprefix(KIT_BUCKET)
     else:
-        bucket, key = endpoint.artifact.removeprefix("s3://").split("/", 1)
+        bucket, key = parse(endpoint.artifact)  # as stacks/config.py checked it
     upload = f"python -m kit upload build/{name}/model{'' if key.endswith('/') else '.tar.gz'} s3://{bucket}/{key}"
     try:
         problems, uploaded = _uploaded(context.client("s3"), bucket, key, endpoint.models)
@@ -307,18 +308,29 @@ def image_default_torch() -> str:
 def _uploaded(s3: Any, bucket: str, key: str, models: list[str]) -> tuple[list[str], Manifest | None]:
     """What is wrong with an uploaded artifact (a prefix against its manifest, a tarball by its recorded
     sha256) and, for a prefix, its manifest."""
+    from botocore.exceptions import ClientError
+
     from model_code.manifest import MANIFEST, Manifest
 
     if not key.endswith("/"):
-        head = s3.head_object(Bucket=bucket, Key=key)
-        return (
-            [] if head.get("Metadata", {}).get("sha256") else [f"s3://{bucket}/{key} was not sent by kit upload"]
-        ), None
-    manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key + MANIFEST)["Body"].read())
+        found = head(s3, bucket, key)
+        if found is None:
+            return [f"s3://{bucket}/{key}: no such object"], None
+        sent = found.get("Metadata", {}).get("sha256")
+        return ([] if sent else [f"s3://{bucket}/{key} was not sent by kit upload"]), None
+    try:
+        manifest = Manifest.model_validate_json(s3.get_object(Bucket=bucket, Key=key + MANIFEST)["Body"].read())
+    except ClientError as exc:
+        if is_not_found(exc):
+            return [f"s3://{bucket}/{key}: no {MANIFEST} there"], None
+        raise
     problems = [f"the manifest lacks {m}" for m in models if manifest.entry(m) is None]
     for rel, digest in sorted(manifest.sha256.items()):
-        stored = s3.head_object(Bucket=bucket, Key=key + rel).get("Metadata", {}).get("sha256")
-        if stored != digest:
+        found = head(s3, bucket, key + rel)
+        stored = found.get("Metadata", {}).get("sha256") if found else None
+        if found is None:
+            problems.append(f"{rel}: not in S3")
+        elif stored != digest:
             problems.append(f"{rel}: sha256 {stored} in S3, {digest} in the manifest")
     return problems, manifest
 

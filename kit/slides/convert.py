@@ -22,10 +22,12 @@ from typing import Any
 
 from kit import KitError
 from kit.cli import add_aws
+from kit.s3 import folder, join, parse
 
 HELP = "turn kit features files into another layout (trident, stamp, clam) without running a model again"
 TARGETS = ("trident", "stamp", "clam")
 SOURCE_SUFFIXES = (".zarr.zip", ".h5")
+PREFIX = "s3://BUCKET/PREFIX"
 
 
 @dataclass
@@ -47,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    for field, where in (("SOURCE", args.source), ("--out", args.out)):
+        if where.startswith("s3://"):
+            parse(where, field, shape=PREFIX)  # before AWS is asked anything
     s3 = _s3(args) if args.source.startswith("s3://") or args.out.startswith("s3://") else None
     conversions = plan(_sources(args.source, s3), args.to)
     if not args.out.startswith("s3://"):
@@ -124,7 +129,7 @@ def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = 
 def _convert_one(conversion: Conversion, args: argparse.Namespace, s3: Any, work: Path) -> None:
     if args.source.startswith("s3://"):
         local = work / "source"
-        bucket, _ = _split(args.source)
+        bucket, _ = parse(args.source)
         s3.download_file(bucket, conversion.source, str(local))
     else:
         local = Path(conversion.source)
@@ -133,8 +138,8 @@ def _convert_one(conversion: Conversion, args: argparse.Namespace, s3: Any, work
     convert_file(local, layout, built[0], built[1] if args.to == "clam" else None)
     for path, name in zip(built, conversion.outputs, strict=True):
         if args.out.startswith("s3://"):
-            bucket, prefix = _split(args.out)
-            s3.upload_file(str(path), bucket, _join(prefix, name))
+            bucket, prefix = parse(args.out)
+            s3.upload_file(str(path), bucket, join(prefix, name))
             path.unlink()
         else:
             target = Path(args.out) / name
@@ -145,8 +150,8 @@ def _convert_one(conversion: Conversion, args: argparse.Namespace, s3: Any, work
 def _sources(source: str, s3: Any) -> list[tuple[str, str]]:
     """(a local path or an S3 key, its path under SOURCE) for every kit output under SOURCE, in name order."""
     if source.startswith("s3://"):
-        bucket, prefix = _split(source)
-        base = prefix if prefix.endswith("/") or not prefix else prefix + "/"
+        bucket, prefix = parse(source)
+        base = folder(prefix)
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=base)
         keys = [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(SOURCE_SUFFIXES)]
         found = [(key, key.removeprefix(base)) for key in sorted(keys)]
@@ -172,17 +177,6 @@ def _refuse_overwriting_sources(source: str, out: Path, conversions: list[Conver
 
 def _without_suffix(name: str) -> str:
     return next(name.removesuffix(s) for s in SOURCE_SUFFIXES if name.endswith(s))
-
-
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket:
-        raise KitError(f"{uri}: give s3://bucket/prefix")
-    return bucket, key
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix.rstrip('/')}/{name}" if prefix else name
 
 
 def _s3(args: argparse.Namespace) -> Any:
