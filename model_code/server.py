@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
-from model_code.connections import awaits_continue, disconnected, drain
+from model_code.connections import disconnected, limited_body
 from model_code.decoding import DecodePool
 from model_code.errors import LOADING, ClientError, ForwardError, Result, unavailable
 from model_code.inference import Batch, Models
@@ -199,41 +199,15 @@ async def until_disconnected(work: Any, request: Request | None) -> Any:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, decompressed when gzip-encoded; over `limit` (sent or decompressed), a 413.
-
-    A body known to be too large is read and discarded (up to DRAIN_BYTES, while the client keeps
-    sending) before the 413 goes out, so that clients that send their whole body before reading the
-    answer (urllib, requests) get the 413 rather than a reset connection.
-    """
+    """The body, decompressed when gzip-encoded; over `limit` (sent or decompressed), a 413 (MAX_BODY_MB),
+    after what the client still sends is drained (up to DRAIN_BYTES, `connections.limited_body`)."""
     encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise ClientError(
             f"unsupported content encoding '{encoding}'; send gzip or no encoding", field="content_encoding", status=415
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        await drain(request, DRAIN_BYTES, awaits_continue(request))
-        raise _too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in _chunks(request):
-        size += len(chunk)
-        if size > limit:
-            await drain(request, DRAIN_BYTES, waiting=False)
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = b"".join([chunk async for chunk in limited_body(request, limit, "MAX_BODY_MB", DRAIN_BYTES)])
     return body if encoding == "identity" else gunzip(body, limit)
-
-
-async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -248,12 +222,6 @@ def gunzip(body: bytes, limit: int) -> bytes:
     if not inflater.eof:
         raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
     return out
-
-
-def _too_large(size: int, limit: int) -> ClientError:
-    return ClientError(
-        f"body of {size} bytes or more is over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413
-    )
 
 
 def error_response(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> Response:
