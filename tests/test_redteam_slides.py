@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from kit.artifacts.builder import package
-from kit.endpoints.samples import synthetic_counts
+from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.slides.synthetic import make_slide, write_svs
 from model_code.settings import Settings
 from model_code.slides import job
@@ -272,7 +272,9 @@ def test_rest_routes_choose_the_slides_model_and_mode(running: Running, slide: b
     contradicted = httpx.post(
         f"{running.url}/api/embed/h1", content=slide, headers={**headers, ATTRIBUTES: "model=m-optimus"}, timeout=60
     )
-    assert "contradicts" in refused(contradicted, "model")  # was: m-optimus's features from /api/embed/h1
+    assert refused(contradicted, "model") == "'m-optimus' contradicts 'h1' in the route"  # was: m-optimus's features
+    tile = httpx.post(f"{running.url}/api/embed/h1", json=wire_record("m-optimus", "embedding"), timeout=60)
+    assert refused(tile, "model_name") == "'m-optimus' contradicts 'h1' in the route"  # one check for both paths
 
 
 def test_endpoint_without_tissue_seg_refuses_slides(tmp_path: Path, slide: bytes) -> None:
