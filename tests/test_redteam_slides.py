@@ -251,9 +251,12 @@ def test_bad_bulk_rna_is_named(running: Running, slide: bytes, scratch: Path, rn
     assert reason in refused(post_slide(running, body, M_OPTIMUS, TAR), "bulk_rna")
 
 
-def test_bulk_rna_for_a_model_without_it_is_refused(running: Running, slide: bytes, scratch: Path) -> None:
-    body = tar(member("slide.svs", slide), member("bulk_rna.json", RNA))
-    assert "no bulk RNA" in refused(post_slide(running, body, "model=h1", TAR), "bulk_rna")
+@pytest.mark.parametrize("rna", [RNA, orjson.dumps([1.0] * 3)], ids=["m-optimus-counts", "short"])
+def test_bulk_rna_for_a_model_without_it_is_refused(running: Running, slide: bytes, scratch: Path, rna: bytes) -> None:
+    """The model asked for decides, by its spec (was, for the short list: "model 'm-optimus' takes 19374 counts")."""
+    body = tar(member("slide.svs", slide), member("bulk_rna.json", rna))
+    reason = refused(post_slide(running, body, "model=h1", TAR), "bulk_rna")
+    assert reason == "model 'h1' takes no bulk RNA; send the slide alone"
 
 
 # --- routes ----------------------------------------------------------------------------------------------------

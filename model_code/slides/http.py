@@ -28,7 +28,7 @@ from model_code.errors import LOADING, ClientError, unavailable
 from model_code.inference import Models
 from model_code.records import media_type
 from model_code.slides import archives
-from model_code.slides.job import check_bulk_rna, choose_runner, run_slide
+from model_code.slides.job import choose_runner, run_slide
 from model_code.slides.options import slide_options
 from model_code.slides.tissue import SlideCancelled
 from model_code.slides.writers import MEDIA_TYPES, SUFFIXES
@@ -87,9 +87,8 @@ class SlideService:
         try:
             body = await _save_body(request, workdir / "body", self.max_bytes)
             if archives.is_archive(kind):
-                slide, rna = await asyncio.to_thread(archives.unpack, body, kind, workdir, self.max_bytes)
+                slide, rna = await asyncio.to_thread(archives.unpack, body, kind, workdir, self.max_bytes, runner.spec)
                 body.unlink()
-                check_bulk_rna(runner, rna)
             else:
                 slide, rna = body, None
             out = workdir / f"features{SUFFIXES[options.format]}"
