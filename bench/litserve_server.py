@@ -30,7 +30,7 @@ from fastapi.responses import Response
 
 from model_code import inference
 from model_code.errors import ClientError, Result
-from model_code.inference import Batch
+from model_code.inference import ParsedRequest
 from model_code.records import Record, decode_record
 from model_code.runners import ForwardHooks, simulate_device
 from model_code.settings import Settings
@@ -73,7 +73,7 @@ class HandlerAPI(ls.LitAPI):
     def predict(self, records: list[Record]) -> list[Result]:
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # the one device: the workers' forward passes take turns
         try:
-            results = inference.predict_fn(Batch(list(records), "list"), self.models).results
+            results = inference.predict_fn(ParsedRequest(list(records), "list"), self.models).results
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
         assert results is not None
@@ -83,7 +83,7 @@ class HandlerAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output: Result) -> Response:
-        body, media_type = inference.output_fn(Batch([], "object", [output]), None)
+        body, media_type = inference.output_fn(ParsedRequest([], "object", [output]), None)
         return Response(body, media_type=media_type)
 
 

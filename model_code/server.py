@@ -31,7 +31,7 @@ from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WIT
 from model_code.connections import disconnected, limited_body
 from model_code.decoding import DecodePool
 from model_code.errors import LOADING, ClientError, ForwardError, Result, unavailable
-from model_code.inference import Batch, Models
+from model_code.inference import Models, ParsedRequest
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
 from model_code.runners import ForwardHooks, simulate_device
@@ -107,7 +107,7 @@ class Server:
 
     def _predict(self, records: list[Record]) -> list[Result]:
         assert self.models is not None
-        result = inference.predict_fn(Batch(list(records), "list"), self.models)
+        result = inference.predict_fn(ParsedRequest(list(records), "list"), self.models)
         assert result.results is not None
         return result.results
 
@@ -153,7 +153,7 @@ class Server:
         began = time.perf_counter()
         self.decoding += 1
         try:
-            batch = await loop.run_in_executor(self.parse_pool, parse)
+            parsed = await loop.run_in_executor(self.parse_pool, parse)
         except ClientError as exc:
             if exc.record is not None:  # a request of one bad record
                 self.metrics.record_errors.labels(str(exc.status_code)).inc()
@@ -161,8 +161,8 @@ class Server:
         finally:
             self.decoding -= 1
             self.metrics.decode.observe(time.perf_counter() - began)
-        results = [inference.answer_directly(record, models) for record in batch.records]
-        tiles = [record for record, result in zip(batch.records, results, strict=True) if result is None]
+        results = [inference.answer_directly(record, models) for record in parsed.records]
+        tiles = [record for record, result in zip(parsed.records, results, strict=True) if result is None]
         if tiles:
             answers = iter(await until_disconnected(batcher.run(tiles), request))
             results = [next(answers) if result is None else result for result in results]
@@ -171,11 +171,11 @@ class Server:
                 self.metrics.record_errors.labels(str(entry.status_code)).inc()
             if isinstance(entry, ForwardError):
                 self.metrics.isolated_tiles.labels(entry.model).inc()
-        finished = inference.with_results(batch, results)  # type: ignore[arg-type]  # a lone failed record raises
+        finished = inference.with_results(parsed, results)  # type: ignore[arg-type]  # a lone failed record raises
         serialise = functools.partial(
             inference.serialise,
             finished,
-            negotiate(accept, batch.layout),
+            negotiate(accept, parsed.layout),
             self.settings.limits.max_response_bytes,
         )
         out, out_type = await loop.run_in_executor(self.parse_pool, serialise)
