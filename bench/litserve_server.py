@@ -33,7 +33,7 @@ from fastapi.responses import Response
 from bench.simulated_device import SimulatedDevice, forward_ms
 from model_code import inference
 from model_code.errors import ClientError, Result
-from model_code.inference import Batch
+from model_code.inference import ParsedRequest
 from model_code.records import Record, decode_record
 from model_code.runners import ForwardHooks
 
@@ -74,7 +74,7 @@ class HandlerAPI(ls.LitAPI):
     def predict(self, records: list[Record]) -> list[Result]:
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # the one device: the workers' forward passes take turns
         try:
-            results = inference.predict_fn(Batch(list(records), "list"), self.models).results
+            results = inference.predict_fn(ParsedRequest(list(records), "list"), self.models).results
         finally:
             fcntl.flock(self.lock, fcntl.LOCK_UN)
         assert results is not None
@@ -84,7 +84,7 @@ class HandlerAPI(ls.LitAPI):
         return output
 
     def encode_response(self, output: Result) -> Response:
-        body, media_type = inference.output_fn(Batch([], "object", [output]), None)
+        body, media_type = inference.output_fn(ParsedRequest([], "object", [output]), None)
         return Response(body, media_type=media_type)
 
 

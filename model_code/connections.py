@@ -9,10 +9,13 @@ connection after `read_timeout` seconds without a byte, and on shutdown at once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from model_code.errors import ClientError
 
 
 class StallGuardProtocol(HttpToolsProtocol):
@@ -100,3 +103,32 @@ async def drain(request: Request, limit: int, waiting: bool) -> None:
                 return
     except TimeoutError:
         return
+
+
+async def limited_body(request: Request, limit: int, setting: str, drain_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks; a body over `limit` bytes (declared, before any is read, or sent) is a 413 naming
+    `setting`, raised once what the client still sends of it is drained (up to `drain_bytes`), so that a
+    client that sends everything before reading reads the 413 rather than a reset connection."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        await drain(request, drain_bytes, awaits_continue(request))
+        raise too_large(int(declared), limit, setting)
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await drain(request, drain_bytes, waiting=False)
+            raise too_large(size, limit, setting)
+        yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def too_large(size: int, limit: int, setting: str) -> ClientError:
+    return ClientError(
+        f"body of {size} bytes or more is over the limit of {limit} bytes ({setting})", field="body", status=413
+    )

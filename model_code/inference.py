@@ -55,8 +55,9 @@ RecordMap = Callable[
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Records of one request (or of many, merged by the server) and, after predict_fn, their results."""
+class ParsedRequest:
+    """input_fn's request: its records and layout and, after predict_fn, their results (the server hands
+    predict_fn a forward batch's records, from many requests, as one of layout "list")."""
 
     records: list[Record | ClientError]
     layout: Layout
@@ -139,7 +140,7 @@ def _load_runner(
     return RUNNERS[family](entry, module, device, max_batch, hooks)
 
 
-def input_fn(input_data: bytes | str, content_type: str) -> Batch:
+def input_fn(input_data: bytes | str, content_type: str) -> ParsedRequest:
     """Parse and decode a request; a single bad record (or a body that is not records) raises.
 
     Exactly two parameters: AWS's toolkit passes its context to a handler with one more.
@@ -154,7 +155,7 @@ def parse_request(
     map_records: RecordMap = map,
     limits: Limits | None = None,
     models: Models | None = None,
-) -> Batch:
+) -> ParsedRequest:
     """input_fn, where `overrides` (the REST routes' model and mode) fill in or must agree with each record,
     and `map_records` may decode the records of a many-record request in parallel (the server's pool).
     Too many records, or records whose answers cannot fit `limits` (default: from the environment), are a 413
@@ -163,12 +164,12 @@ def parse_request(
     raw, layout = split_body(input_data, content_type, limits.max_records)
     check_answer_size(raw, overrides, limits.max_response_bytes, models.metadata_bytes if models else None)
     records = list(map_records(functools.partial(decode_item, overrides=overrides), list(enumerate(raw))))
-    batch = Batch(records, layout)
-    _raise_single(batch.records, layout)
-    return batch
+    parsed = ParsedRequest(records, layout)
+    _raise_single(parsed.records, layout)
+    return parsed
 
 
-def predict_fn(data: Batch, model: Models) -> Batch:
+def predict_fn(data: ParsedRequest, model: Models) -> ParsedRequest:
     """Run each model's records together as batched tensors; metadata records need no forward."""
     results: list[Result | None] = [answer_directly(record, model) for record in data.records]
     groups: dict[str, list[tuple[int, Record]]] = {}
@@ -211,7 +212,7 @@ def run_isolating(runner: Runner, records: list[Record]) -> list[dict[str, np.nd
         return run_isolating(runner, records[:half]) + run_isolating(runner, records[half:])
 
 
-def with_results(data: Batch, results: list[Result]) -> Batch:
+def with_results(data: ParsedRequest, results: list[Result]) -> ParsedRequest:
     """The request with its results (predict_fn's, or the server's batcher's); a lone failed record raises."""
     _raise_single(results, data.layout)
     return replace(data, results=results)
@@ -226,15 +227,15 @@ def response(record: Record, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
     return body
 
 
-def output_fn(prediction: Batch, accept: str | None) -> tuple[bytes, str]:
+def output_fn(prediction: ParsedRequest, accept: str | None) -> tuple[bytes, str]:
     """Serialise results as JSON (object or list, as the request was) or JSON lines; returns (body, type)."""
     return serialise(prediction, negotiate(accept, prediction.layout), Limits.from_env().max_response_bytes)
 
 
-def serialise(prediction: Batch, kind: str, max_bytes: int) -> tuple[bytes, str]:
+def serialise(prediction: ParsedRequest, kind: str, max_bytes: int) -> tuple[bytes, str]:
     """output_fn's body in a negotiated media type; an answer over `max_bytes` is a 413 (MAX_RESPONSE_MB),
     found entry by entry, so no more than the limit is ever built."""
-    assert prediction.results is not None, "output_fn needs the Batch that predict_fn returned"
+    assert prediction.results is not None, "output_fn needs the ParsedRequest that predict_fn returned"
     if prediction.layout == "object" and kind != JSONLINES:
         parts = [_entry(prediction.results[0])]
         _check_size(len(parts[0]), max_bytes)

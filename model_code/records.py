@@ -30,6 +30,7 @@ from model_code.catalogue import (
     canonical_name,
 )
 from model_code.errors import ClientError, invalid_fields
+from model_code.routes import check_route
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"
@@ -226,12 +227,8 @@ def decode_record(raw: Any, index: int, overrides: dict[str, str] | None = None)
 def _decode(raw: Any, index: int, overrides: dict[str, str]) -> Record:
     if not isinstance(raw, dict):
         raise ClientError(f"a record must be a JSON object, got {type(raw).__name__}", field="body")
-    for name, value in overrides.items():
-        sent = raw.get(name)
-        same = sent == value or (name == "model_name" and canonical_name(str(sent)) == canonical_name(value))
-        if sent is not None and not same:
-            raise ClientError(f"'{sent}' contradicts '{value}' in the route", field=name)
     if overrides:
+        check_route(raw, overrides)
         raw = {**raw, **overrides}
     try:
         wire = WireRecord.model_validate(raw)

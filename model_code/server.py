@@ -28,10 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from model_code import __version__, auth, docs, inference
 from model_code.batching import Batcher, favour_forward
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
-from model_code.connections import awaits_continue, disconnected, drain
+from model_code.connections import disconnected, limited_body
 from model_code.decoding import DecodePool
 from model_code.errors import LOADING, ClientError, ForwardError, Result, unavailable
-from model_code.inference import Batch, Models
+from model_code.inference import Models, ParsedRequest
 from model_code.metrics import Metrics
 from model_code.records import JSON, Record, WireRecord, check_content_type, negotiate
 from model_code.runners import ForwardHooks
@@ -108,7 +108,7 @@ class Server:
 
     def _predict(self, records: list[Record]) -> list[Result]:
         assert self.models is not None
-        result = inference.predict_fn(Batch(list(records), "list"), self.models)
+        result = inference.predict_fn(ParsedRequest(list(records), "list"), self.models)
         assert result.results is not None
         return result.results
 
@@ -158,7 +158,7 @@ class Server:
         began = time.perf_counter()
         self.decoding += 1
         try:
-            batch = await loop.run_in_executor(self.parse_pool, parse)
+            parsed = await loop.run_in_executor(self.parse_pool, parse)
         except ClientError as exc:
             if exc.record is not None:  # a request of one bad record
                 self.metrics.record_errors.labels(str(exc.status_code)).inc()
@@ -166,8 +166,8 @@ class Server:
         finally:
             self.decoding -= 1
             self.metrics.decode.observe(time.perf_counter() - began)
-        results = [inference.answer_directly(record, models) for record in batch.records]
-        tiles = [record for record, result in zip(batch.records, results, strict=True) if result is None]
+        results = [inference.answer_directly(record, models) for record in parsed.records]
+        tiles = [record for record, result in zip(parsed.records, results, strict=True) if result is None]
         if tiles:
             answers = iter(await until_disconnected(batcher.run(tiles), request))
             results = [next(answers) if result is None else result for result in results]
@@ -176,11 +176,11 @@ class Server:
                 self.metrics.record_errors.labels(str(entry.status_code)).inc()
             if isinstance(entry, ForwardError):
                 self.metrics.isolated_tiles.labels(entry.model).inc()
-        finished = inference.with_results(batch, results)  # type: ignore[arg-type]  # a lone failed record raises
+        finished = inference.with_results(parsed, results)  # type: ignore[arg-type]  # a lone failed record raises
         serialise = functools.partial(
             inference.serialise,
             finished,
-            negotiate(accept, batch.layout),
+            negotiate(accept, parsed.layout),
             self.settings.limits.max_response_bytes,
         )
         out, out_type = await loop.run_in_executor(self.parse_pool, serialise)
@@ -204,41 +204,15 @@ async def until_disconnected(work: Any, request: Request | None) -> Any:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, decompressed when gzip-encoded; over `limit` (sent or decompressed), a 413.
-
-    A body known to be too large is read and discarded (up to DRAIN_BYTES, while the client keeps
-    sending) before the 413 goes out, so that clients that send their whole body before reading the
-    answer (urllib, requests) get the 413 rather than a reset connection.
-    """
+    """The body, decompressed when gzip-encoded; over `limit` (sent or decompressed), a 413 (MAX_BODY_MB),
+    after what the client still sends is drained (up to DRAIN_BYTES, `connections.limited_body`)."""
     encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
         raise ClientError(
             f"unsupported content encoding '{encoding}'; send gzip or no encoding", field="content_encoding", status=415
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        await drain(request, DRAIN_BYTES, awaits_continue(request))
-        raise _too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in _chunks(request):
-        size += len(chunk)
-        if size > limit:
-            await drain(request, DRAIN_BYTES, waiting=False)
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    body = b"".join([chunk async for chunk in limited_body(request, limit, "MAX_BODY_MB", DRAIN_BYTES)])
     return body if encoding == "identity" else gunzip(body, limit)
-
-
-async def _chunks(request: Request) -> AsyncIterator[bytes]:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
-        yield message.get("body", b"")
-        if not message.get("more_body", False):
-            return
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -253,12 +227,6 @@ def gunzip(body: bytes, limit: int) -> bytes:
     if not inflater.eof:
         raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
     return out
-
-
-def _too_large(size: int, limit: int) -> ClientError:
-    return ClientError(
-        f"body of {size} bytes or more is over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413
-    )
 
 
 def error_response(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> Response:

@@ -349,6 +349,7 @@ def test_bulk_rna_minus_one_marks_a_gene_not_measured_and_reaches_the_model_as_m
 
 def test_a_route_mode_contradicting_the_record_mode_is_refused(models: Models) -> None:
     from model_code.inference import parse_request
+    from model_code.slides.options import slide_options
 
     record = wire_record("m-optimus", "embedding")
     with pytest.raises(ClientError, match="contradicts 'prediction' in the route") as caught:
@@ -357,6 +358,11 @@ def test_a_route_mode_contradicting_the_record_mode_is_refused(models: Models) -
     route = {"model_name": "m-optimus-stx", "mode": "embedding"}
     alias = parse_request(orjson.dumps(record), "application/json", route)
     assert alias.records[0].model == "m-optimus"  # type: ignore[union-attr]
+    unknown = orjson.dumps({"model_name": "nope", "mode": "embedding"})  # was: agreed (both unknown names)
+    with pytest.raises(ClientError, match="'nope' contradicts 'other' in the route"):
+        parse_request(unknown, "application/json", {"model_name": "other", "mode": "embedding"})
+    with pytest.raises(ClientError, match="'nope' contradicts 'other' in the route"):
+        slide_options({}, [("model", "nope")], {"model": "other", "mode": "embedding"})
 
 
 def test_a_record_for_a_model_not_hosted_gets_its_own_404_in_a_list(h1_only: Models) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from kit.endpoints.samples import synthetic_counts
 from kit.slides.synthetic import make_slide
+from model_code.catalogue import MODELS
 from model_code.errors import ClientError
 from model_code.slides import archives
 from model_code.slides.slide_files import slide_file
@@ -115,7 +116,7 @@ def test_a_zip_that_unpacks_past_the_slide_limit_is_413_before_it_is_written(tmp
     assert body.stat().st_size < 100_000
     (tmp_path / "work").mkdir()
     with pytest.raises(ClientError) as refused:
-        archives.unpack(body, "application/zip", tmp_path / "work", limit=1 << 20)
+        archives.unpack(body, "application/zip", tmp_path / "work", limit=1 << 20, spec=MODELS["h1"])
     assert refused.value.status_code == 413 and not list((tmp_path / "work").rglob("slide.svs"))
 
 

@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from kit.artifacts.builder import package
-from kit.endpoints.samples import synthetic_counts
+from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.slides.synthetic import make_slide, write_svs
 from model_code.settings import Settings
 from model_code.slides import job
@@ -251,9 +251,12 @@ def test_bad_bulk_rna_is_named(running: Running, slide: bytes, scratch: Path, rn
     assert reason in refused(post_slide(running, body, M_OPTIMUS, TAR), "bulk_rna")
 
 
-def test_bulk_rna_for_a_model_without_it_is_refused(running: Running, slide: bytes, scratch: Path) -> None:
-    body = tar(member("slide.svs", slide), member("bulk_rna.json", RNA))
-    assert "no bulk RNA" in refused(post_slide(running, body, "model=h1", TAR), "bulk_rna")
+@pytest.mark.parametrize("rna", [RNA, orjson.dumps([1.0] * 3)], ids=["m-optimus-counts", "short"])
+def test_bulk_rna_for_a_model_without_it_is_refused(running: Running, slide: bytes, scratch: Path, rna: bytes) -> None:
+    """The model asked for decides, by its spec (was, for the short list: "model 'm-optimus' takes 19374 counts")."""
+    body = tar(member("slide.svs", slide), member("bulk_rna.json", rna))
+    reason = refused(post_slide(running, body, "model=h1", TAR), "bulk_rna")
+    assert reason == "model 'h1' takes no bulk RNA; send the slide alone"
 
 
 # --- routes ----------------------------------------------------------------------------------------------------
@@ -272,7 +275,9 @@ def test_rest_routes_choose_the_slides_model_and_mode(running: Running, slide: b
     contradicted = httpx.post(
         f"{running.url}/api/embed/h1", content=slide, headers={**headers, ATTRIBUTES: "model=m-optimus"}, timeout=60
     )
-    assert "contradicts" in refused(contradicted, "model")  # was: m-optimus's features from /api/embed/h1
+    assert refused(contradicted, "model") == "'m-optimus' contradicts 'h1' in the route"  # was: m-optimus's features
+    tile = httpx.post(f"{running.url}/api/embed/h1", json=wire_record("m-optimus", "embedding"), timeout=60)
+    assert refused(tile, "model_name") == "'m-optimus' contradicts 'h1' in the route"  # one check for both paths
 
 
 def test_endpoint_without_tissue_seg_refuses_slides(tmp_path: Path, slide: bytes) -> None:

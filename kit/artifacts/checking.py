@@ -10,7 +10,7 @@ import torch
 
 from kit import KitError
 from model_code.catalogue import ECHO_FIELDS, EMBEDDING, PREDICTION
-from model_code.inference import Batch, load_models, predict_fn
+from model_code.inference import ParsedRequest, load_models, predict_fn
 from model_code.manifest import ModelEntry, read_manifest
 from model_code.records import Record
 
@@ -27,7 +27,7 @@ def check_artifact(model_dir: Path) -> dict[str, dict[str, int]]:
         blank = np.zeros((spec.tile_size, spec.tile_size, 3), dtype=np.uint8)
         echo = dict.fromkeys(ECHO_FIELDS)
         records = [Record(i, name, mode, echo, blank, None) for i, mode in enumerate(spec.modes) if mode != "metadata"]
-        result = predict_fn(Batch(list(records), "list"), models)
+        result = predict_fn(ParsedRequest(list(records), "list"), models)
         assert result.results is not None
         sizes[name] = {}
         for record, entry in zip(records, result.results, strict=True):

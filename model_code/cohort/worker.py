@@ -69,7 +69,8 @@ class Worker:
             for i, task in enumerate(tasks):
                 if self.stop.is_set():
                     break
-                self._one(config, models, task, tasks[i + 1].unit if i + 1 < len(tasks) else None, copier, status)
+                following = tasks[i + 1].unit if i + 1 < len(tasks) else None
+                self._one(config, runner, models, task, following, copier, status)
         finally:
             copier.close()
         if self.stop.is_set():
@@ -124,7 +125,7 @@ class Worker:
         return None
 
     def _one(
-        self, config: JobConfig, models: Models, task: Task, following: Unit | None, copier: CopyAhead,
+        self, config: JobConfig, runner: Runner, models: Models, task: Task, following: Unit | None, copier: CopyAhead,
         status: StatusLog,
     ) -> None:  # fmt: skip
         unit, began = task.unit, time.perf_counter()
@@ -136,7 +137,7 @@ class Worker:
             local = copier.fetch(unit)
             if following is not None:
                 copier.ahead(following)
-            rna = self._bulk_rna(config, unit)
+            rna = self._bulk_rna(config, unit, runner)
             summary = run_slide(slide_file(local), made, task.options, models, rna, self.read_threads, self.stop)
             _publish(made, task.out)
         except (SlideCancelled, Stopped):
@@ -152,11 +153,11 @@ class Worker:
             copier.release(unit)
             shutil.rmtree(made.parent, ignore_errors=True)
 
-    def _bulk_rna(self, config: JobConfig, unit: Unit) -> np.ndarray | None:
+    def _bulk_rna(self, config: JobConfig, unit: Unit, runner: Runner) -> np.ndarray | None:
         if unit.bulk_rna is None:
             return None
         try:
-            return bulk_rna_file(config.channel(COHORT_CHANNEL) / unit.bulk_rna)
+            return bulk_rna_file(config.channel(COHORT_CHANNEL) / unit.bulk_rna, runner.spec)
         except OSError as exc:
             raise ClientError(
                 f"cannot read '{unit.bulk_rna}' in the channel '{COHORT_CHANNEL}': {exc.strerror}", field="bulk_rna"

@@ -20,7 +20,7 @@ from typing import IO
 import numpy as np
 import orjson
 
-from model_code.catalogue import MODELS
+from model_code.catalogue import ModelSpec
 from model_code.errors import ClientError
 from model_code.records import bulk_rna_vector
 from model_code.slides.slide_files import slide_file
@@ -37,9 +37,9 @@ def is_archive(kind: str) -> bool:
     return kind == TAR or kind in ZIP_TYPES
 
 
-def unpack(body: Path, kind: str, workdir: Path, limit: int) -> tuple[Path, np.ndarray | None]:
+def unpack(body: Path, kind: str, workdir: Path, limit: int, spec: ModelSpec) -> tuple[Path, np.ndarray | None]:
     """The archive at `body` unpacked under `workdir` -> the file OpenSlide opens, and the bulk RNA's log1p
-    counts (None without bulk_rna.json); `limit`: bytes the files may take once unpacked."""
+    counts for the model of `spec` (None without bulk_rna.json); `limit`: bytes the files may take unpacked."""
     root = workdir / "unpacked"
     root.mkdir()
     try:
@@ -51,7 +51,7 @@ def unpack(body: Path, kind: str, workdir: Path, limit: int) -> tuple[Path, np.n
     rnas = [path for path in files if path.name == BULK_RNA_FILE]
     if len(rnas) > 1:
         raise ClientError(f"the archive holds {len(rnas)} {BULK_RNA_FILE} files; send one", field="bulk_rna")
-    return slide_file(root, frozenset({BULK_RNA_FILE})), bulk_rna_file(rnas[0]) if rnas else None
+    return slide_file(root, frozenset({BULK_RNA_FILE})), bulk_rna_file(rnas[0], spec) if rnas else None
 
 
 def _tar(body: Path, root: Path) -> list[Path]:
@@ -115,8 +115,16 @@ def _write(root: Path, name: str, source: IO[bytes]) -> Path:
     return path
 
 
-def bulk_rna_file(path: Path) -> np.ndarray:
-    """bulk_rna.json (a JSON list of the raw counts, -1 for a gene not measured) -> the log1p vector."""
+def check_takes_bulk_rna(spec: ModelSpec) -> None:
+    """A 400 for bulk RNA sent with a slide for a model whose spec takes none."""
+    if not spec.bulk_rna_genes:
+        raise ClientError(f"model '{spec.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
+
+
+def bulk_rna_file(path: Path, spec: ModelSpec) -> np.ndarray:
+    """bulk_rna.json (a JSON list of the raw counts, -1 for a gene not measured) -> the log1p vector the model
+    of `spec` takes."""
+    check_takes_bulk_rna(spec)
     if path.stat().st_size > MAX_RNA_BYTES:
         raise ClientError(f"{BULK_RNA_FILE} is over {MAX_RNA_BYTES} bytes", field="bulk_rna")
     try:
@@ -127,6 +135,6 @@ def bulk_rna_file(path: Path) -> np.ndarray:
         raise ClientError(f"{BULK_RNA_FILE} must be a JSON list of counts", field="bulk_rna")
     if not all(isinstance(count, int | float) and not isinstance(count, bool) for count in counts):
         raise ClientError(f"{BULK_RNA_FILE} must hold numbers only", field="bulk_rna")
-    bulk = bulk_rna_vector(counts, "m-optimus", MODELS["m-optimus"].bulk_rna_genes)
+    bulk = bulk_rna_vector(counts, spec.name, spec.bulk_rna_genes)
     assert bulk is not None
     return bulk

@@ -23,12 +23,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
-from model_code.connections import awaits_continue, disconnected, drain
+from model_code.connections import awaits_continue, disconnected, drain, limited_body
 from model_code.errors import LOADING, ClientError, unavailable
 from model_code.inference import Models
 from model_code.records import media_type
 from model_code.slides import archives
-from model_code.slides.job import check_bulk_rna, choose_runner, run_slide
+from model_code.slides.job import choose_runner, run_slide
 from model_code.slides.options import slide_options
 from model_code.slides.tissue import SlideCancelled
 from model_code.slides.writers import MEDIA_TYPES, SUFFIXES
@@ -79,7 +79,6 @@ class SlideService:
             if self.pending >= self.max_pending:
                 busy = f"{self.pending} slides are already here (one runs at a time); retry later"
                 return await self._refuse(request, busy, RETRY_AFTER_S)
-            _check_declared(request, self.max_bytes)
         except ClientError:
             await drain(request, self.max_bytes, awaits_continue(request))
             raise
@@ -88,9 +87,8 @@ class SlideService:
         try:
             body = await _save_body(request, workdir / "body", self.max_bytes)
             if archives.is_archive(kind):
-                slide, rna = await asyncio.to_thread(archives.unpack, body, kind, workdir, self.max_bytes)
+                slide, rna = await asyncio.to_thread(archives.unpack, body, kind, workdir, self.max_bytes, runner.spec)
                 body.unlink()
-                check_bulk_rna(runner, rna)
             else:
                 slide, rna = body, None
             out = workdir / f"features{SUFFIXES[options.format]}"
@@ -131,25 +129,14 @@ def _client_gone(stop: threading.Event, watcher: asyncio.Future[None]) -> None:
         stop.set()
 
 
-def _check_declared(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-
-
 async def _save_body(request: Request, path: Path, limit: int) -> Path:
-    """Stream the body to `path`, refused with 413 once it is over `limit` bytes."""
+    """Stream the body to `path`; over `limit` bytes, a 413 (MAX_SLIDE_MB), after what the client still sends
+    is drained (up to `limit` more)."""
     size = 0
     with path.open("wb") as file:
-        async for chunk in request.stream():
+        async for chunk in limited_body(request, limit, "MAX_SLIDE_MB", limit):
             size += len(chunk)
-            if size > limit:
-                raise _too_large(size, limit)
             file.write(chunk)
     if size == 0:
         raise ClientError("is empty; send the slide file", field="body")
     return path
-
-
-def _too_large(size: int, limit: int) -> ClientError:
-    return ClientError(f"slide of {size} bytes or more is over {limit} bytes (MAX_SLIDE_MB)", field="body", status=413)

@@ -25,6 +25,7 @@ from model_code.inference import Models
 from model_code.manifest import MANIFEST
 from model_code.runners import Runner
 from model_code.slides import tissue
+from model_code.slides.archives import check_takes_bulk_rna
 from model_code.slides.options import SlideOptions
 from model_code.slides.provenance import RECIPE, provenance, recipe
 from model_code.slides.reader import Slide, SlideReadError
@@ -75,11 +76,6 @@ def choose_runner(models: Models, options: SlideOptions) -> Runner:
     return runner
 
 
-def check_bulk_rna(runner: Runner, bulk_rna: np.ndarray | None) -> None:
-    if bulk_rna is not None and not runner.spec.bulk_rna_genes:
-        raise ClientError(f"model '{runner.entry.name}' takes no bulk RNA; send the slide alone", field="bulk_rna")
-
-
 def run_slide(
     path: Path,
     out: Path,
@@ -92,7 +88,8 @@ def run_slide(
     """Write `out` (HDF5 or Zarr zip, as the options say) for the slide at `path`; ClientError for bad input,
     tissue.SlideCancelled once `stop` is set (its client went away)."""
     runner = choose_runner(models, options)
-    check_bulk_rna(runner, bulk_rna)
+    if bulk_rna is not None:
+        check_takes_bulk_rna(runner.spec)
     summary = Summary()
     began = time.perf_counter()
     slide = Slide(path, options.slide_mpp)

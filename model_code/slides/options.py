@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from model_code.catalogue import canonical_name
 from model_code.errors import ClientError, invalid_fields
+from model_code.routes import check_route
 
 ATTRIBUTES_HEADER = "x-amzn-sagemaker-custom-attributes"
 MIN_MPP, MAX_MPP = 0.05, 64.0  # um/px: finer than any scanner's level 0, coarser than any tile worth embedding
@@ -73,11 +73,8 @@ def slide_options(
     model and mode, which fill in or must agree. An option given twice in one place is refused."""
     raw = _unique(parse_attributes(headers.get(ATTRIBUTES_HEADER)), "X-Amzn-SageMaker-Custom-Attributes")
     raw.update(_unique(query, "query"))
-    for name, value in (route or {}).items():
-        sent = raw.get(name, value)
-        if sent != value and (name != "model" or canonical_name(sent) != canonical_name(value)):
-            raise ClientError(f"'{sent}' contradicts '{value}' in the route", field=name)
-        raw[name] = value
+    check_route(raw, route or {})
+    raw.update(route or {})
     try:
         return SlideOptions.model_validate(raw)
     except ValidationError as exc:
