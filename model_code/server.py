@@ -303,6 +303,20 @@ def create_app(
     )  # before RequestMetrics, which then counts its 401s too
     docs.document(app, lambda: list(server.models.runners) if server.models is not None else None)
     app.add_middleware(RequestMetrics, metrics=server.metrics)
+    answer_errors(app)
+    sagemaker_routes(app, server)
+    rest_routes(app, server)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def answer_errors(app: FastAPI) -> None:
+    """Every error in one layout (`error`, `status`, `field`, `record`): ours, the framework's, the unexpected."""
 
     @app.exception_handler(ClientError)
     async def client_error(_: Request, exc: ClientError) -> Response:
@@ -335,6 +349,11 @@ def create_app(
     async def unexpected(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error")
         return error_response({"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500}, 500)
+
+
+def sagemaker_routes(app: FastAPI, server: Server) -> None:
+    """SageMaker's /ping and /invocations (and boto3's local-endpoint path), and the index page."""
+    settings = server.settings
 
     @app.get("/", include_in_schema=False)
     async def index(request: Request) -> Response:
@@ -375,6 +394,10 @@ def create_app(
             return model_error(endpoint_name, response.status_code, bytes(response.body))
         return response
 
+
+def rest_routes(app: FastAPI, server: Server) -> None:
+    """The on-premise API: /api/{embed,predict,predict_with_embedding}/{model} and /api/metadata/{model}."""
+
     def hosted(model: str) -> None:
         """A route's {model} that this server does not host: 404 naming the route's model and what it hosts."""
         if server.models is not None and (canonical_name(model) or model) not in server.models.runners:
@@ -410,10 +433,3 @@ def create_app(
             operation_id=f"metadata_{method}",
             openapi_extra=docs.responses(404, 503) | {docs.MODE_KEY: METADATA},
         )
-
-    @app.get("/metrics", tags=["operations"])
-    async def metrics() -> Response:
-        """Prometheus text format."""
-        return Response(server.metrics.render(), media_type="text/plain; version=0.0.4")
-
-    return app
