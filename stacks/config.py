@@ -54,6 +54,10 @@ class AsyncConfig(BaseModel):
     backlogPerInstance: float = Field(2, gt=0)  # queued requests per instance to track (a slide takes minutes)
     backlogAgeAlarmS: int = Field(6 * 3600, ge=60)  # alarm when the oldest queued request is older than this
 
+    def max_instances_or(self, kit_max: int) -> int:
+        """Its own maxInstances, else the kit's."""
+        return self.maxInstances or kit_max
+
 
 class CohortJobsConfig(BaseModel):
     """Cohort training jobs (`kit cohort run`): where their role may read slides and write features."""
@@ -242,10 +246,10 @@ class KitConfig(BaseModel):
         if self.minInstances > self.maxInstances:
             raise ValueError(f"minInstances ({self.minInstances}) is more than maxInstances ({self.maxInstances})")
         for name, endpoint in self.endpoints.items():
-            if endpoint.serving_async and endpoint.serving_async.minInstances > self.async_max_instances(endpoint):
+            if endpoint.serving_async and endpoint.serving_async.minInstances > self.max_instances(endpoint):
                 raise ValueError(
                     f"endpoints.{name}.async: minInstances ({endpoint.serving_async.minInstances}) is more than "
-                    f"maxInstances ({self.async_max_instances(endpoint)})"
+                    f"maxInstances ({self.max_instances(endpoint)})"
                 )
         if bool(self.vpcSubnetIds) != bool(self.vpcSecurityGroupIds):
             raise ValueError("vpcSubnetIds and vpcSecurityGroupIds go together: give both or neither")
@@ -277,13 +281,10 @@ class KitConfig(BaseModel):
                     "or upload it to the kit's bucket and write kit://KEY"
                 )
 
-    def async_max_instances(self, endpoint: EndpointConfig) -> int:
-        """An async endpoint's own maxInstances, else the kit's."""
-        assert endpoint.serving_async is not None
-        return endpoint.serving_async.maxInstances or self.maxInstances
-
     def max_instances(self, endpoint: EndpointConfig) -> int:
-        return self.async_max_instances(endpoint) if endpoint.serving_async else self.maxInstances
+        """The most instances the endpoint scales to: an async endpoint's own, else the kit's."""
+        serving = endpoint.serving_async
+        return serving.max_instances_or(self.maxInstances) if serving else self.maxInstances
 
     @property
     def local_nvme(self) -> bool:

@@ -135,7 +135,7 @@ class AsyncServing:
         # It starts with one instance; scaling takes it to its minimum (0 allowed).
         self.initial_instances = max(1, settings.minInstances)
         self.min_instances = settings.minInstances
-        self.max_instances = settings.maxInstances or config.maxInstances
+        self.max_instances = settings.max_instances_or(config.maxInstances)
         self.topics = {  # SageMaker tells these when a request succeeds or fails (the runner can follow them)
             outcome: sns.Topic(
                 endpoint,
