@@ -33,6 +33,7 @@ demo: install
 # loading a real-size ViT-g (needs about 7 GB of disk under build/bench/).
 bench: install
 	$(PY) -m bench.serving
+	$(PY) -m bench.decode_pool
 	$(PY) -m bench.slides
 	$(PY) -m bench.cohort
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny

@@ -98,3 +98,13 @@ def test_the_simulated_device_waits_inside_the_pass_and_its_poison_slide_fails_i
 def test_simulated_device_refuses_a_forward_time_that_is_not_two_numbers() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="must be two numbers of milliseconds"):
         forward_ms("20")
+
+
+def test_decode_pool_benchmark_compares_both_pools(tmp_path: Path) -> None:
+    from bench import decode_pool
+
+    out = tmp_path / "decode.json"
+    assert decode_pool.main(["--tiles", "12", "--threads", "2", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    assert set(figures) == {"kit_pipes_1", "process_pool_1", "kit_pipes_2", "process_pool_2"}
+    assert all(row["tiles_per_s"] > 0 and row["server_cpu_ms_per_tile"] > 0 for row in figures.values())
