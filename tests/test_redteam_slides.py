@@ -31,9 +31,9 @@ from model_code.settings import Settings
 from model_code.slides import job
 from model_code.slides.archives import MAX_MEMBERS
 from model_code.slides.reader import MAX_READ_SIDE, Slide
-from tests.polling import eventually
-from tests.serving import Running, free_port, serve_in_thread
-from tests.test_slides import ATTRIBUTES, post_slide, tile_api
+from tests.support.polling import eventually
+from tests.support.serving import Running, free_port, serve_in_thread
+from tests.support.slides import ATTRIBUTES, hold_tissue_pass, post_slide, refused, tile_api
 
 TAR = "application/x-tar"
 
@@ -102,11 +102,6 @@ def member(name: str, data: bytes | None = None, **fields: object) -> tuple[tarf
 
 RNA = orjson.dumps(synthetic_counts())
 M_OPTIMUS = "model=m-optimus;mode=prediction"
-
-
-def refused(answer: httpx.Response, field: str, status: int = 400) -> str:
-    assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
-    return str(answer.json()["reason"])
 
 
 # --- options ---------------------------------------------------------------------------------------------------
@@ -288,19 +283,6 @@ def test_endpoint_without_tissue_seg_refuses_slides(tmp_path: Path, slide: bytes
 
 
 # --- crowds and hang-ups ---------------------------------------------------------------------------------------
-
-
-def hold_tissue_pass(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Slides stop once their tissue is being found, until the event is set."""
-    release = threading.Event()
-    plain = job.tissue.tissue_mask
-
-    def waiting(*args: object, **kwargs: object) -> object:
-        assert release.wait(60), "never released"
-        return plain(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(job.tissue, "tissue_mask", waiting)
-    return release
 
 
 @pytest.fixture

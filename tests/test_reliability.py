@@ -25,7 +25,8 @@ from bench.simulated_device import SimulatedDevice
 from kit.endpoints.samples import wire_record
 from kit.local import free_port, metric, wait_healthy
 from model_code.settings import Limits, Settings, SettingsError
-from tests.serving import REPO, Running, serve_in_thread
+from tests.support.paths import REPO
+from tests.support.serving import Running, serve_in_thread
 
 JSON = {"content-type": "application/json"}
 SLIDE = {"content-type": "application/octet-stream", "x-amzn-sagemaker-custom-attributes": "model=h1"}

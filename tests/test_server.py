@@ -23,9 +23,10 @@ from kit.endpoints.samples import synthetic_counts, wire_record
 from kit.local import free_port, metric
 from model_code.batching import GIL_SWITCH_INTERVAL_S
 from model_code.settings import Settings
-from tests.conftest import png_bytes, random_tile
-from tests.polling import eventually
-from tests.serving import Running, serve_in_thread
+from tests.support.handler import invoke_json
+from tests.support.images import png_bytes, random_tile
+from tests.support.polling import eventually
+from tests.support.serving import Running, serve_in_thread
 
 
 def runtime(url: str):
@@ -218,8 +219,6 @@ def test_forward_failure_is_503_and_the_server_keeps_serving(running: Running, m
 
 
 def test_same_tile_over_http_matches_the_handler(running: Running, models) -> None:
-    from tests.test_handler import invoke_json
-
     record = wire_record("h1", "embedding")
     over_http = httpx.post(f"{running.url}/invocations", json=record).json()
     np.testing.assert_array_equal(over_http["output"], invoke_json(models, record)["output"])

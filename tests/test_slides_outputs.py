@@ -13,7 +13,7 @@ import pytest
 
 from kit.__main__ import main
 from kit.slides.synthetic import make_slide
-from tests.serving import Running
+from tests.support.serving import Running
 
 LONG = "TCGA-A1-A0SB-01Z-00-DX1.B34C68B9-8F01-4FDA-9F5D-4A53C4B32A1D"  # 61 characters, as TCGA names slides
 

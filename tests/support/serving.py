@@ -6,7 +6,6 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -17,9 +16,7 @@ from model_code.serve import uvicorn_config
 from model_code.server import Server, create_app
 from model_code.settings import Settings
 
-__all__ = ["REPO", "Running", "free_port", "serve_in_thread"]
-
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["Running", "free_port", "serve_in_thread"]
 
 
 @dataclass
