@@ -1,24 +1,19 @@
-"""Shared fixtures: demo artifacts built once per session through the real packager, vendor payloads."""
+"""Shared fixtures: demo artifacts built once per session through the real packager, vendor payloads, a server.
+(Helpers that are not fixtures are in tests/support/.)"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import numpy as np
 import pytest
-from PIL import Image
 
 from kit.artifacts.builder import package
 from kit.local import free_port
 from model_code.inference import Models, model_fn
 from model_code.settings import Settings
-from tests.serving import Running, serve_in_thread
-
-VENDOR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vendor-payloads"
+from tests.support.paths import VENDOR
+from tests.support.serving import Running, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -44,25 +39,3 @@ def running(artifact: Path) -> Iterator[Running]:
     settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=10, decode_workers=2)
     with serve_in_thread(settings) as running:
         yield running
-
-
-def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def random_tile(size: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-@contextlib.contextmanager
-def mocked_aws(monkeypatch: pytest.MonkeyPatch, region: str) -> Iterator[boto3.Session]:
-    """moto's AWS with test credentials in the environment, and a session in `region`. (moto is imported
-    here so that the GPU machine, which has no moto, runs the serving tests: bench/gpu_check.sh.)"""
-    from moto import mock_aws
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(name, "testing")
-    with mock_aws():
-        yield boto3.Session(region_name=region)

@@ -29,8 +29,8 @@ from model_code.errors import ArtifactError
 from model_code.inference import Models, input_fn, model_fn, output_fn, predict_fn
 from model_code.manifest import read_manifest
 from model_code.settings import Settings
-from tests.conftest import png_bytes, random_tile
-from tests.serving import Running, free_port, serve_in_thread
+from tests.support.images import png_bytes, random_tile
+from tests.support.serving import Running, free_port, serve_in_thread
 
 MODELS = ["h1", "m-optimus", "tissue-seg"]
 

@@ -22,7 +22,7 @@ from app import build
 from kit.artifacts.builder import package
 from stacks.config import ConfigError, load_config
 from stacks.endpoint_role import INPUTS, OUTPUTS
-from tests.test_stacks import context
+from tests.support.stacks import context
 
 RESULTS = {"Fn::ImportValue": "optimus-results-bucket"}
 

@@ -19,7 +19,7 @@ from kit.deploy.wait import wait_in_service
 from kit.endpoints.stack import endpoints_from_stack
 from kit.errors import explain
 from model_code.manifest import read_manifest
-from tests.conftest import mocked_aws
+from tests.support.aws import mocked_aws
 
 REGION = "eu-west-1"
 

@@ -20,28 +20,10 @@ from zarr.storage import ZipStore
 
 from kit.slides.synthetic import make_slide, slide_image, write_svs
 from model_code.slides.reader import Slide
-from tests.serving import Running
-from tests.test_slides import assert_same_features, post_slide
+from tests.support.serving import Running
+from tests.support.slides import TILE, assert_same_features, damaged, post_slide, tile_index
 
-TILE = 256  # the generated slides' JPEG tiles
 MODEL_TILE = 224
-
-
-def damaged(slide: Path, out: Path, tiles: list[int]) -> Path:
-    """A copy of `slide` whose level-0 JPEG tiles `tiles` carry an invalid marker."""
-    data = bytearray(slide.read_bytes())
-    with tifffile.TiffFile(slide) as tiff:
-        offsets = tiff.pages.first.dataoffsets
-        for index in tiles:
-            at = int(offsets[index])
-            assert data[at : at + 3] == b"\xff\xd8\xff"
-            data[at + 3] = 0x01
-    out.write_bytes(bytes(data))
-    return out
-
-
-def tile_index(x: int, y: int, width: int) -> int:
-    return (y // TILE) * -(-width // TILE) + x // TILE
 
 
 def overlapping(coords: np.ndarray, index: int, width: int) -> np.ndarray:

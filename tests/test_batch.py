@@ -13,9 +13,9 @@ import pytest
 from kit.__main__ import main
 from kit.cohorts.batch import job_request
 from kit.cohorts.deployment import find_deployment
-from tests.cohort_aws import BUCKET, KEY_ARN, REGION, deploy
-from tests.conftest import mocked_aws
-from tests.service_model import request_errors
+from tests.support.aws import mocked_aws
+from tests.support.cohort_aws import BUCKET, KEY_ARN, REGION, deploy
+from tests.support.service_model import request_errors
 
 INPUT = f"s3://{BUCKET}/optimus-h1/batch/input/run1/"
 

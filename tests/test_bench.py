@@ -20,7 +20,8 @@ from kit.endpoints.samples import wire_record
 from kit.local import local_server, metric
 from model_code.catalogue import H_OPTIMUS_TIMM
 from model_code.settings import Settings
-from tests.serving import free_port, serve_in_thread
+from tests.support.handler import invoke_json
+from tests.support.serving import free_port, serve_in_thread
 
 
 def test_gpu_bench_tiny_mode_writes_figures(tmp_path: Path) -> None:
@@ -49,8 +50,6 @@ def test_load_generator_against_the_server(artifact: Path) -> None:
 
 
 def test_litserve_contender_runs_the_kits_handler_with_the_same_answers(artifact: Path, models, tmp_path: Path) -> None:
-    from tests.test_handler import invoke_json
-
     port = free_port()
     log = tmp_path / "batches"
     command = [sys.executable, "-m", "bench.litserve_server", "--model-dir", str(artifact), "--port", str(port)]

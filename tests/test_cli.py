@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kit.__main__ import main
 from kit.cli import COMMANDS
-
-REPO = Path(__file__).resolve().parents[1]
-HEAVY = ("torch", "timm")
-PROBE = f"""
-import json, sys
-from kit.__main__ import main
-status = main(sys.argv[1:])
-print(json.dumps({{"status": status, "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
-"""
-
-
-def _probe(args: list[str], tmp_path: Path) -> tuple[dict[str, object], str]:
-    """Run the CLI in a fresh interpreter with no AWS configuration; its status and heavy modules loaded."""
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith("AWS_")
-    } | {  # no credentials or region from this machine, and no instance metadata to wait for
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "PYTHONPATH": str(REPO),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+from tests.support.cli import probe
 
 
 @pytest.mark.parametrize(
@@ -60,7 +31,7 @@ def _probe(args: list[str], tmp_path: Path) -> tuple[dict[str, object], str]:
     ],
 )
 def test_aws_commands_start_without_torch(args: list[str], status: int, said: str, tmp_path: Path) -> None:
-    result, stderr = _probe(args, tmp_path)
+    result, stderr = probe(args, tmp_path)
     assert result == {"status": status, "heavy": []}, stderr
     assert said in stderr and "Traceback" not in stderr
     if status:
@@ -68,7 +39,7 @@ def test_aws_commands_start_without_torch(args: list[str], status: int, said: st
 
 
 def test_top_level_help_lists_every_command_without_torch(tmp_path: Path) -> None:
-    result, _ = _probe(["--help"], tmp_path)
+    result, _ = probe(["--help"], tmp_path)
     assert result == {"status": 0, "heavy": []}
 
 

@@ -10,8 +10,8 @@ from PIL import Image
 from kit.endpoints.client import EndpointClient, EndpointError, TilesFailed, _endpoint_error
 from kit.endpoints.samples import sample_png, synthetic_counts
 from kit.local import free_port, metric
-from tests.conftest import png_bytes, random_tile
-from tests.serving import Running
+from tests.support.images import png_bytes, random_tile
+from tests.support.serving import Running
 
 
 def client(running: Running, model: str, **options: object) -> EndpointClient:

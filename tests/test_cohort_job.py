@@ -15,9 +15,9 @@ import pytest
 
 from kit.__main__ import main
 from model_code.cohort import contract
-from tests.cohort_aws import ACCOUNT, ARTIFACTS, BUCKET, IMAGE, JOB_ROLE, KEY_ARN, REGION, SLIDES, deploy
-from tests.conftest import mocked_aws
-from tests.service_model import request_errors
+from tests.support.aws import mocked_aws
+from tests.support.cohort_aws import ACCOUNT, ARTIFACTS, BUCKET, IMAGE, JOB_ROLE, KEY_ARN, REGION, SLIDES, deploy
+from tests.support.service_model import request_errors
 
 OUT = f"s3://{BUCKET}/cohorts/study-1/"
 COHORT = {  # key under s3://SLIDES/cohorts/study/ -> size

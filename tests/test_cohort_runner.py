@@ -1,6 +1,6 @@
 """`kit slides run --endpoint`: a cohort of generated slides through SageMaker async inference end to end —
 moto for S3, SNS, CloudFormation and CloudWatch, SageMaker's async machinery stood in by
-tests/async_sagemaker.py around the kit's real server — with a failing slide, an existing output, resumes."""
+tests/support/async_sagemaker.py around the kit's real server — with a failing slide, an existing output, resumes."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from kit.endpoints.samples import synthetic_counts
 from kit.slides.synthetic import make_slide
 from model_code.slides.options import SlideOptions
 from model_code.slides.provenance import recipe
-from tests.async_sagemaker import AsyncSageMaker
-from tests.cohort_aws import BUCKET, REGION, deploy
-from tests.conftest import mocked_aws
-from tests.serving import Running
+from tests.support.async_sagemaker import AsyncSageMaker
+from tests.support.aws import mocked_aws
+from tests.support.cohort_aws import BUCKET, REGION, deploy
+from tests.support.serving import Running
 
 ENDPOINT = "optimus-h1-slides"
 

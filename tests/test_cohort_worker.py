@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -25,8 +24,9 @@ from kit.slides.synthetic import make_slide
 from model_code.cohort.contract import METRIC_DEFINITIONS, PROGRESS_PREFIX
 from model_code.cohort.split import split
 from model_code.cohort.units import Unit, list_units
+from tests.support.paths import REPO
+from tests.support.polling import eventually
 
-REPO = Path(__file__).resolve().parents[1]
 H1 = {"model": "h1", "dtype": "float32"}
 
 
@@ -121,10 +121,10 @@ def test_sigterm_stops_mid_slide_and_a_restart_redoes_nothing_finished(artifact:
         [sys.executable, "-m", "model_code.cohort", "--ml-root", str(root)], env=_env(None),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (status.exists() and status.read_text().count('"done"') >= 1):
-        assert worker.poll() is None and time.monotonic() < deadline, "no slide finished"
-        time.sleep(0.05)
+    eventually(
+        lambda: worker.poll() is not None or '"done"' in status.read_text(), "a slide done (or the worker gone)", 300
+    )
+    assert worker.poll() is None, "the worker ended before it was stopped"
     worker.send_signal(signal.SIGTERM)
     _, stderr = worker.communicate(timeout=120)
     assert worker.returncode == 143, stderr

@@ -18,8 +18,8 @@ import pytest
 from kit.artifacts.builder import package
 from kit.endpoints.samples import wire_record
 from kit.local import free_port, local_server, metric, serve_model
-from tests.polling import eventually
-from tests.serving import REPO
+from tests.support.paths import REPO
+from tests.support.polling import eventually
 
 
 def test_container_serve_entry_answers_ping_and_invocations(artifact: Path) -> None:

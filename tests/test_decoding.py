@@ -12,7 +12,7 @@ from kit.endpoints.samples import wire_record
 from model_code.decoding import DecodePool, decode_item
 from model_code.errors import ClientError
 from model_code.records import Record, decode_record
-from tests.conftest import png_bytes, random_tile
+from tests.support.images import png_bytes, random_tile
 
 
 def test_records_decoded_in_workers_equal_those_decoded_here() -> None:

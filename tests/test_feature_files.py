@@ -1,6 +1,6 @@
 """Feature files as the next tools read them: each reader's logic (TRIDENT v0.3.0, CLAM, STAMP v2.5; DESIGN.md,
-"Feature files that the next tools read") re-expressed here, run on files the real server wrote for a
-generated 40x slide (0.25 um/px, where level-0 pixels and micrometres differ by a factor 4)."""
+"Feature files that the next tools read") re-expressed in tests/support/readers.py, run on files the real
+server wrote for a generated 40x slide (0.25 um/px, where level-0 pixels and micrometres differ by a factor 4)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import json
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import h5py
-import httpx
 import numpy as np
 import pytest
 
@@ -20,19 +18,21 @@ from kit.slides.synthetic import make_slide
 from model_code.slides import provenance
 from model_code.slides.layouts import job_dir, output_name
 from model_code.slides.options import SlideOptions
-from tests.serving import REPO, Running
-
-ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+from tests.support.paths import REPO
+from tests.support.readers import (
+    stamp_feature_type,
+    stamp_get_coords,
+    stride,
+    trident_patching_attributes,
+    trident_slide_encoder_batch,
+)
+from tests.support.serving import Running
+from tests.support.slides import post_slide
 
 
 @pytest.fixture(scope="module")
 def slide_40x(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_slide(tmp_path_factory.mktemp("slides") / "forty.svs", 0.25)
-
-
-def post(running: Running, slide: Path, attributes: str) -> httpx.Response:
-    headers = {"content-type": "image/tiff", ATTRIBUTES: attributes}
-    return httpx.post(f"{running.url}/invocations", content=slide.read_bytes(), headers=headers, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def outputs(running: Running, slide_40x: Path, tmp_path_factory: pytest.TempPath
         "stamp": "model=h1;layout=stamp;slide_name=forty",
         "zarr": "model=h1;format=zarr;slide_name=forty",
     }.items():
-        answer = post(running, slide_40x, attributes)
+        answer = post_slide(running, slide_40x.read_bytes(), attributes)
         assert answer.status_code == 200, answer.text
         made[name] = root / ("forty.zarr.zip" if name == "zarr" else f"{name}/forty.h5")
         made[name].parent.mkdir(parents=True, exist_ok=True)
@@ -54,23 +54,6 @@ def outputs(running: Running, slide_40x: Path, tmp_path_factory: pytest.TempPath
 
 
 # --- TRIDENT v0.3.0, as its code reads a patch-features file ---------------------------------------------
-
-
-def trident_slide_encoder_batch(path: Path) -> dict[str, Any]:
-    """WSI.extract_slide_features: `coords`, `features`, and the attributes **of the coords dataset**, which
-    the slide encoders take as batch['attributes'] (they need `patch_size_level0`)."""
-    with h5py.File(path, "r") as f:
-        coords = f["coords"][:]
-        features = f["features"][:]
-        coords_attrs = dict(f["coords"].attrs)
-    return {"features": features[None], "coords": coords, "attributes": coords_attrs}
-
-
-def trident_patching_attributes(coords_attrs: dict[str, Any]) -> tuple[Any, Any, Any]:
-    """WSI's reuse of existing coords: patch_size, level0 and target magnification, refused when any is None."""
-    found = tuple(coords_attrs.get(k) for k in ("patch_size", "level0_magnification", "target_magnification"))
-    assert None not in found, f"TRIDENT would refuse these coords: {coords_attrs}"
-    return found
 
 
 def test_trident_reads_the_coords_attributes_on_the_dataset(outputs: dict[str, Path], slide_40x: Path) -> None:
@@ -117,36 +100,6 @@ def test_trident_job_tree_is_where_its_slide_encoders_look() -> None:
 # --- STAMP v2.5, as stamp.modeling.data.get_coords reads coordinates -------------------------------------
 
 
-def stamp_get_coords(f: h5py.File) -> tuple[str, np.ndarray, float, int | None]:
-    """(branch taken, coords in um, tile size in um, tile size in px), in STAMP's order of branches."""
-    coords = f["coords"][:]
-    tile_size_px = None
-    if (tile_size := f.attrs.get("tile_size", None)) and f.attrs.get("unit", None) == "um":
-        branch, tile_size_um, coords_um = "v2", float(tile_size), coords
-    elif tile_size := f.attrs.get("tile_size_um", None):
-        branch, tile_size_um, coords_um = "newer", float(tile_size), coords
-    elif round(f.attrs.get("tile_size", _stride(coords))) == 224:
-        branch, tile_size_um, tile_size_px, coords_um = "historic", 256.0, 224, coords / 224 * 256
-    else:
-        raise RuntimeError("unable to infer coordinates from feature file")
-    assert "stamp_version" not in f.attrs, "STAMP refuses a stamp_version newer than its own"
-    if not tile_size_px and "tile_size_px" in f.attrs:
-        tile_size_px = int(f.attrs["tile_size_px"])
-    return branch, coords_um, tile_size_um, tile_size_px
-
-
-def _stride(coords: np.ndarray) -> float:
-    xs = np.unique(coords[:, 0])
-    return float(np.min(np.diff(xs))) if len(xs) > 1 else 0.0
-
-
-def stamp_feature_type(f: h5py.File) -> str:
-    """detect_feature_type: `feat_type` when it or `encoder` is on the root, else tile."""
-    if f.attrs.get("feat_type") is not None or f.attrs.get("encoder") is not None:
-        return str(f.attrs.get("feat_type"))
-    return "tile"
-
-
 def test_stamp_reads_micrometres_and_the_tile_size_in_micrometres(outputs: dict[str, Path]) -> None:
     with h5py.File(outputs["stamp"], "r") as f, h5py.File(outputs["trident"], "r") as pixels:
         branch, coords_um, tile_size_um, tile_size_px = stamp_get_coords(f)
@@ -159,7 +112,7 @@ def test_stamp_reads_micrometres_and_the_tile_size_in_micrometres(outputs: dict[
     assert tile_size_um == 112.0 and tile_size_px == 224 and tile_size_um / tile_size_px == 0.5  # CoordsInfo.mpp
     # micrometres from the slide's origin: level-0 pixels x 0.25 um/px, not the pixels themselves
     np.testing.assert_allclose(coords_um, level0 * 0.25)
-    assert not np.allclose(coords_um, level0) and _stride(coords_um) == 112.0
+    assert not np.allclose(coords_um, level0) and stride(coords_um) == 112.0
     assert feats.dtype == np.float16 and feats.shape == (len(coords_um), 1536)
 
 
@@ -185,7 +138,7 @@ def test_stamp_files_never_carry_a_root_tile_size(outputs: dict[str, Path], tmp_
 
 
 def test_stamp_layout_in_zarr_is_refused_naming_layout(running: Running, slide_40x: Path) -> None:
-    answer = post(running, slide_40x, "model=h1;format=zarr;layout=stamp")
+    answer = post_slide(running, slide_40x.read_bytes(), "model=h1;format=zarr;layout=stamp")
     assert answer.status_code == 400 and answer.json()["field"] == "layout", answer.text
 
 

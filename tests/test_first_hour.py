@@ -15,15 +15,14 @@ import pytest
 from kit.__main__ import main
 from kit.cli import COMMANDS, EXAMPLES, GROUPS, build_parser
 from kit.progress import PlainLines
-from tests.serving import Running
-from tests.test_cli import _probe
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.cli import probe
+from tests.support.paths import REPO
+from tests.support.serving import Running
 
 
 def refused(args: list[str], tmp_path: Path, said: str, status: int = 2) -> str:
     """Run the CLI with no AWS configuration; it exits `status` with one line containing `said`, no torch."""
-    result, stderr = _probe(args, tmp_path)
+    result, stderr = probe(args, tmp_path)
     assert result == {"status": status, "heavy": []}, stderr
     assert said in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
@@ -41,7 +40,7 @@ def refused(args: list[str], tmp_path: Path, said: str, status: int = 2) -> str:
 def test_local_smoke_needs_no_region_credentials_or_endpoint_name(
     running: Running, tmp_path: Path, extra: list[str]
 ) -> None:
-    result, stderr = _probe(["smoke", "--endpoint-url", running.url, "--requests", "2", *extra], tmp_path)
+    result, stderr = probe(["smoke", "--endpoint-url", running.url, "--requests", "2", *extra], tmp_path)
     assert result == {"status": 0, "heavy": []}, stderr
 
 

@@ -15,19 +15,9 @@ from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
 from kit.endpoints.samples import synthetic_counts, wire_record
 from model_code.catalogue import ECHO_FIELDS, N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.errors import ClientError, ForwardError
-from model_code.inference import Models, input_fn, model_fn, output_fn, predict_fn
-from tests.conftest import png_bytes, random_tile
-
-
-def invoke(models: Models, payload: object, content_type: str = "application/json", accept: str = "application/json"):
-    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    out, out_type = output_fn(predict_fn(input_fn(body, content_type), models), accept)
-    return out, out_type
-
-
-def invoke_json(models: Models, payload: object):
-    return orjson.loads(invoke(models, payload)[0])
-
+from model_code.inference import Models, input_fn, model_fn
+from tests.support.handler import invoke, invoke_json
+from tests.support.images import png_bytes, random_tile
 
 REAL_TIME = ["h1_embed_input.json", "m_embed_input.json", "m_predict_input.json", "tissue_seg_input.json"]
 

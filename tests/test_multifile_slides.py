@@ -19,11 +19,9 @@ from model_code.catalogue import MODELS
 from model_code.errors import ClientError
 from model_code.slides import archives
 from model_code.slides.slide_files import slide_file
-from tests.serving import Running
-from tests.test_slides import post_slide
+from tests.support.serving import Running
+from tests.support.slides import DICOM, OPENSLIDE, post_slide
 
-OPENSLIDE = Path(__file__).parent / "fixtures" / "openslide"
-DICOM = [OPENSLIDE / "boxes_0.dcm", OPENSLIDE / "boxes_1.dcm"]
 RNA = orjson.dumps(synthetic_counts())
 
 

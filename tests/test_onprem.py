@@ -5,7 +5,6 @@ Real servers on free ports, real HTTP; the kit's client and `kit smoke` through 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -22,12 +21,8 @@ from kit.endpoints.checks import smoke
 from kit.endpoints.client import TOKEN_ENV, EndpointClient, EndpointError
 from model_code import __version__, auth
 from model_code.settings import Auth, Settings, SettingsError
-from tests.serving import Running, free_port, serve_in_thread
-
-TOKEN_A = "a" * 20 + "-first-token"
-TOKEN_B = "b" * 20 + "-second-token"
-TOKEN_FILE = "f" * 20 + "-file-token"
-WRONG = "w" * 20 + "-wrong-token"
+from tests.support.auth import TOKEN_A, TOKEN_B, TOKEN_FILE, WRONG, bearer, serve_with_auth
+from tests.support.serving import Running
 
 
 class References(HTMLParser):
@@ -47,17 +42,6 @@ def referenced(page: str) -> list[str]:
     return parser.urls + re.findall(r"url: '([^']+)'", page)  # Swagger UI's schema URL, in its script
 
 
-@contextlib.contextmanager
-def serving(artifact: Path, auth_settings: Auth) -> Iterator[Running]:
-    settings = Settings(model_dir=artifact, port=free_port(), decode_workers=1, auth=auth_settings)
-    with serve_in_thread(settings) as running:
-        yield running
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "tokens"
@@ -68,7 +52,7 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def guarded(artifact: Path, token_file: Path) -> Iterator[Running]:
     """A server asking for a token: two from AUTH_TOKENS, one from AUTH_TOKENS_FILE; only /ping open."""
-    with serving(artifact, Auth(tokens=(TOKEN_A, TOKEN_B), tokens_file=token_file)) as running:
+    with serve_with_auth(artifact, Auth(tokens=(TOKEN_A, TOKEN_B), tokens_file=token_file)) as running:
         yield running
 
 
@@ -160,7 +144,7 @@ def test_schema_declares_bearer_so_docs_offer_authorize(guarded: Running) -> Non
 
 
 def test_auth_open_leaves_metrics_and_docs_open(artifact: Path) -> None:
-    with serving(artifact, Auth(tokens=(TOKEN_A,), open=frozenset({"metrics", "docs"}))) as running:
+    with serve_with_auth(artifact, Auth(tokens=(TOKEN_A,), open=frozenset({"metrics", "docs"}))) as running:
         page = httpx.get(running.url + "/docs")
         assert page.status_code == 200
         for url in referenced(page.text):
@@ -184,7 +168,7 @@ def test_token_file_rotation_and_no_token_in_logs(
     path = tmp_path / "tokens"
     path.write_text(TOKEN_A + "\n")
     caplog.set_level(logging.DEBUG)
-    with serving(artifact, Auth(tokens_file=path)) as running:
+    with serve_with_auth(artifact, Auth(tokens_file=path)) as running:
         assert httpx.get(running.url + "/", headers=bearer(TOKEN_A)).status_code == 200
         staged = tmp_path / "tokens.new"
         staged.write_text(f"{TOKEN_A}\n{TOKEN_B}\n")  # rotation: both while clients move over ...
@@ -208,7 +192,7 @@ def test_tokens_are_ignored_on_sagemaker(artifact: Path, caplog: pytest.LogCaptu
     caplog.set_level(logging.INFO)
     settings = Auth.from_env({"AUTH_TOKENS": TOKEN_A, "SAGEMAKER_HOSTED": "1"})
     assert settings.sagemaker and settings.configured
-    with serving(artifact, settings) as running:
+    with serve_with_auth(artifact, settings) as running:
         assert httpx.get(running.url + "/api/metadata/h1").status_code == 200
     assert "ignored on SageMaker" in caplog.text and TOKEN_A not in caplog.text
 

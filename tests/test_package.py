@@ -6,13 +6,11 @@ import json
 import subprocess
 import sys
 import tarfile
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from kit import KitError
@@ -20,21 +18,15 @@ from kit.__main__ import main
 from kit.artifacts.builder import Sources, package
 from kit.artifacts.demo_models import TinyMOptimus, TinyTissueSeg, demo_gene_ids, write_gene_csv
 from kit.artifacts.exporting import export_program
-from kit.endpoints.samples import sample_png, wire_record
-from model_code.catalogue import H_OPTIMUS_NORMALISATION, N_INPUT_GENES, N_OUTPUT_GENES
+from kit.endpoints.samples import sample_png
+from model_code.catalogue import N_INPUT_GENES, N_OUTPUT_GENES
 from model_code.errors import ArtifactError
-from model_code.inference import input_fn, model_fn, output_fn, predict_fn
+from model_code.inference import model_fn
 from model_code.loaders import build_vit
 from model_code.manifest import read_manifest, sha256_file
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def embed(model_dir: Path, model: str, png: bytes) -> np.ndarray:
-    body = json.dumps(wire_record(model, "embedding", png)).encode()
-    models = model_fn(model_dir)
-    out, _ = output_fn(predict_fn(input_fn(body, "application/json"), models), "application/json")
-    return np.array(json.loads(out)["output"], dtype=np.float32)
+from tests.support.handler import embed
+from tests.support.paths import REPO
+from tests.support.tiny_vit import TINY_VIT, normalised
 
 
 def test_demo_artifact_layout_manifest_and_tarball(artifact: Path) -> None:
@@ -131,11 +123,6 @@ def test_cli_refuses_unknown_model(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--models: unknown model 'h42'" in capsys.readouterr().err
 
 
-# A small ViT with every H-Optimus feature (4 registers, SwiGLU packed MLP, layer scale, no class
-# embedding) and a head to 1536 so it meets the h1 wire contract.
-TINY_VIT = {"embed_dim": 48, "depth": 2, "num_heads": 3, "mlp_ratio": 2.0, "num_classes": 1536}
-
-
 @pytest.fixture(scope="module")
 def tiny_vit() -> torch.nn.Module:
     from model_code.catalogue import H_OPTIMUS_TIMM
@@ -146,13 +133,6 @@ def tiny_vit() -> torch.nn.Module:
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
     return model
-
-
-def normalised(png: bytes) -> torch.Tensor:
-    """[1, 3, H, W] float tile, normalised as the H-Optimus model card says."""
-    pixels = np.asarray(Image.open(BytesIO(png)).convert("RGB"), dtype=np.float32) / 255
-    mean, std = (np.array(H_OPTIMUS_NORMALISATION[k], dtype=np.float32) for k in ("mean", "std"))
-    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1)).unsqueeze(0)
 
 
 def reference_embedding(model: torch.nn.Module, png: bytes) -> np.ndarray:

@@ -18,7 +18,7 @@ from kit.deploy.preflight import DOCKER_V2, SCALING_ROLE, Check, image_default_t
 from model_code.manifest import AotiPackage, Manifest
 from stacks.config import KitConfig, load_config
 from stacks.key_policy import key_policy_statements
-from tests.conftest import mocked_aws
+from tests.support.aws import mocked_aws
 
 REGION, ACCOUNT = "eu-west-1", "123456789012"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/optimus-serving:0.1.0"

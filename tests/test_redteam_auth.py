@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from model_code.settings import Auth
-from tests.serving import Running
-from tests.test_onprem import TOKEN_A, TOKEN_B, WRONG, serving
+from tests.support.auth import TOKEN_A, TOKEN_B, WRONG, serve_with_auth
+from tests.support.serving import Running
 
 
 @pytest.fixture(scope="module")
 def guarded(artifact: Path) -> Iterator[Running]:
     """Tokens A and B; the documentation left open (AUTH_OPEN=docs), /metrics and the API not."""
-    with serving(artifact, Auth(tokens=(TOKEN_A, TOKEN_B), open=frozenset({"docs"}))) as running:
+    with serve_with_auth(artifact, Auth(tokens=(TOKEN_A, TOKEN_B), open=frozenset({"docs"}))) as running:
         yield running
 
 

@@ -20,9 +20,8 @@ import tifffile
 
 from kit.slides.synthetic import make_slide, write_svs
 from model_code.slides.reader import Slide, SlideReadError
-from tests.serving import Running
-from tests.test_redteam_slides import refused
-from tests.test_slides import post_slide
+from tests.support.serving import Running
+from tests.support.slides import post_slide, refused
 
 CHECKED = (1, 2, 5, 6)  # the 4 x 3 tile slide's tiles in the box read at opening
 

@@ -6,6 +6,7 @@ Real HTTP against the real server (demo h1 + m-optimus + tissue-seg). Every bad 
 
 from __future__ import annotations
 
+import inspect
 import io
 import math
 import socket
@@ -13,7 +14,6 @@ import struct
 import tarfile
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -31,9 +31,9 @@ from model_code.settings import Settings
 from model_code.slides import job
 from model_code.slides.archives import MAX_MEMBERS
 from model_code.slides.reader import MAX_READ_SIDE, Slide
-from tests.polling import eventually
-from tests.serving import Running, free_port, serve_in_thread
-from tests.test_slides import ATTRIBUTES, post_slide, tile_api
+from tests.support.polling import eventually
+from tests.support.serving import Running, free_port, serve_in_thread
+from tests.support.slides import ATTRIBUTES, hold_tissue_pass, post_slide, refused, tile_api
 
 TAR = "application/x-tar"
 
@@ -102,11 +102,6 @@ def member(name: str, data: bytes | None = None, **fields: object) -> tuple[tarf
 
 RNA = orjson.dumps(synthetic_counts())
 M_OPTIMUS = "model=m-optimus;mode=prediction"
-
-
-def refused(answer: httpx.Response, field: str, status: int = 400) -> str:
-    assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
-    return str(answer.json()["reason"])
 
 
 # --- options ---------------------------------------------------------------------------------------------------
@@ -290,19 +285,6 @@ def test_endpoint_without_tissue_seg_refuses_slides(tmp_path: Path, slide: bytes
 # --- crowds and hang-ups ---------------------------------------------------------------------------------------
 
 
-def hold_tissue_pass(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Slides stop once their tissue is being found, until the event is set."""
-    release = threading.Event()
-    plain = job.tissue.tissue_mask
-
-    def waiting(*args: object, **kwargs: object) -> object:
-        assert release.wait(60), "never released"
-        return plain(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(job.tissue, "tissue_mask", waiting)
-    return release
-
-
 @pytest.fixture
 def held(running: Running, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, mock.Mock]]:
     """Slides stop once their tissue is being found, until the event is set; the mock counts slides run."""
@@ -338,10 +320,11 @@ def test_slides_queue_up_to_a_bound_then_503_and_tiles_keep_flowing(
     eventually(lambda: ran.call_count == 1, "the first slide to start")
     second = send_in_thread(running, slide, answers)
     eventually(lambda: running.server.slides.pending == 2, "the second slide to wait")
-    began = time.perf_counter()
     assert tile_api(running, [np.full((224, 224, 3), 200, np.uint8)]).shape == (1, 1536)  # while a slide runs
     busy = post_slide(running, slide, "model=h1")
-    assert busy.status_code == 503 and busy.headers["retry-after"] and time.perf_counter() - began < 30
+    assert busy.status_code == 503 and busy.headers["retry-after"]
+    # refused, not queued until a place was free: both slides still here, the first still in its tissue pass
+    assert (running.server.slides.pending, ran.call_count, release.is_set()) == (2, 1, False)
     release.set()
     first.join(60)
     second.join(60)
@@ -378,7 +361,8 @@ def test_a_slide_whose_client_left_mid_run_stops_and_frees_the_queue(
     monkeypatch.setattr(job.tissue, "records", forwards)
     with quitter(running, slide, len(slide)):
         eventually(lambda: ran.call_count == 1, "the slide to start")
-    time.sleep(0.2)  # the server sees the hang-up while the slide is still finding its tissue
+    stop = inspect.signature(job.run_slide).bind(*ran.call_args.args, **ran.call_args.kwargs).arguments["stop"]
+    assert stop.wait(30), "the server never saw the hang-up"  # while the slide is still finding its tissue
     release.set()
     eventually(lambda: running.server.slides.pending == 0, "the slide to stop")
     assert forwards.call_count == 0 and not list(scratch.glob("optimus-slide-*"))

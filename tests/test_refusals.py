@@ -21,11 +21,9 @@ from kit.slides.run import Outcome, named_slides, plan_outputs, run_slides, tabl
 from kit.slides.synthetic import make_slide
 from kit.slides.transport import HttpTransport, SlideFailed, slide_body
 from model_code.settings import Settings
-from tests.polling import eventually
-from tests.serving import Running, serve_in_thread
-from tests.test_bad_tiles import damaged, tile_index
-from tests.test_multifile_slides import DICOM
-from tests.test_redteam_slides import hold_tissue_pass
+from tests.support.polling import eventually
+from tests.support.serving import Running, serve_in_thread
+from tests.support.slides import DICOM, damaged, hold_tissue_pass, tile_index
 
 LIMIT = 1 << 20  # MAX_SLIDE_MB of the small server
 

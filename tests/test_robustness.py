@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kit.endpoints.samples import sample_png
 from model_code.errors import ClientError
 from model_code.inference import Models, input_fn, output_fn, predict_fn
-from tests.conftest import png_bytes, random_tile
+from tests.support.images import png_bytes, random_tile
 
 CONTENT_TYPES = st.sampled_from(["application/json", "application/jsonlines"])
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from kit import KitError
 from kit.s3 import folder, head, is_not_found, join, parse
 from stacks import s3_uri
-from tests.conftest import mocked_aws
+from tests.support.aws import mocked_aws
 
 REGION = "eu-west-1"
 

@@ -18,14 +18,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError as BotoClientError
 
-from bench.simulated_device import SimulatedDevice
 from kit.endpoints.samples import synthetic_counts, wire_record
-from kit.local import free_port, metric
+from kit.local import free_port
 from model_code.batching import GIL_SWITCH_INTERVAL_S
 from model_code.settings import Settings
-from tests.conftest import png_bytes, random_tile
-from tests.polling import eventually
-from tests.serving import Running, serve_in_thread
+from tests.support.handler import invoke_json
+from tests.support.images import png_bytes, random_tile
+from tests.support.polling import eventually
+from tests.support.serving import HeldForwards, Running, serve_in_thread
 
 
 def runtime(url: str):
@@ -218,8 +218,6 @@ def test_forward_failure_is_503_and_the_server_keeps_serving(running: Running, m
 
 
 def test_same_tile_over_http_matches_the_handler(running: Running, models) -> None:
-    from tests.test_handler import invoke_json
-
     record = wire_record("h1", "embedding")
     over_http = httpx.post(f"{running.url}/invocations", json=record).json()
     np.testing.assert_array_equal(over_http["output"], invoke_json(models, record)["output"])
@@ -262,40 +260,27 @@ def test_ping_and_invocations_answer_503_while_the_models_load(artifact: Path, m
 
 
 def test_a_slow_forward_blocks_neither_decoding_nor_other_answers(artifact: Path) -> None:
-    """While a (simulated, 1.5 s) forward pass runs, bad requests, metadata and /ping are answered first."""
+    """While a forward pass is held on the device, bad requests, metadata and /ping are answered."""
     import threading
-    import time
 
+    device = HeldForwards()
     settings = Settings(model_dir=artifact, port=free_port(), max_batch_wait_ms=0)
-    with serve_in_thread(settings, SimulatedDevice(forward_ms=(1500, 0)).hooks()) as slow:
-        finished: list[tuple[str, float]] = []
-
-        def call(name: str, send: object) -> None:
-            response = send()  # type: ignore[operator]
-            assert response.status_code in (200, 400), response.text
-            finished.append((name, time.monotonic()))
-
+    with serve_in_thread(settings, device.hooks()) as slow:
+        answers: list[httpx.Response] = []
+        record = wire_record("h1", "embedding")
         tile = threading.Thread(
-            target=call,
-            args=(
-                "forward",
-                lambda: httpx.post(f"{slow.url}/invocations", json=wire_record("h1", "embedding"), timeout=30),
-            ),
+            target=lambda: answers.append(httpx.post(f"{slow.url}/invocations", json=record, timeout=60))
         )
         tile.start()
-        eventually(
-            lambda: metric(slow.url, "optimus_queue_wait_seconds_count", model="h1") == 1, "the tile in its forward"
-        )
-        call(
-            "bad request",
-            lambda: httpx.post(
-                f"{slow.url}/invocations", json={"model_name": "h1", "mode": "embedding", "image_data": "@"}
-            ),
-        )
-        call("metadata", lambda: httpx.get(f"{slow.url}/api/metadata/m-optimus"))
-        call("ping", lambda: httpx.get(f"{slow.url}/ping"))
+        assert device.started.wait(30), "the tile never reached the device"
+        bad = httpx.post(f"{slow.url}/invocations", json={**record, "image_data": "@"})
+        assert bad.status_code == 400, bad.text
+        assert httpx.get(f"{slow.url}/api/metadata/m-optimus").status_code == 200
+        assert httpx.get(f"{slow.url}/ping").status_code == 200
+        assert answers == [], "all answered while the tile's pass is still on the device"
+        device.release.set()
         tile.join(timeout=30)
-    assert [name for name, _ in finished] == ["bad request", "metadata", "ping", "forward"]
+    assert [answer.status_code for answer in answers] == [200]
 
 
 def test_tiles_decode_in_worker_processes(running: Running, vendor: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,13 +17,10 @@ import zarr
 from PIL import Image
 from zarr.storage import ZipStore
 
-from kit.endpoints.checks import SAME_ATOL, SAME_RTOL
-from kit.endpoints.samples import synthetic_counts, wire_record
+from kit.endpoints.samples import synthetic_counts
 from kit.slides.synthetic import make_slide, write_svs
-from tests.conftest import png_bytes
-from tests.serving import Running
-
-ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+from tests.support.serving import Running
+from tests.support.slides import ATTRIBUTES, assert_same_features, post_slide, tile_api
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +38,11 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return made
 
 
-def post_slide(running: Running, body: bytes, attributes: str, content_type: str = "image/tiff", **query: str):
-    headers = {"content-type": content_type, ATTRIBUTES: attributes}
-    return httpx.post(f"{running.url}/invocations", content=body, headers=headers, params=query, timeout=120)
-
-
 def features(running: Running, slide: Path, attributes: str = "model=h1;dtype=float32", **query: str) -> h5py.File:
     answer = post_slide(running, slide.read_bytes(), attributes, **query)
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"] == "application/x-hdf5"
     return h5py.File(io.BytesIO(answer.content), "r")
-
-
-def tile_api(running: Running, tiles: list[np.ndarray], model: str = "h1") -> np.ndarray:
-    records = [wire_record(model, "embedding", png_bytes(tile)) for tile in tiles]
-    answer = httpx.post(f"{running.url}/invocations", json=records, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return np.array([entry["output"] for entry in answer.json()])
-
-
-def assert_same_features(got: np.ndarray, expected: np.ndarray) -> None:
-    """Within the smoke test's tolerance relative to the features' scale (the demo model's are about 1e-4),
-    and the tolerance tells tiles apart: another tile's features are outside it."""
-    atol = SAME_ATOL * float(np.abs(expected).max())
-    np.testing.assert_allclose(got, expected, rtol=SAME_RTOL, atol=atol)
-    if len(expected) > 1:
-        assert not np.allclose(got[1:], expected[:-1], rtol=SAME_RTOL, atol=atol), "tiles are indistinguishable"
 
 
 def read_level0(slide: Path, x: int, y: int, side: int) -> np.ndarray:

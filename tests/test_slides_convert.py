@@ -1,5 +1,5 @@
 """`kit slides convert`: kit outputs into another layout without a model, over a directory and an S3 prefix
-(moto), each result read as its tool reads it (the readers of tests/test_feature_files.py)."""
+(moto), each result read as its tool reads it (tests/support/readers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import h5py
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -15,9 +14,10 @@ import torch
 from kit.__main__ import main
 from kit.slides.synthetic import make_slide
 from model_code.slides.layouts import read_output
-from tests.conftest import mocked_aws
-from tests.serving import Running
-from tests.test_feature_files import stamp_get_coords, trident_slide_encoder_batch
+from tests.support.aws import mocked_aws
+from tests.support.readers import stamp_get_coords, trident_slide_encoder_batch
+from tests.support.serving import Running
+from tests.support.slides import post_slide
 
 REGION = "eu-west-1"
 
@@ -28,8 +28,7 @@ def kit_outputs(running: Running, tmp_path_factory: pytest.TempPathFactory) -> P
     root = tmp_path_factory.mktemp("kit-outputs")
     slide = make_slide(root / "forty.svs", 0.25)
     for name, attributes in {"forty.h5": "model=h1", "sub/forty-zarr.zarr.zip": "model=h1;format=zarr"}.items():
-        headers = {"content-type": "image/tiff", "X-Amzn-SageMaker-Custom-Attributes": attributes}
-        answer = httpx.post(f"{running.url}/invocations", content=slide.read_bytes(), headers=headers, timeout=120)
+        answer = post_slide(running, slide.read_bytes(), attributes)
         assert answer.status_code == 200, answer.text
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(answer.content)

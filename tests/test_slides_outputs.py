@@ -13,7 +13,7 @@ import pytest
 
 from kit.__main__ import main
 from kit.slides.synthetic import make_slide
-from tests.serving import Running
+from tests.support.serving import Running
 
 LONG = "TCGA-A1-A0SB-01Z-00-DX1.B34C68B9-8F01-4FDA-9F5D-4A53C4B32A1D"  # 61 characters, as TCGA names slides
 
@@ -31,6 +31,18 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def slides_run(running: Running, *args: str) -> list[str]:
     return ["slides", "run", *args, "--endpoint-url", running.url, "--model", "h1"]
+
+
+@pytest.fixture
+def made_once(
+    running: Running, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[list[str], Path]:
+    """`kit slides run a.svs` done once into tmp_path/features (its report read): the command, and a.h5."""
+    out = tmp_path / "features"
+    argv = slides_run(running, str(cohort / "a.svs"), "--out", str(out))
+    assert main(argv) == 0
+    capsys.readouterr()
+    return argv, out / "a.h5"
 
 
 def test_slides_keep_their_path_and_whole_names(
@@ -60,35 +72,29 @@ def test_two_slides_with_one_output_are_refused_before_anything_runs(
 
 
 def test_resume_reuses_what_was_made_the_same_way_and_overwrite_redoes_it(
-    running: Running, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    made_once: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "features"
-    argv = slides_run(running, str(cohort / "a.svs"), "--out", str(out))
-    assert main(argv) == 0
-    made = (out / "a.h5").stat().st_mtime_ns
-    capsys.readouterr()
+    argv, output = made_once
+    made = output.stat().st_mtime_ns
     assert main(argv) == 0
     report = capsys.readouterr().out
     assert "1 slides: 0 done, 1 skipped, 0 failed" in report and "made the same way" in report
-    assert (out / "a.h5").stat().st_mtime_ns == made
+    assert output.stat().st_mtime_ns == made
     assert main([*argv, "--overwrite"]) == 0
     assert "1 slides: 1 done, 0 skipped, 0 failed" in capsys.readouterr().out
-    assert (out / "a.h5").stat().st_mtime_ns != made
+    assert output.stat().st_mtime_ns != made
 
 
 def test_resume_with_other_options_is_refused_naming_what_differs(
-    running: Running, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    made_once: tuple[list[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = tmp_path / "features"
-    argv = slides_run(running, str(cohort / "a.svs"), "--out", str(out))
-    assert main(argv) == 0
-    capsys.readouterr()
+    argv, output = made_once
     assert main([*argv, "--option", "min_tissue=0.25", "--layout", "stamp"]) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "made another way" in error and "--overwrite" in error
     assert "min_tissue 0.5 there, 0.25 asked" in error and "layout trident there, stamp asked" in error
     assert main([*argv, "--option", "min_tissue=0.25", "--layout", "stamp", "--overwrite"]) == 0
-    with h5py.File(out / "a.h5", "r") as written:
+    with h5py.File(output, "r") as written:
         assert json.loads(written.attrs["recipe"])["min_tissue"] == 0.25 and "feats" in written
 
 

@@ -10,7 +10,8 @@ from xml.etree import ElementTree
 
 from kit.__main__ import main
 from kit.endpoints.checks import smoke
-from tests.serving import REPO, Running
+from tests.support.paths import REPO
+from tests.support.serving import Running
 
 
 def test_smoke_passes_on_a_healthy_endpoint(running: Running) -> None:

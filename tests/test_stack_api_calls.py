@@ -18,9 +18,9 @@ from aws_cdk import App
 
 from app import build
 from kit.artifacts.builder import package
-from tests.cfn_calls import api_calls
-from tests.service_model import request_errors
-from tests.test_stacks import context
+from tests.support.cfn_calls import api_calls
+from tests.support.service_model import request_errors
+from tests.support.stacks import context
 
 
 @pytest.fixture(scope="module")

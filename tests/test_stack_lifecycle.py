@@ -22,8 +22,8 @@ from aws_cdk import App
 
 from app import build
 from kit.artifacts.builder import package
-from tests.conftest import mocked_aws
-from tests.test_stacks import context
+from tests.support.aws import mocked_aws
+from tests.support.stacks import context
 
 REGION = "eu-west-1"
 ACCOUNT = "123456789012"

@@ -24,6 +24,7 @@ from stacks import names
 from stacks.config import KEYS, ConfigError, load_config
 from stacks.endpoint_role import INPUTS, OUTPUTS
 from stacks.endpoints import image_asset
+from tests.support.stacks import context
 
 REPO = Path(__file__).resolve().parents[1]
 ECR_IMAGE = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/optimus-serving:0.1.0"
@@ -35,16 +36,6 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     package(["h1", "tissue-seg"], root / "H1", demo=True)
     package(["m-optimus", "tissue-seg"], root / "M", demo=True)
     return {"H1": str(root / "H1"), "M": str(root / "M")}
-
-
-def context(artifacts: dict[str, str], **overrides: Any) -> dict[str, Any]:
-    base = json.loads((REPO / "cdk.json").read_text())["context"]
-    base["endpoints"] = {
-        "h1": {"models": ["h1", "tissue-seg"], "artifact": artifacts["H1"]},
-        "m": {"models": ["m-optimus", "tissue-seg"], "artifact": artifacts["M"]},
-    }
-    base.update(overrides)
-    return base
 
 
 @pytest.fixture(scope="module")

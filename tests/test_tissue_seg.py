@@ -7,7 +7,7 @@ import orjson
 
 from kit.endpoints.samples import sample_png, wire_record
 from model_code.inference import Models, input_fn, predict_fn
-from tests.conftest import png_bytes
+from tests.support.images import png_bytes
 
 
 def _mask(models: Models, png: bytes) -> np.ndarray:

@@ -21,7 +21,8 @@ from model_code.catalogue import H0_MINI_TIMM, H_OPTIMUS_NORMALISATION, H_OPTIMU
 from model_code.inference import model_fn
 from model_code.loaders import build_vit
 from model_code.manifest import read_manifest
-from tests.test_package import TINY_VIT, embed, normalised
+from tests.support.handler import embed
+from tests.support.tiny_vit import TINY_VIT, normalised
 
 
 def shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:

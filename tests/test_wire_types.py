@@ -16,7 +16,7 @@ from model_code.errors import ClientError
 from model_code.inference import Models, parse_request
 from model_code.records import WireRecord
 from model_code.settings import Limits
-from tests.serving import Running
+from tests.support.serving import Running
 
 VALUES: list[Any] = [None, True, False, 0, -1, 2**70, 1.5, -0.0, "", "embedding", "h1", [], ["embedding"], [1.5], {}]
 VALUES += [{"mode": "embedding"}, [[]], "\u0000", "x" * 10_000]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,19 @@ class Writer(Protocol):
         `skipped_coords`."""
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a writer is opened for: len(coords) tiles (level-0 pixels) and their tissue ratios, whose outputs
+    are named and sized by `widths` (dataset name -> D), in `dtype`; `mask` is the tissue mask at
+    tissue-seg's resolution, stored as `tissue_mask`."""
+
+    coords: np.ndarray
+    ratios: np.ndarray
+    widths: dict[str, int]
+    dtype: str
+    mask: np.ndarray
+
+
 def open_writer(
     kind: str,
     path: Path,
@@ -47,47 +61,37 @@ def open_writer(
     mask: np.ndarray,
     layout: str = "trident",
 ) -> Writer:
-    """A writer for len(coords) tiles (level-0 pixels) whose outputs are named and sized by `widths` (dataset
-    name -> D); `mask` is the tissue mask at tissue-seg's resolution, stored as `tissue_mask`. `layout`
-    applies to HDF5; Zarr is the vendor SDK's."""
-    if kind == "h5":
-        return H5Writer(path, coords, ratios, widths, dtype, mask, layout)
-    return ZarrWriter(path, coords, ratios, widths, dtype, mask)
+    """A writer of `kind` ("h5" or "zarr") at `path`, for the Plan of the other arguments; `layout` applies to
+    HDF5 (Zarr is the vendor SDK's)."""
+    plan = Plan(coords, ratios, widths, dtype, mask)
+    return H5Writer(path, plan, layout) if kind == "h5" else ZarrWriter(path, plan)
 
 
 class H5Writer:
     """HDF5 in `layout`: `coords` and the attributes, which depend on the slide's geometry, are written at
     the end."""
 
-    def __init__(
-        self,
-        path: Path,
-        coords: np.ndarray,
-        ratios: np.ndarray,
-        widths: dict[str, int],
-        dtype: str,
-        mask: np.ndarray,
-        layout: str,
-    ):
+    def __init__(self, path: Path, plan: Plan, layout: str):
         self.file = h5py.File(path, "w")
-        self.coords, self.ratios, self.widths, self.layout = coords, ratios, widths, layout
-        self.names = {name: layouts.FEATURES[layout] if name == "features" else name for name in widths}
-        self.file.create_dataset("tissue_mask", data=mask, compression="gzip")
-        self.file.create_dataset("tissue_ratios", data=ratios.astype(np.float32))
-        for name, width in widths.items():
-            chunks = (min(len(coords), 1024), width) if len(coords) else None
-            self.file.create_dataset(self.names[name], shape=(len(coords), width), dtype=dtype, chunks=chunks)
+        self.plan, self.layout = plan, layout
+        self.names = {name: layouts.FEATURES[layout] if name == "features" else name for name in plan.widths}
+        self.file.create_dataset("tissue_mask", data=plan.mask, compression="gzip")
+        self.file.create_dataset("tissue_ratios", data=plan.ratios.astype(np.float32))
+        tiles = len(plan.coords)
+        for name, width in plan.widths.items():
+            chunks = (min(tiles, 1024), width) if tiles else None
+            self.file.create_dataset(self.names[name], shape=(tiles, width), dtype=plan.dtype, chunks=chunks)
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         for name, values in outputs.items():
             self.file[self.names[name]][start : start + len(values)] = values
 
     def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
-        (kept, ratios), lost = _split(self.coords, self.ratios, skipped)
+        (kept, ratios), lost = _split(self.plan, skipped)
         if len(skipped):
             del self.file["tissue_ratios"]
             self.file.create_dataset("tissue_ratios", data=ratios)
-            for name in self.widths:
+            for name in self.plan.widths:
                 self.file[self.names[name]].resize(len(kept), axis=0)
         coords, coords_attributes = layouts.coords_dataset(self.layout, kept, attributes)
         self.file.create_dataset("coords", data=coords).attrs.update(coords_attributes)
@@ -101,29 +105,27 @@ class ZarrWriter:
     """Zarr (format 2, readable by zarr 2 and 3) in a directory, zipped into one file at the end: entries of a
     zip cannot be rewritten in place, and the features arrive a batch at a time."""
 
-    def __init__(
-        self, path: Path, coords: np.ndarray, ratios: np.ndarray, widths: dict[str, int], dtype: str, mask: np.ndarray
-    ):
-        self.path, self.coords, self.ratios, self.widths = path, coords, ratios, widths
+    def __init__(self, path: Path, plan: Plan):
+        self.path, self.plan = path, plan
         self.directory = path.with_name(path.name + ".d")
         self.group = zarr.open_group(self.directory, mode="w", zarr_format=2)
-        self.group.create_array("coords", data=coords.astype(np.int64))
-        self.group.create_array("tissue_ratios", data=ratios.astype(np.float32))
-        self.group.create_array("tissue_mask", data=mask)
-        for name, width in widths.items():
-            shape = (len(coords), width)
-            self.group.create_array(VENDOR_NAMES.get(name, name), shape=shape, dtype=dtype, chunks=(1024, width))
+        self.group.create_array("coords", data=plan.coords.astype(np.int64))
+        self.group.create_array("tissue_ratios", data=plan.ratios.astype(np.float32))
+        self.group.create_array("tissue_mask", data=plan.mask)
+        for name, width in plan.widths.items():
+            shape = (len(plan.coords), width)
+            self.group.create_array(VENDOR_NAMES.get(name, name), shape=shape, dtype=plan.dtype, chunks=(1024, width))
 
     def write(self, start: int, outputs: dict[str, np.ndarray]) -> None:
         for name, values in outputs.items():
             self.group[VENDOR_NAMES.get(name, name)][start : start + len(values)] = values  # type: ignore[index]
 
     def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
-        kept, lost = _split(self.coords, self.ratios, skipped)
+        kept, lost = _split(self.plan, skipped)
         if len(skipped):
             self.group.create_array("coords", data=kept[0], overwrite=True)
             self.group.create_array("tissue_ratios", data=kept[1], overwrite=True)
-            for name, width in self.widths.items():
+            for name, width in self.plan.widths.items():
                 self.group[VENDOR_NAMES.get(name, name)].resize((len(kept[0]), width))  # type: ignore[union-attr]
         self.group.create_array("skipped_coords", data=lost)
         self.group.attrs.update({k: v for k, v in attributes.items() if v is not None})
@@ -134,12 +136,9 @@ class ZarrWriter:
         shutil.rmtree(self.directory)
 
 
-def _split(
-    coords: np.ndarray, ratios: np.ndarray, skipped: np.ndarray
-) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+def _split(plan: Plan, skipped: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
     """(coords, tissue ratios) of the tiles kept, and the coords [K, 2] of those skipped."""
-    keep = np.ones(len(coords), dtype=bool)
+    keep = np.ones(len(plan.coords), dtype=bool)
     keep[skipped] = False
-    return (coords[keep].astype(np.int64), ratios[keep].astype(np.float32)), coords[~keep].astype(np.int64).reshape(
-        -1, 2
-    )
+    kept = (plan.coords[keep].astype(np.int64), plan.ratios[keep].astype(np.float32))
+    return kept, plan.coords[~keep].astype(np.int64).reshape(-1, 2)

@@ -1,25 +1,24 @@
-"""Run the real app on a local port in this process, so tests can reach inside it (fault injection)."""
+"""Run the real app on a local port in this process, so tests can reach inside it (fault injection), and
+forward passes held inside it until a test lets them go."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import uvicorn
 from fastapi import FastAPI
 
 from kit.local import free_port, wait_healthy
+from model_code.records import Record
 from model_code.runners import ForwardHooks
 from model_code.serve import uvicorn_config
 from model_code.server import Server, create_app
 from model_code.settings import Settings
 
-__all__ = ["REPO", "Running", "free_port", "serve_in_thread"]
-
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["HeldForwards", "Running", "free_port", "serve_in_thread"]
 
 
 @dataclass
@@ -35,7 +34,7 @@ class Running:
 @contextlib.contextmanager
 def serve_in_thread(settings: Settings, hooks: ForwardHooks | None = None) -> Iterator[Running]:
     """The real app on uvicorn, configured as `serve` runs it, on a real port, in a thread of this process;
-    `hooks` inside each forward pass (bench.simulated_device's slow or failing device)."""
+    `hooks` inside each forward pass (bench.simulated_device's slow or failing device, HeldForwards)."""
     settings = replace(settings, host="127.0.0.1")
     app = create_app(settings, hooks=hooks)
     server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
@@ -48,3 +47,20 @@ def serve_in_thread(settings: Settings, hooks: ForwardHooks | None = None) -> It
     finally:
         server.should_exit = True
         thread.join(timeout=60)
+
+
+@dataclass
+class HeldForwards:
+    """A device whose forward passes stop inside the pass until `release` is set; `started` is set once the
+    first pass is there. Instead of a slow simulated device: what the test waits for does not depend on
+    how fast this machine is."""
+
+    started: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+    def hooks(self) -> ForwardHooks:
+        return ForwardHooks(after=self._hold)
+
+    def _hold(self, model: str, records: Sequence[Record], seconds: float) -> None:
+        self.started.set()
+        assert self.release.wait(60), "a held forward pass was never released"
