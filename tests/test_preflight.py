@@ -246,3 +246,17 @@ def test_a_missing_artifact_names_what_is_not_there(aws: boto3.Session, artifact
     assert checks["artifact of h3"].detail == f"s3://{bucket}/h1/model.tar.gz: no such object"
     assert not any(checks[f"artifact of {name}"].passed for name in endpoints)
     assert checks["artifact of h2"].fix.startswith("python -m kit upload build/h2/model s3://")
+
+
+def test_an_endpoint_that_cannot_be_described_is_not_taken_for_one_not_deployed(aws: boto3.Session) -> None:
+    """AccessDenied on DescribeEndpoint is raised (the CLI names it), not passed as "not deployed yet"."""
+    from botocore.exceptions import ClientError
+
+    from kit.deploy.preflight import Context, instance_type
+
+    sagemaker = aws.client("sagemaker")
+    assert instance_type(Context(config(), aws, {"sagemaker": sagemaker}), "h1").detail == "not deployed yet"
+    with Stubber(sagemaker) as stub:
+        stub.add_client_error("describe_endpoint", "AccessDeniedException", "not authorized: DescribeEndpoint")
+        with pytest.raises(ClientError, match="AccessDenied"):
+            instance_type(Context(config(), aws, {"sagemaker": sagemaker}), "h1")

@@ -362,7 +362,9 @@ def instance_type(context: Context, name: str) -> Check:
     sagemaker = context.client("sagemaker")
     try:
         config_name = sagemaker.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
-    except ClientError:
+    except ClientError as exc:  # SageMaker's "no such endpoint" is a ValidationException; the rest is not that
+        if exc.response["Error"]["Code"] != "ValidationException" or "Could not find" not in str(exc):
+            raise
         return Check(check, True, "not deployed yet")
     variant = sagemaker.describe_endpoint_config(EndpointConfigName=config_name)["ProductionVariants"][0]
     deployed = variant.get("InstanceType")
