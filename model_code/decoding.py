@@ -18,6 +18,7 @@ import contextlib
 import logging
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -128,4 +129,8 @@ class DecodePool:
 
 
 if __name__ == "__main__":
+    # A worker ends when the server closes its pipe (or dies): Ctrl-C and SIGTERM sent to the whole process
+    # group are the server's to act on, which finishes the requests in flight with its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _serve(sys.stdin.buffer, sys.stdout.buffer)

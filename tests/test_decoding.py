@@ -67,3 +67,21 @@ def test_a_worker_that_dies_fails_only_its_record_and_is_replaced() -> None:
         assert all(isinstance(record, Record) for record in again)
     finally:
         pool.shutdown()
+
+
+def test_a_worker_outlives_a_signal_to_the_process_group_and_ends_with_its_pipe() -> None:
+    """Ctrl-C or SIGTERM to the whole group leaves the workers to the server, which still needs them to finish
+    the requests in flight; closing the pipe ends them."""
+    import signal
+
+    raw = orjson.loads(orjson.dumps(wire_record("h1", "embedding", png_bytes(random_tile(224, 2)))))
+    pool = DecodePool(1)
+    decode = functools.partial(decode_item, overrides=None)
+    process = pool._workers[0].process
+    try:
+        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGINT)
+        assert isinstance(next(iter(pool.map(decode, [(0, raw)]))), Record)
+    finally:
+        pool.shutdown()
+    assert process.wait(timeout=10) == 0
