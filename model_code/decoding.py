@@ -6,10 +6,9 @@ this module and what it needs (no torch, no server threads), started with the se
 for its start; multiprocessing's workers would import the server's main module again, torch with it.
 
 Each worker has a pipe of its own, and the thread that needs a record decoded sends it and waits for the
-answer itself: no executor threads pickling and collecting for it (concurrent.futures' process pool cost the
-serving process 0.7-1.2 ms of CPU a tile, these pipes 0.3, measured on 2 cores with the vendor's 145 kB
-tile). A worker that dies (killed, or crashed in native code) fails only the record it held, with a 503,
-and is replaced.
+answer itself: no executor threads pickling and collecting for it (half the serving process's CPU a tile
+of concurrent.futures' process pool: `python -m bench.decode_pool`, docs/performance.md). A worker that
+dies (killed, or crashed in native code) fails only the record it held, with a 503, and is replaced.
 """
 
 from __future__ import annotations
