@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import functools
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from bench import write_figures
 from bench.http_load import LoadResult, build_request, run_load
 from kit.artifacts.builder import package
 from kit.endpoints.samples import wire_record
-from kit.local import LocalServer, free_port, local_server
+from kit.local import LocalServer, free_port, local_server, metric
 from model_code.catalogue import H_OPTIMUS_NORMALISATION
 from model_code.records import Record, decode_record, split_body
 from model_code.settings import DEFAULT_MAX_BATCH_SIZE
@@ -55,7 +54,6 @@ SIMULATED = (20.0, 1.0)
 SIMULATED_MS = ",".join(f"{v:g}" for v in SIMULATED)
 CPU_CONCURRENCY = (1, 8, 32, 64)
 SIMULATED_CONCURRENCY = (8, 32, 64)
-BATCH_SUM = re.compile(rb'^optimus_batch_size_(sum|count)\{model="h1"\} (\S+)$', re.MULTILINE)
 
 
 def _decode_and_normalise(count: int) -> int:
@@ -111,9 +109,9 @@ def _kit(tree: Path | None) -> Callable[[Path, dict[str, str], bool], contextlib
 
 
 def _kit_batches(server: LocalServer) -> tuple[float, int]:
-    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as answer:
-        found = {name: float(value) for name, value in BATCH_SUM.findall(answer.read())}
-    return found.get(b"sum", 0.0), int(found.get(b"count", 0))
+    """Read between runs, when no pass is running, so the sum and the count agree."""
+    sizes = {part: metric(server.url, f"optimus_batch_size_{part}", model="h1") for part in ("sum", "count")}
+    return sizes["sum"], int(sizes["count"])
 
 
 @contextlib.contextmanager
