@@ -34,6 +34,7 @@ demo: install
 bench: install
 	$(PY) -m bench.serving
 	$(PY) -m bench.decode_pool
+	$(PY) -m bench.tile_decode
 	$(PY) -m bench.slides
 	$(PY) -m bench.cohort
 	$(PY) -m bench.gpu_bench || $(PY) -m bench.gpu_bench --tiny
