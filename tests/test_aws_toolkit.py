@@ -137,3 +137,36 @@ def test_artifact_with_code_runs_in_aws_image_layout(tmp_path: Path, vendor: Pat
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {"status": None, "outputs": 1536}
+
+
+def test_code_requirements_cover_the_handlers_imports(tmp_path: Path) -> None:
+    """Every package imported by the model_code modules that the handler (model_code.inference) loads, beyond
+    the standard library and what AWS's PyTorch image has (torch, numpy, its serving toolkit), is pinned in
+    code/requirements.txt: a new import cannot break that image."""
+    import ast
+    import subprocess
+    import sys
+    from importlib.metadata import packages_distributions
+
+    from kit import REPO
+    from kit.artifacts.code import add_code
+
+    add_code(tmp_path)
+    pinned = {line.split("==")[0].lower() for line in (tmp_path / "code" / "requirements.txt").read_text().split()}
+    listing = "import sys, model_code.inference; print(*(n for n in sys.modules if n.startswith('model_code')))"
+    modules = subprocess.run([sys.executable, "-c", listing], check=True, capture_output=True, text=True).stdout.split()
+    imported = set()
+    for module in modules:
+        path = REPO / Path(*module.split("."))
+        source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = (
+        imported - set(sys.stdlib_module_names) - {"__future__", "model_code", "torch", "numpy", "sagemaker_inference"}
+    )
+    distributions = packages_distributions()
+    needed = {distributions[name][0].lower() for name in third_party}
+    assert "imagecodecs" in needed and needed <= pinned, f"not in code/requirements.txt: {needed - pinned}"

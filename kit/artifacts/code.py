@@ -8,7 +8,7 @@ from pathlib import Path
 from kit import REPO
 
 MODEL_CODE = REPO / "model_code"
-HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
+HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "imagecodecs", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
 
 
 def add_code(model_dir: Path) -> list[str]:
