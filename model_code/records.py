@@ -293,8 +293,8 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
 
 
 def png_pixels(data: bytes) -> np.ndarray | None:
-    """An 8-bit PNG's RGB pixels by libpng (imagecodecs): the same pixels as Pillow's decoder in about half its
-    time (`python -m bench.tile_decode`), where decoding is most of a tile's CPU. None for a 16-bit PNG, which
+    """An 8-bit PNG's RGB pixels by libpng (imagecodecs): the same pixels as Pillow's decoder in about two thirds
+    of its CPU (`python -m bench.tile_decode`), where decoding is most of a tile's CPU. None for a 16-bit PNG, which
     Pillow decodes (its 8-bit reduction is what the models are served). Alpha is dropped, as Pillow's
     RGBA -> RGB does; a palette is expanded."""
     if data[12:16] != b"IHDR" or data[24] != 8:  # Pillow has read the header: IHDR first, then bit depth

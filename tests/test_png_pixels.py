@@ -1,5 +1,5 @@
 """The tile decoder's PNG path (libpng through imagecodecs) gives exactly Pillow's pixels, for every PNG
-layout a client may send; what it does not take (16-bit, grey) goes to Pillow as before."""
+layout a client may send; what it does not take (16-bit, palettes under 8 bits) goes to Pillow as before."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image, PngImagePlugin
 
 from model_code.errors import ClientError
 from model_code.records import decode_tile, png_pixels
-from tests.support.images import png_bytes, random_tile
+from tests.support.images import png_bytes, png_chunk, random_tile
 
 RGBA = np.random.default_rng(1).integers(0, 256, (224, 224, 4), dtype=np.uint8)
 
@@ -25,16 +25,13 @@ def _save(image: Image.Image, **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def _png16(pixels: np.ndarray) -> bytes:
     """A 16-bit RGB PNG (Pillow writes none)."""
     height, width, _ = pixels.shape
     rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+    chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
 
 
 def _gamma() -> PngImagePlugin.PngInfo:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from kit.endpoints.samples import sample_png
 from model_code.errors import ClientError
 from model_code.inference import Models, input_fn, output_fn, predict_fn
-from tests.support.images import png_bytes, random_tile
+from tests.support.images import png_bytes, png_chunk, random_tile
 
 CONTENT_TYPES = st.sampled_from(["application/json", "application/jsonlines"])
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,11 +96,8 @@ def test_arbitrary_wire_fields(models: Models, records: list[dict[str, Any]], as
 
 
 def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize(
@@ -175,11 +172,8 @@ def test_mutated_images_decode_or_are_400_on_image_data(
 
 
 def _png_with_text_bomb() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     png = png_bytes(random_tile(224))
-    return png[:33] + chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * 20_000_000)) + png[33:]
+    return png[:33] + png_chunk(b"zTXt", b"k\x00\x00" + zlib.compress(b"a" * 20_000_000)) + png[33:]
 
 
 @pytest.mark.parametrize(

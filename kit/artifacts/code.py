@@ -8,7 +8,8 @@ from pathlib import Path
 from kit import REPO
 
 MODEL_CODE = REPO / "model_code"
-HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "imagecodecs", "pydantic", "orjson", "pybase64"}  # AWS's image has torch
+# What the handler imports beyond what AWS's image has (torch, numpy):
+HANDLER_PACKAGES = {"timm", "safetensors", "pillow", "imagecodecs", "pydantic", "orjson", "pybase64"}
 
 
 def add_code(model_dir: Path) -> list[str]:
