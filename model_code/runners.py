@@ -55,9 +55,9 @@ class Runner:
         self.input_dtype = weights.dtype if weights is not None and not self.autocast else torch.float32
         norm = entry.normalisation
         mean, std = (norm.mean, norm.std) if norm else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        # Applied to N,H,W,3 pixels in 0..255: the channel is the last, contiguous axis.
-        self.mean = torch.tensor(mean, device=device) * 255
-        self.std = torch.tensor(std, device=device) * 255
+        # Applied to N,3,H,W pixels in 0..255.
+        self.mean = (torch.tensor(mean, device=device) * 255).view(1, 3, 1, 1)
+        self.std = (torch.tensor(std, device=device) * 255).view(1, 3, 1, 1)
         self.extra_metadata: dict[str, Any] = {}
         self.hooks = hooks or ForwardHooks()
 
@@ -106,8 +106,10 @@ class Runner:
     @torch.inference_mode()
     def _run_chunk(self, chunk: Sequence[Record]) -> dict[str, np.ndarray]:
         pixels = torch.from_numpy(np.stack([r.pixels for r in chunk if r.pixels is not None]))  # N,H,W,3 uint8
-        tiles = pixels.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
-        tiles = tiles.permute(0, 3, 1, 2).to(self.input_dtype)  # N,3,H,W view in channels-last memory
+        # Laid out N,3,H,W while still uint8 (a quarter of float's bytes), then normalised over contiguous
+        # memory: a third of the time of normalising channels-last floats (docs/performance.md).
+        tiles = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+        tiles = tiles.float().sub_(self.mean).div_(self.std).to(self.input_dtype)
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
             outputs = self.forward(tiles, chunk)
         return {name: value.float().cpu().numpy() for name, value in outputs.items()}
