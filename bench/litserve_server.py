@@ -9,8 +9,9 @@ server process per worker. Inside, the kit's own handler: the tile decode of `in
 simulated accelerator of bench/simulated_device.py, as the kit's server gets it), `predict_fn` and
 `output_fn`, so both servers give identical answers.
 
-The workers share one device: their forward passes (the demo model's on the CPU, then --forward-ms's
-wait, as the kit's forward thread runs them) take turns under a file lock, as two processes' passes on one GPU do.
+The workers share one device: their forward passes (the demo model's on the CPU, then what is left of
+--forward-ms's time, as the kit's forward thread runs them) take turns under a file lock, as two processes'
+passes on one GPU do.
 Each forward appends its batch size to --batch-log.
 """
 

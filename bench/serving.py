@@ -2,9 +2,9 @@
 
 (a) ceiling: JSON + base64 + PNG decode + normalisation of the same tile, in-process on all cores;
 (b) both servers through HTTP at concurrency 1, 8, 32, 64, single-tile requests, the demo model's CPU forward;
-(c) both with a simulated accelerator (bench/simulated_device.py, 20,1: each forward also waits 20 ms + 1 ms a
-    tile, GIL released; LitServe's two workers share the one device) at concurrency 8, 32, 64, and the kit
-    with MAX_BATCH_SIZE=1 at 32.
+(c) both with a simulated accelerator (bench/simulated_device.py, 20,1: each forward pass lasts 20 ms + 1 ms a
+    tile, the demo model's real forward inside it, GIL released while it waits; LitServe's two workers share
+    the one device) at concurrency 8, 32, 64, and the kit with MAX_BATCH_SIZE=1 at 32.
 LitServe runs the kit's handler (bench/litserve_server.py). The servers take turns: a round starts one
 server and loads it at every concurrency, then the other, --rounds times; figures are medians over rounds.
 The closed-loop load generator (bench/http_load.py) shares the cores. --baseline DIR adds the kit's server

@@ -94,6 +94,14 @@ def test_the_simulated_device_waits_inside_the_pass_and_its_poison_slide_fails_i
     assert forward_s >= 0.3  # the good pass's time holds the simulated wait (a failed pass is not timed)
 
 
+def test_a_simulated_pass_lasts_its_device_time_the_real_forward_inside_it() -> None:
+    device = SimulatedDevice(forward_ms=(20, 1))
+    assert device.wait_s(16, 0.0) == pytest.approx(0.036)  # 20 ms + 16 x 1 ms
+    assert device.wait_s(16, 0.021) == pytest.approx(0.015)  # the real forward took 21 ms of it
+    assert device.wait_s(16, 0.050) == 0.0  # a real forward longer than the device time is not extended
+    assert SimulatedDevice().wait_s(16, 0.0) == 0.0  # no --forward-ms: no wait
+
+
 def test_simulated_device_refuses_a_forward_time_that_is_not_two_numbers() -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="must be two numbers of milliseconds"):
         forward_ms("20")
