@@ -9,12 +9,14 @@ loop: tiles reach it through a lock-protected queue, and each pass's answers go 
 
 The forward thread drops the GIL at every torch call and must win it back from the decoding threads and
 the event loop before its next one: `favour_forward` shortens the interval after which a thread holding
-the GIL is made to hand it over (Python's default is 5 ms), so the device is not left waiting.
+the GIL is made to hand it over (Python's default is 5 ms), so the device is not left waiting. Nor may
+the garbage collector hold it for long: `freeze_loaded_objects` puts what startup loaded out of its reach.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import time
@@ -32,6 +34,19 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 def favour_forward() -> None:
     """A thread waiting for the GIL (the forward thread, between torch calls) gets it within 0.5 ms."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+def freeze_loaded_objects() -> None:
+    """Exempt every object alive now (torch, the models, the web framework: about 430,000) from garbage
+    collection. Under load Python's full collection ran every 2 s or so and walked them all in about 200 ms
+    while holding the GIL, stalling the forward thread and every request (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw_loaded_objects() -> None:
+    """Once serving stops: a process that goes on (the tests' in-thread servers) collects them again."""
+    gc.unfreeze()
 
 
 @dataclass

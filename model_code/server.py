@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model_code import __version__, auth, docs, inference
-from model_code.batching import Batcher, favour_forward
+from model_code.batching import Batcher, favour_forward, freeze_loaded_objects, thaw_loaded_objects
 from model_code.catalogue import EMBEDDING, METADATA, PREDICTION, PREDICTION_WITH_EMBEDDING, canonical_name
 from model_code.connections import disconnected, limited_body
 from model_code.decoding import DecodePool
@@ -81,6 +81,7 @@ class Server:
             self.on_fatal()
             return
         favour_forward()
+        freeze_loaded_objects()
         self.batcher = Batcher(
             self._predict,
             self.settings.max_batch_size,
@@ -94,6 +95,7 @@ class Server:
     async def stop(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
+            thaw_loaded_objects()
         if self.parse_pool is not None:
             self.parse_pool.shutdown(wait=True, cancel_futures=True)
         if self.decode_pool is not None:

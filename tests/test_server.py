@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
 import socket
@@ -306,3 +307,11 @@ def test_tiles_decode_in_worker_processes(running: Running, vendor: Path, monkey
 
 def test_the_forward_thread_wins_the_gil_back_within_half_a_millisecond(running: Running) -> None:
     assert sys.getswitchinterval() == GIL_SWITCH_INTERVAL_S == 0.0005
+
+
+def test_what_startup_loaded_is_out_of_the_collectors_reach_while_serving(artifact: Path) -> None:
+    """A full collection walking torch, the models and the framework held the GIL ~200 ms every ~2 s."""
+    settings = Settings(model_dir=artifact, port=free_port(), decode_workers=1)
+    with serve_in_thread(settings):
+        assert gc.get_freeze_count() > 100_000
+    assert gc.get_freeze_count() == 0  # stopped: collected again
