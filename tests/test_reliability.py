@@ -280,3 +280,12 @@ def test_slide_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     assert Settings.load({}).slide_read_threads == 2 and Settings.load({}).max_queued_slides == 4
     with pytest.raises(SettingsError, match="SLIDE_READ_THREADS"):
         Settings.load({"SLIDE_READ_THREADS": "0"})
+
+
+def test_decode_workers_default_to_two_per_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert Settings.load({}).decode_workers == 32
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert Settings.load({}).decode_workers == 4 and Settings.load({"DECODE_WORKERS": "3"}).decode_workers == 3
+    with pytest.raises(SettingsError, match="DECODE_WORKERS"):
+        Settings.load({"DECODE_WORKERS": "0"})
