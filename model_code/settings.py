@@ -165,10 +165,8 @@ def _defaults(settings: type[Settings]) -> dict[str, Any]:
 
 
 def default_decode_workers() -> int:
-    """Two per core. A worker waits while the thread that called it sends the record, reads the tile back and
-    parses the next request, all under the server process's contended GIL; with one per core the workers were
-    busy 40% of the time and the server reached 583-587 tiles/s at c=64 on 2 cores, with two per core 639-715
-    (docs/performance.md)."""
+    """Two per core. A worker waits while the thread that called it pipes the record and parses the next
+    request under the server's GIL; one per core left them idle 60% of the time (docs/performance.md, item 10)."""
     return 2 * (os.cpu_count() or 1)
 
 
