@@ -142,13 +142,27 @@ def test_stamp_layout_in_zarr_is_refused_naming_layout(running: Running, slide_4
     assert answer.status_code == 400 and answer.json()["field"] == "layout", answer.text
 
 
-def test_vendor_zarr_stays_as_it_was(outputs: dict[str, Path]) -> None:
+def test_zarr_is_in_the_vendor_sdks_terms_and_reads_back_as_level_0(outputs: dict[str, Path]) -> None:
+    """As the SDK 1.3.1 writes it (tests/vendor_sdk_check.py compares with its own file): coords in pixels at
+    the tiles' 0.5 um/px, int32; tile_size and stride as [w, h]; the slide's size at level 0 and at mpp."""
     import zarr
     from zarr.storage import ZipStore
 
+    from model_code.slides.layouts import read_output
+
     group = zarr.open_group(ZipStore(outputs["zarr"], mode="r"), mode="r")
     assert {"outputs", "coords", "tissue_ratios"} <= set(group.array_keys())
-    assert group["coords"].dtype == np.int64 and "feats" not in group and "features" not in group
+    assert "feats" not in group and "features" not in group
+    with h5py.File(outputs["trident"], "r") as trident:
+        level0 = trident["coords"][()]
+    coords = group["coords"][()]
+    assert coords.dtype == np.int32 and np.array_equal(coords, level0 // 2)  # a 0.25 um/px slide
+    attrs = group.attrs
+    assert (attrs["tile_size"], attrs["stride"], attrs["num_tiles"]) == ([224, 224], [224, 224], len(coords))
+    assert attrs["slide_dimensions_at_mpp"] == [w // 2 for w in attrs["slide_dimensions"]]
+    back = read_output(outputs["zarr"])
+    assert np.array_equal(back.arrays["coords"], level0) and back.attributes["tile_size"] == 224
+    assert "stride" not in back.attributes
 
 
 # --- provenance ------------------------------------------------------------------------------------------

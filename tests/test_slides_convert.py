@@ -85,6 +85,24 @@ def test_clam_refuses_two_slides_with_one_name_before_writing(
     assert "overwrite its own sources" in capsys.readouterr().err
 
 
+def test_a_zarr_directory_converts_as_its_zip(
+    kit_outputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kit slides run` lays Zarr outputs out as directories (the vendor SDK's); they convert like the zip."""
+    from model_code.slides.layouts import install
+
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(kit_outputs / "sub" / "forty-zarr.zarr.zip", tmp_path / "answer")
+    install(tmp_path / "answer", source / "forty.zarr")
+    assert main(["slides", "convert", str(source), "--to", "trident", "--out", str(tmp_path / "out")]) == 0
+    assert "1 files: 1 converted to trident, 0 failed" in capsys.readouterr().out
+    zipped = read_output(kit_outputs / "sub" / "forty-zarr.zarr.zip")
+    converted = read_output(tmp_path / "out" / "forty.h5")
+    for name, array in zipped.arrays.items():
+        np.testing.assert_array_equal(converted.arrays[name], array, err_msg=name)
+
+
 def test_files_that_are_not_kit_outputs_fail_alone(
     kit_outputs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

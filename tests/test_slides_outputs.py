@@ -131,3 +131,22 @@ def test_a_bad_slide_option_is_named_before_anything_runs(
     argv = slides_run(running, str(cohort / "a.svs"), "--out", str(tmp_path / "f"), "--option", "min_tissue=2")
     assert main(argv) == 2
     assert "slide option min_tissue:" in capsys.readouterr().err and not (tmp_path / "f").exists()
+
+
+def test_zarr_outputs_are_directories_the_vendor_sdk_opens_and_resume_like_h5(
+    running: Running, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The SDK's readers call `zarr.open(str(path))` on a `.zarr` directory (a zip is not opened that way)."""
+    import zarr
+
+    argv = slides_run(running, str(cohort / "a.svs"), "--out", str(tmp_path), "--format", "zarr")
+    assert main(argv) == 0
+    output = tmp_path / "a.zarr"
+    group = zarr.open(str(output), mode="r")
+    assert output.is_dir() and group["outputs"].shape == (group.attrs["num_tiles"], 1536)
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.unpacking"))
+    made = (output / ".zattrs").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+    assert main([*argv, "--overwrite"]) == 0 and "1 done, 0 skipped" in capsys.readouterr().out
+    assert (output / ".zattrs").stat().st_mtime_ns != made and sorted(tmp_path.iterdir()) == [output]

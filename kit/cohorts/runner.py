@@ -7,7 +7,7 @@ already holds that object: same key, same checksum), slides with bulk RNA as the
 both streamed from disk in multipart uploads S3 checks part by part (SHA-256), never held in memory;
 then one InvokeEndpointAsync per slide, its options in the custom attributes.
 follow: SageMaker writes each answer (or the container's error) to the output (failure) location it returned;
-the runner polls those objects, downloads answers to OUT/<slide_id>.h5 (or .zarr.zip) and checks them.
+the runner polls those objects, downloads answers to OUT/<slide_id>.h5 (or .zarr/) and checks them.
 resume: OUT/cohort-state.json records every request; a rerun skips finished slides, keeps following the
 ones still queued, and resubmits failed ones; each run gives a slide at most 1 + --retries submissions.
 """
@@ -64,7 +64,7 @@ class Cohort:
     deployment: Deployment
     aws: boto3.Session
     out_dir: Path
-    suffix: str  # .h5 or .zarr.zip
+    suffix: str  # .h5 or .zarr (layouts.LOCAL_SUFFIXES)
     attributes: str
     retries: int = 2
     invocation_timeout_s: int = 3600
@@ -149,6 +149,7 @@ class Cohort:
         """Check each queued request's output and failure objects; the requests that ended now."""
         from kit.slides.features import output_tiles
         from kit.slides.transport import SlideFailed
+        from model_code.slides.layouts import install
 
         s3, ended = self.aws.client("s3"), []
         for request in self.requests.values():
@@ -159,7 +160,7 @@ class Cohort:
             if _download(s3, request.output_uri, partial):
                 try:
                     request.tiles, request.status = output_tiles(partial), "done"
-                    partial.replace(target)
+                    install(partial, target)
                 except SlideFailed as exc:
                     partial.unlink()
                     request.status, request.reason = "failed", str(exc)

@@ -1,8 +1,9 @@
 """`python -m kit slides convert SOURCE --to stamp --out DEST`: kit features files into another layout,
 without running a model again.
 
-SOURCE and DEST are each a directory or an s3:// prefix. Every `.h5` (either layout) and `.zarr.zip` (the
-vendor SDK's) under SOURCE becomes, under DEST:
+SOURCE and DEST are each a directory or an s3:// prefix. Every `.h5` (either layout) and Zarr (the vendor
+SDK's: a `.zarr` directory, or the `.zarr.zip` the server answers and S3 holds) under SOURCE becomes, under
+DEST:
 - `--to trident` / `--to stamp`: the same path with `.h5` (model_code/slides/layouts.py says what each
   tool reads);
 - `--to clam`: CLAM's feature directory, `h5_files/<slide>.h5` (the trident layout, which CLAM's h5
@@ -26,7 +27,7 @@ from kit.s3 import folder, join, parse
 
 HELP = "turn kit features files into another layout (trident, stamp, clam) without running a model again"
 TARGETS = ("trident", "stamp", "clam")
-SOURCE_SUFFIXES = (".zarr.zip", ".h5")
+SOURCE_SUFFIXES = (".zarr.zip", ".zarr", ".h5")  # a .zarr directory only on a disk (S3 holds the zip)
 PREFIX = "s3://BUCKET/PREFIX"
 
 
@@ -40,7 +41,7 @@ class Conversion:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a directory or s3://bucket/prefix holding kit outputs (.h5, .zarr.zip)")
+    parser.add_argument("source", help="a directory or s3://bucket/prefix holding kit outputs (.h5, .zarr, .zarr.zip)")
     parser.add_argument("--to", choices=TARGETS, required=True, help="the layout to write: trident, stamp or clam")
     parser.add_argument("--out", required=True, help="a directory or s3://bucket/prefix for the converted files")
     add_aws(parser)
@@ -159,7 +160,7 @@ def _sources(source: str, s3: Any) -> list[tuple[str, str]]:
         root = Path(source)
         if not root.is_dir():
             raise KitError(f"{source}: not a directory (give the directory of kit outputs, or an s3:// prefix)")
-        files = sorted(p for p in root.rglob("*") if p.name.endswith(SOURCE_SUFFIXES) and p.is_file())
+        files = sorted(p for p in root.rglob("*") if _is_output(p))
         found = [(str(p), p.relative_to(root).as_posix()) for p in files]
     if not found:
         raise KitError(f"no kit outputs ({', '.join(SOURCE_SUFFIXES)}) under {source}")
@@ -173,6 +174,11 @@ def _refuse_overwriting_sources(source: str, out: Path, conversions: list[Conver
     clash = [str(out / name) for c in conversions for name in c.outputs if (out / name).resolve() in sources]
     if clash:
         raise KitError(f"the conversion would overwrite its own sources ({', '.join(clash[:3])}): give another --out")
+
+
+def _is_output(path: Path) -> bool:
+    """A kit output: an h5 or Zarr zip file, or a Zarr directory."""
+    return path.is_dir() if path.name.endswith(".zarr") else path.name.endswith(SOURCE_SUFFIXES) and path.is_file()
 
 
 def _without_suffix(name: str) -> str:

@@ -1,5 +1,5 @@
 """`python -m kit slides run SLIDE_OR_DIR... --endpoint-url URL --model h1 --out DIR`: each slide to a slide
-endpoint, each answer to DIR/<slide's path in the directory given, suffix replaced>.h5 (or .zarr.zip), or
+endpoint, each answer to DIR/<slide's path in the directory given, suffix replaced>.h5 (or .zarr/), or
 with --trident-tree to TRIDENT's job tree (DIR/20x_224px_0px_overlap/features_hoptimus1/<slide>.h5).
 Before anything runs: two slides with one output are refused; an existing output is reused (skipped) when
 it was made the same way (model_code/slides/provenance.py), and refused, naming what differs, when not
@@ -25,7 +25,7 @@ from kit.cohorts.cohort import named_slides
 from kit.slides.features import SlideJob, check_existing, output_tiles
 from kit.slides.transport import HttpTransport, SlideFailed
 from model_code.catalogue import EMBEDDING, MODELS, canonical_name
-from model_code.slides.layouts import LAYOUTS, SUFFIXES
+from model_code.slides.layouts import LAYOUTS, LOCAL_SUFFIXES
 
 HELP = "send whole slides to an endpoint's slide path and write each one's features file"
 SLIDE_MODELS = tuple(name for name, spec in MODELS.items() if EMBEDDING in spec.modes)  # tissue-seg finds tissue
@@ -60,7 +60,7 @@ def plan_outputs(slides: list[tuple[Path, str]], out_dir: Path, fmt: str, job: s
     output are refused."""
     from model_code.slides.layouts import output_name
 
-    jobs = [SlideJob(slide, name, out_dir / output_name(name, fmt, job)) for slide, name in slides]
+    jobs = [SlideJob(slide, name, out_dir / output_name(name, fmt, job, LOCAL_SUFFIXES)) for slide, name in slides]
     by_target: dict[Path, list[SlideJob]] = {}
     for one in jobs:
         by_target.setdefault(one.target, []).append(one)
@@ -94,6 +94,8 @@ def run_slides(slides: list[SlideJob], transport: Transport, attributes: str, ov
 
 
 def _one(one: SlideJob, transport: Transport, attributes: str, overwrite: bool) -> Outcome:
+    from model_code.slides.layouts import install
+
     slide, target = one.slide, one.target
     if target.exists() and not overwrite:
         return Outcome(slide, "skipped", reason=f"({target} exists, made the same way)", name=one.name)
@@ -109,7 +111,7 @@ def _one(one: SlideJob, transport: Transport, attributes: str, overwrite: bool) 
     except SlideFailed as exc:
         partial.unlink(missing_ok=True)
         return Outcome(slide, "failed", reason=str(exc), name=one.name)
-    partial.replace(target)
+    install(partial, target)
     return Outcome(slide, "done", tiles, time.perf_counter() - began, note, name=one.name)
 
 
@@ -167,9 +169,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help=f"{', '.join(SLIDE_MODELS)}: named here (the server could pick it) because the outputs record it",
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr.zip")
+    parser.add_argument("--out", type=Path, required=True, help="directory for <slide stem>.h5 / .zarr")
     parser.add_argument(
-        "--format", choices=tuple(SUFFIXES), default="h5", help="h5 (default) or zarr (the vendor SDK's)"
+        "--format", choices=tuple(LOCAL_SUFFIXES), default="h5", help="h5 (default) or zarr (the vendor SDK's)"
     )
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="of the features")
     parser.add_argument(
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
             raise KitError(
                 "--overwrite and --trident-tree are for --endpoint-url; with --endpoint, move old outputs away"
             )
-        return run_async(args, attributes, SUFFIXES[args.format], wanted)
+        return run_async(args, attributes, LOCAL_SUFFIXES[args.format], wanted)
     if args.cohort or not args.slides:
         raise KitError("--endpoint-url takes slide files or directories (a cohort CSV needs --endpoint)")
     if args.out.exists() and not args.out.is_dir():

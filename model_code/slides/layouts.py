@@ -12,11 +12,17 @@ The facts are in DESIGN.md, "Feature files that the next tools read" (read from 
   when `unit` is "um" (224 px would become 224 um), and without `unit` as its historic format.
 Both keep the kit's own attributes on the root, and `tissue_ratios`, `tissue_mask` (and `embeddings`).
 One file cannot serve both: each calls its coordinates `coords`, in pixels and in micrometres.
+- Zarr, as the vendor SDK (1.3.1) writes and reads it: `outputs` for `features`; `coords` [N, 2] int32 in
+  pixels at the tiles' resolution (`mpp`: the grid index times the tile size, what its plots read at
+  `mpp`); root `tile_size` and `stride` as [w, h], `slide_dimensions`, `slide_dimensions_at_mpp`,
+  `num_tiles` beside the kit's own. One file (a zip, SUFFIXES) where it travels or sits in S3; a directory
+  (`.zarr`, LOCAL_SUFFIXES), which the SDK's `zarr.open` reads, where the kit lays outputs on a disk.
 numpy is imported where it is used: the CLI reads this module's names to build its parser.
 """
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +38,10 @@ FEATURES = {"trident": "features", "stamp": "feats"}
 TRIDENT_ENCODERS = {"h0": "hoptimus0", "h1": "hoptimus1", "h0-mini": "h0-mini"}  # TRIDENT's patch encoder names
 STAMP_EXTRACTORS = {"h0": "h-optimus-0", "h1": "h-optimus-1", "h0-mini": "h0-mini"}  # STAMP's ExtractorName
 STAMP_ONLY = ("extractor", "unit", "tile_size_um", "feat_type")
-SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}
+SUFFIXES = {"h5": ".h5", "zarr": ".zarr.zip"}  # one file: the server's answer, an S3 object, a cohort job's output
+LOCAL_SUFFIXES = {"h5": ".h5", "zarr": ".zarr"}  # on a disk of the operator's: Zarr as the vendor SDK opens it
 VENDOR_NAMES = {"features": "outputs"}  # the vendor SDK's Zarr names
+VENDOR_ONLY = ("stride", "slide_dimensions", "slide_dimensions_at_mpp", "num_tiles")
 
 
 def magnification(mpp: float) -> float:
@@ -57,14 +65,57 @@ def job_dir(mpp: float, tile_size: int, model: str) -> str:
     return f"{magnification(mpp):g}x_{tile_size}px_0px_overlap/features_{encoder}"
 
 
-def output_name(slide: str, fmt: str, job: str | None = None) -> str:
+def output_name(slide: str, fmt: str, job: str | None = None, suffixes: dict[str, str] = SUFFIXES) -> str:
     """The output's path for a slide given by its path relative to the cohort (`sub/a.svs` -> `sub/a.h5`); in
     TRIDENT's job tree `job` (job_dir), the slide's name alone, as TRIDENT names it (`JOB/a.h5`)."""
     path = PurePosixPath(slide)
     stem = path.stem if path.suffix else path.name  # a DICOM folder is a slide too
     if job is not None:
-        return f"{job}/{stem}{SUFFIXES[fmt]}"
-    return str(path.parent / f"{stem}{SUFFIXES[fmt]}")
+        return f"{job}/{stem}{suffixes[fmt]}"
+    return str(path.parent / f"{stem}{suffixes[fmt]}")
+
+
+def install(made: Path, target: Path) -> None:
+    """Put a finished output (`made`, one file) at `target`, replacing what is there: a Zarr zip is unpacked
+    into the directory `target` when its name ends as LOCAL_SUFFIXES names it."""
+    if not target.name.endswith(LOCAL_SUFFIXES["zarr"]):
+        made.replace(target)
+        return
+    unpacked = target.with_name(target.name + ".unpacking")
+    shutil.rmtree(unpacked, ignore_errors=True)
+    with zipfile.ZipFile(made) as archive:
+        for entry in archive.infolist():  # the kit's own zip, checked all the same: no path leaves `unpacked`
+            if entry.filename.startswith("/") or ".." in PurePosixPath(entry.filename).parts:
+                raise ValueError(f"{made}: entry {entry.filename!r} would leave the output's directory")
+        archive.extractall(unpacked)
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
+    unpacked.rename(target)
+    made.unlink()
+
+
+def vendor_coords(coords: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
+    """Level-0 pixels as the vendor SDK's Zarr has them: pixels at the tiles' resolution, int32."""
+    import numpy as np
+
+    index = np.round(np.asarray(coords, dtype=np.float64) / attributes["patch_size_level0"])
+    return (index * int(attributes["tile_size"])).astype(np.int32).reshape(-1, 2)
+
+
+def vendor_attributes(attributes: dict[str, Any], tiles: int) -> dict[str, Any]:
+    """The kit's attributes (None left out) with the vendor SDK's Zarr attributes beside them."""
+    root = {key: value for key, value in attributes.items() if value is not None}
+    size, width, height = int(root["tile_size"]), int(root["slide_width"]), int(root["slide_height"])
+    scale = root["slide_mpp"] / root["mpp"]
+    return root | {
+        "tile_size": [size, size],
+        "stride": [size, size],
+        "slide_dimensions": [width, height],
+        "slide_dimensions_at_mpp": [round(width * scale), round(height * scale)],
+        "num_tiles": tiles,
+    }
 
 
 def coords_dataset(layout: str, coords: np.ndarray, attributes: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -118,11 +169,19 @@ class Output:
 
 
 def read_output(path: Path) -> Output:
-    """A kit output (HDF5 in either layout, or the vendor SDK's Zarr zip); ValueError when it is not one."""
+    """A kit output (HDF5 in either layout, or the vendor SDK's Zarr, zipped or a directory); ValueError when
+    it is not one."""
     import numpy as np
 
-    if zipfile.is_zipfile(path):
+    if path.is_dir() or zipfile.is_zipfile(path):
         arrays, attributes = _read_zarr(path)
+        if "stride" in attributes:  # in the SDK's terms (a kit Zarr from before has the kit's)
+            attributes["tile_size"] = attributes["tile_size"][0]
+            for name in ("coords", "skipped_coords"):
+                index = np.round(arrays[name] / attributes["tile_size"]).reshape(-1, 2)
+                arrays[name] = np.round(index * attributes["patch_size_level0"]).astype(np.int64)
+            for key in VENDOR_ONLY:
+                attributes.pop(key)
     else:
         import h5py
 
@@ -141,8 +200,8 @@ def read_output(path: Path) -> Output:
 
 
 def read_attributes(path: Path) -> dict[str, Any]:
-    """The root attributes of an output (HDF5 or Zarr zip) without reading its arrays."""
-    if zipfile.is_zipfile(path):
+    """The root attributes of an output (HDF5 or Zarr) without reading its arrays."""
+    if path.is_dir() or zipfile.is_zipfile(path):
         with _zarr_group(path) as group:
             return dict(group.attrs)
     import h5py
@@ -162,9 +221,9 @@ def _read_zarr(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 @contextmanager
 def _zarr_group(path: Path) -> Iterator[Any]:
     import zarr
-    from zarr.storage import ZipStore
+    from zarr.storage import LocalStore, ZipStore
 
-    store = ZipStore(path, mode="r")
+    store = LocalStore(path, read_only=True) if path.is_dir() else ZipStore(path, mode="r")
     try:
         yield zarr.open_group(store, mode="r")
     finally:

@@ -4,9 +4,10 @@ HDF5 (default) in one of the layouts of `layouts` (TRIDENT's, which CLAM's reade
 features [N, D], `coords` [N, 2] (each tile's top-left corner), `tissue_ratios` [N], `tissue_mask` (uint8,
 at tissue-seg's 8 um/px), `embeddings` [N, 1536] when M-Optimus answers prediction_with_embedding, and
 `skipped_coords` [K, 2] (level-0 pixels, in every layout) of the tiles left out because their pixels cannot
-be decoded; attributes describe the model, tiles, slide and how the file was made. Zarr in a zip store, as
-the vendor's SDK writes it: `outputs` for `features`, `coords` in level-0 pixels, the other arrays and
-attributes alike.
+be decoded; attributes describe the model, tiles, slide and how the file was made. Zarr as the vendor's SDK
+writes it (layouts.vendor_coords, layouts.vendor_attributes), zipped into one file: `outputs` for
+`features`, `coords` and `skipped_coords` in pixels at the tiles' resolution, the other arrays and the
+kit's attributes alike.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import zarr
 
 from model_code.slides import layouts
-from model_code.slides.layouts import SUFFIXES, VENDOR_NAMES
+from model_code.slides.layouts import SUFFIXES, VENDOR_NAMES, vendor_attributes, vendor_coords
 
 __all__ = ["MEDIA_TYPES", "SUFFIXES", "Writer", "open_writer"]
 
@@ -109,8 +110,6 @@ class ZarrWriter:
         self.path, self.plan = path, plan
         self.directory = path.with_name(path.name + ".d")
         self.group = zarr.open_group(self.directory, mode="w", zarr_format=2)
-        self.group.create_array("coords", data=plan.coords.astype(np.int64))
-        self.group.create_array("tissue_ratios", data=plan.ratios.astype(np.float32))
         self.group.create_array("tissue_mask", data=plan.mask)
         for name, width in plan.widths.items():
             shape = (len(plan.coords), width)
@@ -121,14 +120,14 @@ class ZarrWriter:
             self.group[VENDOR_NAMES.get(name, name)][start : start + len(values)] = values  # type: ignore[index]
 
     def close(self, attributes: dict[str, Any], skipped: np.ndarray = NONE) -> None:
-        kept, lost = _split(self.plan, skipped)
+        (coords, ratios), lost = _split(self.plan, skipped)
         if len(skipped):
-            self.group.create_array("coords", data=kept[0], overwrite=True)
-            self.group.create_array("tissue_ratios", data=kept[1], overwrite=True)
             for name, width in self.plan.widths.items():
-                self.group[VENDOR_NAMES.get(name, name)].resize((len(kept[0]), width))  # type: ignore[union-attr]
-        self.group.create_array("skipped_coords", data=lost)
-        self.group.attrs.update({k: v for k, v in attributes.items() if v is not None})
+                self.group[VENDOR_NAMES.get(name, name)].resize((len(coords), width))  # type: ignore[union-attr]
+        self.group.create_array("coords", data=vendor_coords(coords, attributes))
+        self.group.create_array("tissue_ratios", data=ratios)
+        self.group.create_array("skipped_coords", data=vendor_coords(lost, attributes))
+        self.group.attrs.update(vendor_attributes(attributes, len(coords)))
         with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for file in sorted(self.directory.rglob("*")):
                 if file.is_file():
