@@ -86,16 +86,29 @@ image-check: install
 	container/image_check.sh
 
 clean:
-	rm -rf $(VENV) $(SDK_VENVS) build cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SDK_VENVS) .venv-vendor-sdk build cdk.out .pytest_cache .mypy_cache .ruff_cache
 
 # The SageMaker Python SDK against the local server (tests/sdk_check.py): 2.x's Predictor (.venv-sdk, pyproject's `sdk`
 # extra) and 3.x's Endpoint (.venv-sdk-core, the `sdk-core` extra), each in a venv of its own: the kit's pins untouched.
+# Then the vendor's own SDK (tests/vendor_sdk_check.py, .venv-vendor-sdk on Python 3.12): its endpoint check, its
+# whole-slide pipeline beside the kit's slide path, its readers on the kit's files.
 .PHONY: sdk-check
 SDK_VENVS := .venv-sdk .venv-sdk-core
+PYTHON312 ?= $(firstword $(shell python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null) \
+	$(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12))
 
-sdk-check: install build/sdk-check/art/model.tar.gz $(SDK_VENVS:%=%/.installed-stamp)
+sdk-check: install build/sdk-check/art/model.tar.gz $(SDK_VENVS:%=%/.installed-stamp) .venv-vendor-sdk/.installed-stamp
 	set -e; for venv in $(SDK_VENVS); do \
 		$$venv/bin/python -m tests.sdk_check --python $(PY) --model-dir build/sdk-check/art/model; done
+	.venv-vendor-sdk/bin/python -m tests.vendor_sdk_check --python $(PY) --model-dir build/sdk-check/art/model
+
+# The vendor SDK needs Python >= 3.12 (PYTHON312: a python3.12 that runs, or pyenv's).
+.venv-vendor-sdk/.installed-stamp: pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "make sdk-check needs Python 3.12 for the vendor SDK: set PYTHON312=/path/to/python3.12"; exit 1; }
+	test -x .venv-vendor-sdk/bin/python || $(PYTHON312) -m venv .venv-vendor-sdk
+	.venv-vendor-sdk/bin/python -m pip install --quiet --disable-pip-version-check $$(.venv-vendor-sdk/bin/python -c \
+		"import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['vendor-sdk'])")
+	touch $@
 
 # .venv-EXTRA gets pyproject's optional dependencies EXTRA, alone.
 .venv-%/.installed-stamp: pyproject.toml
