@@ -3,12 +3,15 @@
 uvicorn closes a connection idle *between* requests (`timeout_keep_alive`), but not one that opened
 and sent nothing, sent part of its headers, or stopped in the middle of its body: each would hold a
 socket (and a request task) forever, and make SIGTERM wait for them. This protocol drops such a
-connection after `read_timeout` seconds without a byte, and on shutdown at once.
+connection after `read_timeout` seconds without a byte, and on shutdown at once. uvicorn's httptools
+parser also keeps a request line and headers of any size in memory (a client sending header lines without
+end grows the server by as much): past MAX_HEAD_BYTES it answers 431 and closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +19,11 @@ from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model_code.errors import ClientError
+
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers: SageMaker's own are under 2 kB, a bearer token under 1 kB
+HEAD_TOO_LARGE = json.dumps(
+    ClientError(f"the request line and headers are over {MAX_HEAD_BYTES} bytes", field="headers", status=431).to_dict()
+).encode()
 
 
 class StallGuardProtocol(HttpToolsProtocol):
@@ -25,6 +33,8 @@ class StallGuardProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._awaiting_client = True  # a request (or its rest) is still expected from the client
         self._stall: asyncio.TimerHandle | None = None
+        self._in_head = False  # between a request's first byte and the end of its headers
+        self._head_bytes = 0  # received while in them
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -32,11 +42,21 @@ class StallGuardProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._in_head and not self.transport.is_closing():  # counted whole: the parser keeps the head's part
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
         self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_client = True
+        self._in_head, self._head_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -62,6 +82,15 @@ class StallGuardProtocol(HttpToolsProtocol):
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
+
+    def _refuse_head(self) -> None:
+        self.logger.info("closing a connection whose request line and headers passed %d bytes", MAX_HEAD_BYTES)
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(HEAD_TOO_LARGE)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + HEAD_TOO_LARGE)
+        self.transport.close()
 
     def _stalled(self) -> None:
         if self._awaiting_client and not self.transport.is_closing():

@@ -221,17 +221,23 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    """A gzip body decompressed, refusing more than `limit` bytes out (a small bomb cannot grow large)."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ClientError(f"is gzip but cannot be decompressed ({exc})", field="content_encoding") from None
-    if len(out) > limit:
-        raise ClientError(f"decompresses to over the limit of {limit} bytes (MAX_BODY_MB)", field="body", status=413)
-    if not inflater.eof:
-        raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
-    return out
+    """A gzip body decompressed, every member of it (RFC 1952: `cat a.gz b.gz` is one gzip body), refusing
+    more than `limit` bytes out (a small bomb cannot grow large) and bytes after the last member."""
+    out, rest = bytearray(), body
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            where = " after its first member" if out else ""
+            raise ClientError(f"is gzip but cannot be decompressed{where} ({exc})", field="content_encoding") from None
+        if len(out) > limit:
+            too_much = f"decompresses to over the limit of {limit} bytes (MAX_BODY_MB)"
+            raise ClientError(too_much, field="body", status=413)
+        if not inflater.eof:
+            raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
+        rest = inflater.unused_data
+    return bytes(out)
 
 
 def error_response(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> Response:

@@ -109,6 +109,24 @@ def test_a_stalled_connection_is_dropped_after_the_read_timeout(guarded: Running
     assert httpx.get(f"{guarded.url}/ping").status_code == 200
 
 
+def test_headers_without_end_are_431_not_memory(guarded: Running) -> None:
+    """uvicorn's parser keeps every header line it is sent (1.2 GB of them grew a server by 1.4 GB): past
+    MAX_HEAD_BYTES the request is refused and the connection closed; headers under it are served."""
+    from model_code.connections import MAX_HEAD_BYTES
+
+    port = int(guarded.url.rsplit(":", 1)[1])
+    flood = b"POST /invocations HTTP/1.1\r\nHost: x\r\n" + b"X-Flood: " + b"a" * MAX_HEAD_BYTES + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(flood)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "headers"
+    big = {"x-big": "a" * (MAX_HEAD_BYTES // 2)}
+    assert httpx.post(f"{guarded.url}/invocations", json=tile("s", 0), headers=big).status_code == 200
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize(
     ("content_type", "setting"), [(JSON, "MAX_BODY_MB"), (SLIDE, "MAX_SLIDE_MB")], ids=["tiles", "slide"]
@@ -156,6 +174,20 @@ def test_gzip_bodies_are_decoded_bounded_and_other_encodings_are_415(running: Ru
     assert broken.status_code == 400 and broken.json()["field"] == "content_encoding"
     brotli = httpx.post(f"{running.url}/invocations", content=record, headers={**JSON, "content-encoding": "br"})
     assert brotli.status_code == 415 and brotli.json()["field"] == "content_encoding"
+
+
+def test_every_gzip_member_is_read_and_bytes_after_the_last_are_refused(running: Running) -> None:
+    """`cat a.gz b.gz` is one gzip body (RFC 1952), as streaming writers make them: no record after the first
+    member may be lost."""
+    lines = [orjson.dumps(wire_record("h1", "embedding", patch_idx=i)) + b"\n" for i in range(5)]
+    members = gzip.compress(b"".join(lines[:3])) + gzip.compress(b"".join(lines[3:]))
+    headers = {"content-type": "application/jsonlines", "accept": "application/jsonlines", "content-encoding": "gzip"}
+    answered = httpx.post(f"{running.url}/invocations", content=members, headers=headers)
+    assert answered.status_code == 200, answered.text
+    assert [orjson.loads(line)["patch_idx"] for line in answered.content.splitlines()] == [0, 1, 2, 3, 4]
+    trailing = httpx.post(f"{running.url}/invocations", content=members + b"garbage", headers=headers)
+    assert trailing.status_code == 400 and trailing.json()["field"] == "content_encoding"
+    assert "after its first member" in trailing.json()["reason"]
 
 
 @pytest.mark.parametrize(
