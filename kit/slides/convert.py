@@ -6,8 +6,9 @@ SDK's: a `.zarr` directory, or the `.zarr.zip` the server answers and S3 holds) 
 DEST:
 - `--to trident` / `--to stamp`: the same path with `.h5` (model_code/slides/layouts.py says what each
   tool reads);
-- `--to clam`: CLAM's feature directory, `h5_files/<slide>.h5` (the trident layout, which CLAM's h5
-  readers take) and `pt_files/<slide>.pt`, the float32 tensor [N, D] CLAM's training loads by default.
+- `--to clam`: CLAM's feature directory, `h5_files/<slide>.h5` (the trident layout, which CLAM's training
+  takes with `use_h5`; float32, as CLAM writes it) and `pt_files/<slide>.pt`, the float32 tensor [N, D] its
+  training loads by default.
   CLAM names files by slide id alone, so two slides with one name are refused before anything is written.
 The kit's attributes travel unchanged (the recipe records the new layout: the numbers are the same).
 """
@@ -91,7 +92,9 @@ def plan(sources: list[tuple[str, str]], target: str) -> list[Conversion]:
 
 
 def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = None) -> None:
-    """Write `source` (any kit output) as `h5_out` in `layout`, and the float32 features as `pt_out`."""
+    """Write `source` (any kit output) as `h5_out` in `layout`, and the float32 features as `pt_out`; with
+    `pt_out` (CLAM), the h5 file's features are float32 too: CLAM's models are, and its h5 branch
+    (`use_h5`) hands them over as stored (float16 fails there: "mat1 and mat2 must have the same dtype")."""
     import json
 
     import h5py
@@ -108,11 +111,12 @@ def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = 
     per_tile = {name: array for name, array in arrays.items() if array.ndim == 2 and len(array) == len(features)}
     widths = {"features": features.shape[1], **{name: array.shape[1] for name, array in per_tile.items()}}
     attributes["layout"] = layout
+    dtype = "float32" if pt_out is not None else str(features.dtype)
     if RECIPE in attributes:
         attributes[RECIPE] = json.dumps(
-            json.loads(attributes[RECIPE]) | {"layout": layout, "format": "h5"}, sort_keys=True
+            json.loads(attributes[RECIPE]) | {"layout": layout, "format": "h5", "dtype": dtype}, sort_keys=True
         )
-    writer = open_writer("h5", h5_out, coords, ratios, widths, str(features.dtype), mask, layout)
+    writer = open_writer("h5", h5_out, coords, ratios, widths, dtype, mask, layout)
     writer.write(0, {"features": features, **per_tile})
     writer.close(attributes)
     with h5py.File(h5_out, "a") as file:  # anything else the source holds (skipped_coords too), as it was
