@@ -76,7 +76,10 @@ class CohortJobRole(Construct):
                 conditions={"StringLike": {"s3:prefix": [f"{out_prefix}*"]}},
             ),
             iam.PolicyStatement(
-                sid="UseKitKey", actions=["kms:Decrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+                # kms:Encrypt: SageMaker requires it for OutputDataConfig.KmsKeyId (kit cohort run sets it)
+                sid="UseKitKey",
+                actions=["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey"],
+                resources=[key.key_arn],
             ),
             iam.PolicyStatement(
                 sid="WriteLogs",

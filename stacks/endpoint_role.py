@@ -99,7 +99,10 @@ def execution_role(
             actions=["s3:PutObject", "s3:AbortMultipartUpload"],
             resources=[results + endpoint.prefix(p) + "*" for p in OUTPUTS],
         ),
-        iam.PolicyStatement(sid="EncryptResults", actions=["kms:GenerateDataKey"], resources=[key.key_arn]),
+        # kms:Encrypt too: SageMaker requires it of the role for TransformOutput.KmsKeyId (kit batch sets it).
+        iam.PolicyStatement(
+            sid="EncryptResults", actions=["kms:Encrypt", "kms:GenerateDataKey"], resources=[key.key_arn]
+        ),
         *endpoint.serving.role_statements(),
     ]
     if artifact.kms_key_arn:

@@ -20,6 +20,9 @@ from stacks.nag import acknowledge, checkov_skip
 
 COHORT_OUTPUT = "cohorts/"  # cohort jobs' default output prefix in the results bucket
 MULTIPART_ABORT = Duration.days(7)  # an interrupted multi-GB upload leaves parts that are billed until aborted
+# Kept on an update's replacement and a destroy (they hold weights, images, results, the key to them), deleted
+# when the create that made them rolls back: a failed first deploy leaves no key, bucket or repository behind.
+KEPT = RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
 
 
 class FoundationStack(Stack):
@@ -42,7 +45,7 @@ class FoundationStack(Stack):
                     abort_incomplete_multipart_upload_after=MULTIPART_ABORT,
                 )
             ],
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=KEPT,
         )
         acknowledge(
             self.access_logs,
@@ -61,6 +64,9 @@ class FoundationStack(Stack):
         # only PREFIX-NAME/{async,batch}/input/ and write only its output (and failure) prefixes
         # (stacks/endpoint_role.py).
         self.results = self._private_bucket("Results", "results/", noncurrent_version_expiration=Duration.days(30))
+        for bucket in (self.access_logs, self.artifacts, self.results):  # kept with its TLS-only Deny and grants
+            assert bucket.policy is not None  # enforce_ssl made it
+            bucket.policy.apply_removal_policy(KEPT)
         acknowledge(
             self.access_logs,
             self.artifacts,
@@ -89,7 +95,7 @@ class FoundationStack(Stack):
                     max_image_count=20,
                 ),
             ],
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=KEPT,
         )
         self.alarms = sns.Topic(self, "Alarms", master_key=self.key, display_name=f"{config.prefix} endpoint alarms")
         # A topic policy replaces SNS's default one: without this Allow, CloudWatch alarms cannot publish.
@@ -142,7 +148,7 @@ class FoundationStack(Stack):
             "Key",
             description="Optimus SageMaker kit: model artifacts, images, logs, alarms",
             enable_key_rotation=True,
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=KEPT,
         )
         key.add_alias(f"alias/{config.prefix}-sagemaker-kit")
         # The endpoint log groups and the alarm topic use this key; the CDK's own statement delegates to IAM.
@@ -172,5 +178,5 @@ class FoundationStack(Stack):
                     noncurrent_version_expiration=noncurrent_version_expiration,
                 )
             ],
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=KEPT,
         )

@@ -110,7 +110,7 @@ def test_role_reads_inputs_and_writes_only_its_own_output_prefixes(
             f"/{name}/{p}*" for p in INPUTS
         ]
         assert statements["ListBatchInput"]["Condition"] == {"StringLike": {"s3:prefix": [f"{name}/batch/input/*"]}}
-        assert statements["EncryptResults"]["Action"] == "kms:GenerateDataKey"
+        assert statements["EncryptResults"]["Action"] == ["kms:Encrypt", "kms:GenerateDataKey"]
         notify = statements.get("NotifyOutcomes")
         if logical == "H1":
             assert notify is None  # a real-time endpoint has no topics

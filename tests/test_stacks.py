@@ -113,7 +113,7 @@ def test_cfn_lint_reports_nothing(synthesized: tuple[Template, Template, Path]) 
 def test_key_buckets_and_repository(synthesized: tuple[Template, Template, Path]) -> None:
     foundation = synthesized[0]
     foundation.has_resource_properties("AWS::KMS::Key", {"EnableKeyRotation": True})
-    foundation.has_resource("AWS::KMS::Key", {"DeletionPolicy": "Retain"})
+    foundation.has_resource("AWS::KMS::Key", {"DeletionPolicy": "RetainExceptOnCreate"})
     foundation.has_resource_properties(
         "AWS::S3::Bucket",
         {
@@ -132,7 +132,9 @@ def test_key_buckets_and_repository(synthesized: tuple[Template, Template, Path]
             "LoggingConfiguration": Match.object_like({"DestinationBucketName": Match.any_value()}),
         },
     )
-    assert all(b["DeletionPolicy"] == "Retain" for b in resources(foundation, "AWS::S3::Bucket").values())
+    kept = [*resources(foundation, "AWS::S3::Bucket").values()]
+    kept += resources(foundation, "AWS::S3::BucketPolicy").values()
+    assert len(kept) == 6 and all(r["DeletionPolicy"] == "RetainExceptOnCreate" for r in kept)  # their policies too
     policies = json.dumps(resources(foundation, "AWS::S3::BucketPolicy"))
     assert policies.count('"aws:SecureTransport": "false"') == 3  # TLS only, every bucket
     foundation.has_resource_properties(
