@@ -3,7 +3,9 @@
 uvicorn closes a connection idle *between* requests (`timeout_keep_alive`), but not one that opened
 and sent nothing, sent part of its headers, or stopped in the middle of its body: each would hold a
 socket (and a request task) forever, and make SIGTERM wait for them. This protocol drops such a
-connection after `read_timeout` seconds without a byte, and on shutdown at once. uvicorn's httptools
+connection after `read_timeout` seconds without a byte (its headers within `read_timeout` of their first
+byte), and on shutdown at once; one whose answer waits that long for the client to read any of it is
+dropped too (uvicorn would keep the answer in memory for as long). uvicorn's httptools
 parser also keeps a request line and headers of any size in memory (a client sending header lines without
 end grows the server by as much): past MAX_HEAD_BYTES it answers 431 and closes.
 """
@@ -33,6 +35,7 @@ class StallGuardProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._awaiting_client = True  # a request (or its rest) is still expected from the client
         self._stall: asyncio.TimerHandle | None = None
+        self._unread: asyncio.TimerHandle | None = None  # armed while an answer waits for the client to read it
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_bytes = 0  # received while in them
 
@@ -46,13 +49,24 @@ class StallGuardProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse_head()
-                return
+            return  # not re-armed: the head's deadline runs from its first byte, a trickle cannot stretch it
         self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_client = True
         self._in_head, self._head_bytes = True, 0
+        self._arm()
+
+    def pause_writing(self) -> None:
+        """The answer waits in the transport's buffer for the client to read it: a client that takes none of it
+        for `read_timeout` seconds is dropped, and the answer's memory with it (one that reads slowly is not)."""
+        super().pause_writing()
+        self._watch_unread()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._disarm_unread()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -65,6 +79,7 @@ class StallGuardProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_unread()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:
@@ -91,6 +106,25 @@ class StallGuardProtocol(HttpToolsProtocol):
         )
         self.transport.write(head.encode() + HEAD_TOO_LARGE)
         self.transport.close()
+
+    def _disarm_unread(self) -> None:
+        if self._unread is not None:
+            self._unread.cancel()
+            self._unread = None
+
+    def _watch_unread(self) -> None:
+        self._disarm_unread()
+        waiting = self.transport.get_write_buffer_size()
+        self._unread = self.loop.call_later(self.read_timeout, self._not_reading, waiting)
+
+    def _not_reading(self, waiting: int) -> None:
+        """Dropped only if the client took nothing of what was waiting: a slow link keeps going."""
+        self._unread = None  # closing or not: close() waits for the client to take the answer (after Connection: close)
+        if self.transport.get_write_buffer_size() < waiting:
+            self._watch_unread()
+            return
+        self.logger.info("dropping a connection that read none of its answer for %.0f s", self.read_timeout)
+        self.transport.abort()  # close() would wait for the buffer to drain, which this client does not do
 
     def _stalled(self) -> None:
         if self._awaiting_client and not self.transport.is_closing():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -125,6 +127,42 @@ def test_headers_without_end_are_431_not_memory(guarded: Running) -> None:
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "headers"
     big = {"x-big": "a" * (MAX_HEAD_BYTES // 2)}
     assert httpx.post(f"{guarded.url}/invocations", json=tile("s", 0), headers=big).status_code == 200
+
+
+def test_headers_sent_a_byte_at_a_time_do_not_stretch_the_read_timeout(guarded: Running) -> None:
+    """A header line every 0.2 s (under READ_TIMEOUT_S 0.5 between bytes) held a socket for as long as it went on."""
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\n")
+        began = time.monotonic()
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            while time.monotonic() - began < 4:
+                sock.sendall(b"X-Slow: 1\r\n")
+                time.sleep(0.2)
+    assert time.monotonic() - began < 2, "dropped within a few read timeouts of the head's first byte"
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped_with_it(artifact: Path) -> None:
+    """Without this a client that sends a small request for a large answer and reads nothing kept the answer in
+    the server's memory for as long as it held the connection (4 such clients: 1.4 GB). 12 MB of answer: more
+    than the kernel's buffers take (4 MB sending here), so the server's own buffer holds the rest."""
+    body = orjson.dumps([wire_record("tissue-seg", "prediction")] * 12)
+    with serve_in_thread(Settings(model_dir=artifact, port=free_port(), read_timeout_s=0.5)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}"
+            sock.sendall(f"{head}\r\nContent-Type: application/json\r\n\r\n".encode() + body)
+            time.sleep(5)  # the forward, then READ_TIMEOUT_S (0.5 s) with nothing read
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                sock.settimeout(5)
+                while chunk := sock.recv(1 << 16):
+                    received += chunk
+        declared = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        assert declared > 10e6 and len(received.split(b"\r\n\r\n", 1)[1]) < declared, "the server gave up"
+        assert httpx.get(f"{running.url}/ping").status_code == 200
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

@@ -3,6 +3,7 @@ HDF5 / Zarr features out, checked against the tile API's answers for the same ti
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 import zipfile
@@ -141,6 +142,25 @@ def test_boto3_path_answers_slide_errors_as_the_sagemaker_runtime(running: Runni
 def test_bad_options_are_named(running: Running, attributes: str, status: int, field: str) -> None:
     answer = post_slide(running, b"never read", attributes)
     assert (answer.status_code, answer.json()["field"]) == (status, field), answer.text
+
+
+def test_a_utf8_slide_name_in_the_attributes_is_refused_and_taken_in_the_query(
+    running: Running, slides: dict[str, Path]
+) -> None:
+    """SageMaker carries visible ASCII in custom attributes; UTF-8 there arrives as latin-1 and was stored garbled
+    ('æ¼¢å\xad\x97' for '漢字'). The query string carries it (percent-encoded UTF-8)."""
+    headers = {"content-type": b"image/tiff", ATTRIBUTES.encode(): "model=h1;slide_name=漢字".encode()}  # raw bytes
+    refused = httpx.post(f"{running.url}/invocations", content=b"never read", headers=headers)
+    assert (refused.status_code, refused.json()["field"]) == (400, ATTRIBUTES) and "ASCII" in refused.text
+    answer = post_slide(running, slides["0.5"].read_bytes(), "model=h1", slide_name="漢字")
+    with h5py.File(io.BytesIO(answer.content), "r") as out:
+        assert out.attrs["slide_name"] == "漢字"
+
+
+def test_an_encoded_slide_is_415_naming_the_encoding(running: Running, slides: dict[str, Path]) -> None:
+    headers = {"content-type": "image/tiff", "content-encoding": "gzip", ATTRIBUTES: "model=h1"}
+    answer = httpx.post(f"{running.url}/invocations", content=gzip.compress(b"svs"), headers=headers)
+    assert (answer.status_code, answer.json()["field"]) == (415, "content_encoding"), answer.text
 
 
 def test_zarr_zip_as_the_vendor_sdk_writes(running: Running, slides: dict[str, Path], tmp_path: Path) -> None:

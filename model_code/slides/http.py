@@ -75,6 +75,11 @@ class SlideService:
             route = {ROUTE_OPTIONS[name]: value for name, value in (overrides or {}).items()}
             options = slide_options(request.headers, request.query_params.multi_items(), route)
             runner = choose_runner(models, options)  # a wrong model or mode is refused before the body is read
+            encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+            if encoding != "identity":  # its tiles are JPEG already: read as sent, it would be "not a slide"
+                raise ClientError(
+                    f"a slide is sent as it is, not '{encoding}'-encoded", field="content_encoding", status=415
+                )
             kind = media_type(request.headers.get("content-type"))
             if self.pending >= self.max_pending:
                 busy = f"{self.pending} slides are already here (one runs at a time); retry later"
