@@ -10,6 +10,8 @@ from __future__ import annotations
 import binascii
 import io
 import json
+import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -19,7 +21,7 @@ import numpy as np
 import orjson
 import pybase64  # SIMD base64: 60x the standard library's speed, which held the GIL 20% of the time
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from model_code.catalogue import (
     ECHO_FIELDS,
@@ -40,10 +42,17 @@ IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "WEBP")
 
 Layout = Literal["object", "list", "lines"]
 # JSON allows integers of any size; the answer echoes them, and orjson (like most clients) stops at 64 bits.
-Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# Strict: a string, a boolean or 5.0 is refused by name rather than echoed back as 5 or 1 (pydantic's lax mode).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1, strict=True)]
+Number = Annotated[float, Field(strict=True)]  # an int is one too; NaN reaches bulk_rna's own check, which names it
+Ratio = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0, le=1)]
+Resolution = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0)]  # um/px
 MODE_OUTPUTS = {EMBEDDING: (EMBEDDING,), PREDICTION: (PREDICTION,), PREDICTION_WITH_EMBEDDING: (PREDICTION, EMBEDDING)}
 MIN_VALUE_BYTES = 4  # "0.0,": no number in an answer is written shorter
 GENE_NOT_MEASURED = -1.0  # the vendor SDK's bulk-RNA value for a gene missing from the sample's file
+BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+WHITESPACE = str.maketrans("", "", "\n\r \t")
+OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-f]+>")  # an object's address: different in every answer
 
 
 def media_type(content_type: str | None) -> str:
@@ -57,15 +66,15 @@ class WireRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     image_data: str = ""
-    bulk_rna: list[float] | None = None
+    bulk_rna: list[Number] | None = None
     slide_name: str | None = None
     x: Int64 | None = None
     y: Int64 | None = None
     width: Int64 | None = None
     height: Int64 | None = None
-    tissue_ratio: FiniteFloat | None = None
+    tissue_ratio: Ratio | None = None
     patch_idx: Int64 | None = None
-    resolution: FiniteFloat | None = None
+    resolution: Resolution | None = None
     model_name: str
     mode: Literal["embedding", "prediction", "prediction_with_embedding", "metadata"]
 
@@ -94,6 +103,10 @@ def _loads(text: bytes | str) -> Any:
             return json.loads(text)
         except RecursionError:
             raise ValueError("nested too deeply") from None
+        except ValueError as exc:
+            if "integer string conversion" in str(exc):  # Python's own guard, whose advice is for the server
+                raise ValueError(f"holds a number of over {sys.get_int_max_str_digits()} digits") from None
+            raise
 
 
 def check_content_type(content_type: str | None) -> str:
@@ -260,10 +273,12 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
     """
     if not image_data:
         raise ClientError("is empty; send a base64-encoded PNG tile", field="image_data")
+    if any(space in image_data for space in "\n\r \t"):  # MIME's line breaks (`base64` wraps at 76), as RFC 2045 allows
+        image_data = image_data.translate(WHITESPACE)
     try:
         data = pybase64.b64decode(image_data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ClientError(f"is not valid base64 ({exc})", field="image_data") from None
+    except (binascii.Error, ValueError):
+        raise ClientError(base64_problem(image_data), field="image_data") from None
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.size != (tile_size, tile_size):  # checked before any pixel is decoded
@@ -284,12 +299,25 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
             f"declares an image far larger than a {tile_size}x{tile_size} tile", field="image_data"
         ) from None
     except Exception as exc:  # any Pillow failure is the input's (see the docstring)
+        said = OBJECT_REPR.sub("", str(exc))  # "cannot identify image file <_io.BytesIO object at 0x7f...>"
         raise ClientError(
-            f"is not a readable PNG, JPEG, TIFF or WebP image ({type(exc).__name__}: {exc})", field="image_data"
+            f"is not a readable PNG, JPEG, TIFF or WebP image ({type(exc).__name__}: {said})", field="image_data"
         ) from None
     if pixels.shape != (tile_size, tile_size, 3):  # a lying header that Pillow tolerated
         raise ClientError(f"decoded to pixels of shape {pixels.shape}, not an RGB tile", field="image_data")
     return pixels
+
+
+def base64_problem(text: str) -> str:
+    """What is wrong with a string that standard base64 refuses, and where."""
+    if text.startswith("data:"):
+        return "starts with a data: URI prefix; send the base64 after its comma alone"
+    bad = next((i for i, c in enumerate(text) if c not in BASE64_ALPHABET), None)
+    if bad is not None and text[bad] in "-_":
+        return f"uses the URL-safe alphabet ({text[bad]!r} at character {bad}); send standard base64 (+ and /)"
+    if bad is not None:
+        return f"is not base64: {text[bad]!r} at character {bad}"
+    return f"is not base64: {len(text)} characters, not a multiple of 4 (its '=' padding is missing or extra)"
 
 
 def png_pixels(data: bytes) -> np.ndarray | None:

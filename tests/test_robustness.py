@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from kit.endpoints.samples import sample_png
 from model_code.errors import ClientError
 from model_code.inference import Models, input_fn, output_fn, predict_fn
+from model_code.records import decode_tile
 from tests.support.images import png_bytes, png_chunk, random_tile
 
 CONTENT_TYPES = st.sampled_from(["application/json", "application/jsonlines"])
@@ -160,7 +161,6 @@ def test_mutated_images_decode_or_are_400_on_image_data(
 ) -> None:
     """A seeded mutation fuzz of the tile decoder: whatever Pillow raises on a damaged PNG, JPEG, TIFF or
     WebP (OSError, ValueError, SyntaxError, TypeError, OverflowError, struct.error, ...) is a 400."""
-    from model_code.records import decode_tile
 
     data = _mutate(SEEDS[fmt], mutations, cut)
     try:
@@ -186,11 +186,51 @@ def _png_with_text_bomb() -> bytes:
     ids=["png text-chunk bomb", "truncated IHDR", "tiff with garbage directory"],
 )
 def test_hostile_images_are_400_on_image_data(data: bytes, words: str) -> None:
-    from model_code.records import decode_tile
 
     with pytest.raises(ClientError) as caught:
         decode_tile(_b64(data), 224, "h1")
     assert (caught.value.status_code, caught.value.field) == (400, "image_data") and words in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("mangle", "words"),
+    [
+        (lambda b: "data:image/png;base64," + b, "data: URI prefix"),
+        (lambda b: b[:8] + "_" + b[9:], "URL-safe alphabet ('_' at character 8)"),
+        (lambda b: b[:-1], "not a multiple of 4"),
+        (lambda b: b[:8] + "%" + b[9:], "'%' at character 8"),
+    ],
+    ids=["data-uri", "url-safe", "padding", "stray"],
+)
+def test_base64_refusals_say_what_is_wrong_and_where(mangle: Any, words: str) -> None:
+    with pytest.raises(ClientError) as caught:
+        decode_tile(mangle(_b64(sample_png(224))), 224, "h1")
+    assert caught.value.field == "image_data" and words in caught.value.reason, caught.value.reason
+
+
+def test_base64_wrapped_in_lines_decodes_as_rfc_2045_allows() -> None:
+    encoded = _b64(sample_png(224))
+    wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"
+    assert (decode_tile(wrapped, 224, "h1") == decode_tile(encoded, 224, "h1")).all()
+
+
+def test_pillows_refusals_carry_no_object_address() -> None:
+    with pytest.raises(ClientError) as caught:
+        decode_tile(_b64(b"GIF89a" + bytes(40)), 224, "h1")
+    assert " at 0x" not in caught.value.reason and "cannot identify image file" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("x", "5"), ("patch_idx", True), ("width", 224.0), ("tissue_ratio", True), ("tissue_ratio", -5.0),
+     ("resolution", 0), ("bulk_rna", ["5"])],
+)  # fmt: skip
+def test_wrong_types_and_ranges_are_refused_not_coerced(field: str, value: Any) -> None:
+    """pydantic's lax mode echoed "5" as 5 and true as 1; a ratio of -5 or a resolution of 0 is no tile's."""
+    body = json.dumps({"model_name": "h1", "mode": "embedding", field: value}).encode()
+    with pytest.raises(ClientError) as caught:
+        input_fn(body, "application/json")
+    assert caught.value.status_code == 400 and caught.value.field.startswith(field), caught.value.field
 
 
 @pytest.mark.parametrize("field", ["x", "y", "width", "height", "patch_idx"])
