@@ -260,3 +260,32 @@ def test_an_endpoint_that_cannot_be_described_is_not_taken_for_one_not_deployed(
         stub.add_client_error("describe_endpoint", "AccessDeniedException", "not authorized: DescribeEndpoint")
         with pytest.raises(ClientError, match="AccessDenied"):
             instance_type(Context(config(), aws, {"sagemaker": sagemaker}), "h1")
+
+
+@pytest.mark.parametrize(
+    ("says", "passed", "words"),
+    [
+        ('echo \'[["Backing Filesystem","extfs"],["Supports d_type","true"]]\'', True, "Docker v2 manifest"),
+        ('echo \'[["driver-type","io.containerd.snapshotter.v1"]]\'', False, "OCI index that SageMaker refuses"),
+        ("echo 'Cannot connect to the Docker daemon' >&2; exit 1", False, "Cannot connect to the Docker daemon"),
+    ],
+    ids=["classic-store", "containerd-store", "no-daemon"],
+)
+def test_an_image_asset_is_checked_against_the_docker_that_builds_it(
+    aws: boto3.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, says: str, passed: bool, words: str
+) -> None:
+    """image=asset: cdk deploy pushes what the local Docker (CDK_DOCKER) stores; from containerd's image store, an
+    OCI index with an attestation, which SageMaker refuses at CreateModel."""
+    docker = tmp_path / "docker"
+    docker.write_text(f'#!/bin/sh\n[ "$1 $2 $3" = "info --format {{{{json .DriverStatus}}}}" ] || exit 9\n{says}\n')
+    docker.chmod(0o755)
+    monkeypatch.setenv("CDK_DOCKER", str(docker))
+    check = by_name(preflight(config(image="asset"), aws, stubbed(aws)))["image asset build"]
+    assert check.passed is passed and words in check.detail, check
+    assert passed or check.fix
+
+
+def test_an_image_asset_without_docker_fails_naming_it(aws: boto3.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDK_DOCKER", "no-such-docker")
+    check = by_name(preflight(config(image="asset"), aws, stubbed(aws)))["image asset build"]
+    assert not check.passed and "no no-such-docker here" in check.detail

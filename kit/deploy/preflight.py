@@ -75,8 +75,7 @@ def preflight(config: KitConfig, aws: boto3.Session, clients: dict[str, Any] | N
     checks = [quota(context), bootstrap(context)]
     if config.autoscaling:
         checks.append(scaling_role(context))
-    if config.image != "asset":
-        checks.append(image(context))
+    checks.append(image(context) if config.image != "asset" else docker_image_store())
     if config.kmsKeyArn:
         checks.append(key_policy(context))
     if config.vpcSubnetIds:
@@ -189,6 +188,41 @@ def image(context: Context) -> Check:
     ok = media_type == DOCKER_V2
     fix = "" if ok else "rebuild and push a Docker v2 manifest: " + BUILDX.replace("IMAGE", context.config.image)
     return Check(name, ok, f"manifest {media_type}" + ("" if ok else ", which SageMaker refuses"), fix)
+
+
+CONTAINERD_STORE = "io.containerd.snapshotter.v1"
+NO_CONTAINERD_STORE = (
+    "turn Docker's containerd image store off (Docker Desktop: Settings > General, 'Use containerd for pulling and "
+    'storing images\'; Docker Engine: {"features": {"containerd-snapshotter": false}} in /etc/docker/daemon.json, '
+    "then restart it), or build and push the image yourself and deploy with -c image=URI (docs/deploying.md, 2b)"
+)
+
+
+def docker_image_store() -> Check:
+    """With image=asset, `cdk deploy` builds and pushes the image with the local Docker (or CDK_DOCKER). From
+    Docker's containerd image store it pushes an OCI index with a provenance attestation, which SageMaker
+    refuses at CreateModel, after the stack has started; the classic store pushes a Docker v2 manifest."""
+    import os
+    import shutil
+    import subprocess
+
+    name = "image asset build"
+    docker = os.environ.get("CDK_DOCKER", "docker")
+    if shutil.which(docker) is None:
+        return Check(name, False, f"no {docker} here: cdk deploy builds the image asset with it", NO_CONTAINERD_STORE)
+    try:
+        info = subprocess.run(
+            [docker, "info", "--format", "{{json .DriverStatus}}"], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        return Check(name, False, f"`{docker} info` did not answer in 60 s", "start the Docker daemon")
+    if info.returncode != 0:
+        said = (info.stderr or info.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Check(name, False, f"`{docker} info` failed: {said[0]}", "start the Docker daemon")
+    if CONTAINERD_STORE in info.stdout:
+        detail = "Docker stores images in containerd: cdk deploy would push an OCI index that SageMaker refuses"
+        return Check(name, False, detail, NO_CONTAINERD_STORE)
+    return Check(name, True, "Docker's classic image store: the asset is pushed as a Docker v2 manifest")
 
 
 def key_policy(context: Context) -> Check:
