@@ -289,3 +289,21 @@ def test_an_image_asset_without_docker_fails_naming_it(aws: boto3.Session, monke
     monkeypatch.setenv("CDK_DOCKER", "no-such-docker")
     check = by_name(preflight(config(image="asset"), aws, stubbed(aws)))["image asset build"]
     assert not check.passed and "no no-such-docker here" in check.detail
+
+
+def test_subnets_without_a_route_to_s3_fail_and_a_gateway_endpoint_passes(aws: boto3.Session) -> None:
+    """A VPC-attached model downloads its artifact from S3: without a route the create waits 30 minutes, then
+    rolls back."""
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"{REGION}{zone}")["Subnet"]
+        for i, zone in enumerate("ab")
+    ]
+    cfg = config(vpcSubnetIds=[s["SubnetId"] for s in subnets], vpcSecurityGroupIds=["sg-0123456789abcdef0"])
+    check = by_name(preflight(cfg, aws, stubbed(aws)))["S3 from the VPC"]
+    assert not check.passed and "2 subnet(s) have no route to S3" in check.detail and "gateway endpoint" in check.fix
+    main = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["RouteTables"][0]["RouteTableId"]
+    ec2.create_vpc_endpoint(VpcId=vpc, ServiceName=f"com.amazonaws.{REGION}.s3", RouteTableIds=[main])
+    checks = by_name(preflight(cfg, aws, stubbed(aws)))
+    assert checks["S3 from the VPC"].passed and checks["VPC subnets"].passed

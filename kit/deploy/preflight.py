@@ -79,7 +79,7 @@ def preflight(config: KitConfig, aws: boto3.Session, clients: dict[str, Any] | N
     if config.kmsKeyArn:
         checks.append(key_policy(context))
     if config.vpcSubnetIds:
-        checks.append(subnets(context))
+        checks += [subnets(context), s3_route(context)]
     for name, endpoint in config.endpoints.items():
         checks += [artifact(context, name, endpoint), leftover_log_group(context, name), instance_type(context, name)]
     return checks
@@ -256,6 +256,36 @@ def subnets(context: Context) -> Check:
     ok = len(zones) >= 2
     fix = "" if ok else "give vpcSubnetIds in at least two Availability Zones (and an S3 gateway endpoint in the VPC)"
     return Check("VPC subnets", ok, f"{len(found)} subnet(s) in {', '.join(zones) or 'no zone'}", fix)
+
+
+def s3_route(context: Context) -> Check:
+    """A VPC-attached model reads its artifact from S3 through its subnets' routes: an S3 gateway endpoint on
+    each subnet's route table, a NAT, or an S3 interface endpoint with private DNS. Without one, the download
+    waits out ModelDataDownloadTimeoutInSeconds (30 min) and the stack rolls back."""
+    ec2 = context.client("ec2")
+    found = ec2.describe_subnets(SubnetIds=context.config.vpcSubnetIds)["Subnets"]
+    vpcs = sorted({s["VpcId"] for s in found})
+    tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": vpcs}])["RouteTables"]
+    service = f"com.amazonaws.{context.region}.s3"
+    endpoints = ec2.describe_vpc_endpoints(
+        Filters=[{"Name": "vpc-id", "Values": vpcs}, {"Name": "service-name", "Values": [service]}]
+    )["VpcEndpoints"]
+    gateways = {t for e in endpoints if e.get("VpcEndpointType", "Gateway") == "Gateway" for t in e["RouteTableIds"]}
+    interface = any(e.get("VpcEndpointType") == "Interface" and e.get("PrivateDnsEnabled") for e in endpoints)
+
+    def reaches_s3(subnet: dict[str, Any]) -> bool:
+        own = [t for t in tables if any(a.get("SubnetId") == subnet["SubnetId"] for a in t.get("Associations", []))]
+        main = [t for t in tables if t["VpcId"] == subnet["VpcId"] and any(a.get("Main") for a in t["Associations"])]
+        table = (own or main or [{}])[0]
+        routes = table.get("Routes", [])
+        nat = any(r.get("NatGatewayId") and r.get("DestinationCidrBlock") == "0.0.0.0/0" for r in routes)
+        return interface or nat or table.get("RouteTableId") in gateways
+
+    cut_off = [s["SubnetId"] for s in found if not reaches_s3(s)]
+    if cut_off:
+        fix = f"add an S3 gateway endpoint ({service}) to the route tables of {', '.join(cut_off)}, or a NAT route"
+        return Check("S3 from the VPC", False, f"{len(cut_off)} subnet(s) have no route to S3", fix)
+    return Check("S3 from the VPC", True, f"every subnet reaches S3 ({len(found)})")
 
 
 def artifact(context: Context, name: str, endpoint: EndpointConfig) -> Check:
