@@ -90,6 +90,15 @@ def add_aws(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--profile", help="named profile from ~/.aws/config (default: AWS_PROFILE, or the default)")
 
 
+def add_stack(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--stack: the endpoints stack whose outputs name the endpoints, buckets and roles (OPTIMUS_STACK sets the
+    default, so that an operator of a second copy, `-c prefix=optimus-stage`, does not reach the first)."""
+    import os
+
+    default = os.environ.get("OPTIMUS_STACK", "OptimusEndpoints")
+    parser.add_argument("--stack", default=default, help="the endpoints stack (default: OPTIMUS_STACK, or %(default)s)")
+
+
 def add_json(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--json", type=output_path, metavar="PATH", help=f"also write {what} as JSON to PATH")
 

@@ -57,3 +57,13 @@ def test_every_command_has_one_line_help_and_shared_debug(capsys: pytest.Capture
         assert re.search(rf"^\s+{verb}\s+\S", listing, re.MULTILINE), f"{name} missing from --help"
         assert main([*name.split(), "--help"]) == 0
         assert "--debug" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["batch"], ["cohort", "run"], ["slides", "run"]])
+def test_the_endpoints_stack_defaults_to_optimus_stack(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second copy's operator (`-c prefix=optimus-stage`) sets OPTIMUS_STACK once instead of reaching the first."""
+    monkeypatch.setenv("OPTIMUS_STACK", "OptimusStageEndpoints")
+    assert main([*command, "--help"]) == 0
+    assert "OPTIMUS_STACK, or OptimusStageEndpoints" in " ".join(capsys.readouterr().out.split())

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from kit import CheckFailed, KitError
-from kit.cli import add_aws, session
+from kit.cli import add_aws, add_stack, session
 from kit.s3 import parse
 from stacks import names
 
@@ -94,7 +94,7 @@ def wait(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
+    add_stack(parser)
     parser.add_argument("--endpoint", required=True, help="whose model to run: optimus-h1, or the entry's name h1")
     parser.add_argument(
         "--input", required=True, help="S3 prefix of .jsonl tile files, under the stack's BatchInput for the endpoint"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kit import KitError
-from kit.cli import add_aws, session
+from kit.cli import add_aws, add_stack, session
 
 if TYPE_CHECKING:
     from kit.cohorts.cohort import CohortSlide
@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--retries", type=int, default=2, help="retries of the job after an internal error, 1-30")
     parser.add_argument("--job-name", help="default: cohort-MODEL-YYYYmmdd-HHMMSS")
-    parser.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
+    add_stack(parser)
     parser.add_argument("--dry-run", action="store_true", help="list, plan and show the request; start nothing")
     plan = parser.add_argument_group("plan")
     plan.add_argument(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kit import KitError
-from kit.cli import add_aws, endpoint_url
+from kit.cli import add_aws, add_stack, endpoint_url
 from kit.cohorts.cohort import named_slides
 from kit.slides.features import SlideJob, check_existing, output_tiles
 from kit.slides.transport import HttpTransport, SlideFailed
@@ -199,7 +199,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a CSV, one slide a row: `slide` (a path relative to the CSV, or s3://BUCKET/KEY), optional "
         "`slide_id` (default the file's stem), `bulk_rna` (a JSON file of raw counts) and `tiles`",
     )
-    cohort.add_argument("--stack", default="OptimusEndpoints", help="the endpoints stack (default %(default)s)")
+    add_stack(cohort)
     cohort.add_argument("--retries", type=int, default=2, help="resubmissions of a failed slide, %(default)s")
     cohort.add_argument("--poll", type=float, default=30, help="seconds between checks, %(default)s")
     cohort.add_argument("--wait-hours", type=float, default=48, help="follow this long, then stop (rerun resumes)")
