@@ -106,6 +106,22 @@ def test_cohort_runs_end_to_end_with_a_failing_slide_and_resumes(
     assert len(uploaded) == 3 and (out / "no-mpp.h5").exists()
 
 
+def test_zarr_answers_land_as_the_directories_the_vendor_sdk_opens(
+    cloud: tuple[boto3.Session, AsyncSageMaker], slides: dict[str, Path], tmp_path: Path
+) -> None:
+    """The async answer is the server's one-file zip (SageMaker writes it to S3 as it is); the runner unpacks it
+    into OUT/<slide_id>.zarr, and a rerun takes that directory for done."""
+    import zarr
+
+    _, sagemaker = cloud
+    out = tmp_path / "features"
+    assert slides_run(out, str(slides["a"]), "--format", "zarr") == 0
+    group = zarr.open(str(out / "case-a.zarr"), mode="r")  # as bioptimus.utils.load_zarr_output opens it
+    assert group["outputs"].shape[0] == group.attrs["num_tiles"] > 0 and (out / "case-a.zarr").is_dir()
+    assert sorted(p.name for p in out.iterdir()) == ["case-a.zarr", "cohort-state.json"]
+    assert slides_run(out, str(slides["a"]), "--format", "zarr") == 0 and len(sagemaker.calls) == 1
+
+
 def test_an_existing_output_is_not_sent(
     cloud: tuple[boto3.Session, AsyncSageMaker], slides: dict[str, Path], tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
