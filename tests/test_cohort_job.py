@@ -250,6 +250,26 @@ def test_status_reports_slides_spot_and_cost_and_downloads_the_outputs(
     assert main(["cohort", "status", "no-such-job"]) == 2
 
 
+def test_zarr_outputs_download_as_the_directories_the_vendor_sdk_opens(aws: boto3.Session, tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    assert cohort_run("--format", "zarr", "--job-name", "study-z") == 0
+    s3 = aws.client("s3")
+    done = {"slide": "a.svs", "status": "done", "reason": "", "tiles": 3, "seconds": 1.0}
+    s3.put_object(Bucket=BUCKET, Key="cohorts/study-1/status/algo-1.jsonl", Body=(json.dumps(done) + "\n").encode())
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:  # a Zarr store's entries, as the worker's writer zips them
+        archive.writestr(".zgroup", '{"zarr_format": 2}')
+        archive.writestr(".zattrs", '{"num_tiles": 3}')
+    s3.put_object(Bucket=BUCKET, Key="cohorts/study-1/a.zarr.zip", Body=zipped.getvalue())  # OUT
+    job = fake_job("study-z")
+    job.training_job_status, job.secondary_status = "Completed", "Completed"
+    assert main(["cohort", "status", "study-z", "--download", str(tmp_path / "f")]) == 0  # 3 slides remain
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["a.zarr"]
+    assert json.loads((tmp_path / "f" / "a.zarr" / ".zattrs").read_text()) == {"num_tiles": 3}
+
+
 def test_the_engines_do_not_import_the_slides_command() -> None:
     """kit/slides/run.py dispatches to kit/cohorts (--endpoint); nothing in kit/cohorts imports it back."""
     import ast

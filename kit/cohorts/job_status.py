@@ -76,15 +76,20 @@ def _follow(
 
 
 def _download(aws: boto3.Session, described: dict[str, Any], state: Progress, target: Path) -> None:
-    """The done slides' outputs into DIR, under their names relative to the output prefix."""
+    """The done slides' outputs into DIR, under their names relative to the output prefix; a Zarr output (one
+    zip in S3) as the `.zarr` directory the vendor SDK opens."""
     from kit.s3 import parse
+    from model_code.slides.layouts import LOCAL_SUFFIXES, SUFFIXES, install
 
     s3 = aws.client("s3")
     bucket, prefix = parse(described["CheckpointConfig"]["S3Uri"])
     for slide in state.done:
-        path = target / state.outputs[slide].removeprefix(prefix)
+        name = state.outputs[slide].removeprefix(prefix)
+        if name.endswith(SUFFIXES["zarr"]):
+            name = name.removesuffix(SUFFIXES["zarr"]) + LOCAL_SUFFIXES["zarr"]
+        path = target / name
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".part")
         s3.download_file(bucket, state.outputs[slide], str(partial))
-        partial.replace(path)
+        install(partial, path)
     print(f"downloaded {len(state.done):,} outputs into {target}")
