@@ -6,14 +6,16 @@ socket (and a request task) forever, and make SIGTERM wait for them. This protoc
 connection after `read_timeout` seconds without a byte (its headers within `read_timeout` of their first
 byte), and on shutdown at once; one whose answer waits that long for the client to read any of it is
 dropped too (uvicorn would keep the answer in memory for as long). uvicorn's httptools
-parser also keeps a request line and headers of any size in memory (a client sending header lines without
-end grows the server by as much): past MAX_HEAD_BYTES it answers 431 and closes.
+parser also keeps a request line and headers, and a chunked body's trailers, of any size in memory (a client
+sending header lines without end grows the server by as much): past MAX_HEAD_BYTES of them (and of chunk
+framing, beyond an eighth of the body) it answers 431 and closes (past the head: closes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,26 +39,48 @@ class StallGuardProtocol(HttpToolsProtocol):
         self._stall: asyncio.TimerHandle | None = None
         self._unread: asyncio.TimerHandle | None = None  # armed while an answer waits for the client to read it
         self._in_head = False  # between a request's first byte and the end of its headers
-        self._head_bytes = 0  # received while in them
+        self._begun = self._ended = 0  # requests begun and ended on this connection
+        self._body_bytes = 0  # of the request in progress, as the parser hands its body over
+        self._other_bytes = 0  # of it that are not body: its head, chunk framing, trailers
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        begun, ended, body, in_head = self._begun, self._ended, self._body_bytes, self._in_head
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():  # counted whole: the parser keeps the head's part
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse_head()
+        if self.transport.is_closing():
+            return
+        fresh = self._begun > begun  # a request began in this chunk (and may have ended in it too)
+        if self._begun - begun <= 1 and self._ended - ended <= 1 and not (fresh and begun > ended):  # one request's
+            self._other_bytes += len(data) - (self._body_bytes - (0 if fresh else body))
+            if self._other_bytes > MAX_HEAD_BYTES + self._body_bytes // 8:  # framing: a few bytes a chunk
+                if in_head or fresh:
+                    self._refuse_head()
+                else:
+                    self._drop("chunk framing and trailers")
+                return
+        if self._begun == self._ended:  # between requests: blank lines, which the parser skips
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if not answering and self._stall is None:  # they stop uvicorn's keep-alive timer: a deadline of ours
+                self._awaiting_client = True
+                self._arm()
+            return  # not re-armed by more of them
+        if self._in_head:
             return  # not re-armed: the head's deadline runs from its first byte, a trickle cannot stretch it
         self._arm()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._awaiting_client = True
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._begun = True, self._begun + 1
+        self._body_bytes = self._other_bytes = 0
         self._arm()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def pause_writing(self) -> None:
         """The answer waits in the transport's buffer for the client to read it: a client that takes none of it
@@ -73,6 +97,7 @@ class StallGuardProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._ended += 1
         super().on_message_complete()
         self._awaiting_client = False  # the app has the whole request; idle time is uvicorn's keep-alive
         self._disarm()
@@ -98,8 +123,15 @@ class StallGuardProtocol(HttpToolsProtocol):
             self._stall.cancel()
             self._stall = None
 
+    def _drop(self, what: str) -> None:
+        """Past its head, the app may be answering: no 431 can be written, the connection is closed."""
+        self.logger.info("closing a connection whose %s passed %d bytes", what, MAX_HEAD_BYTES)
+        self.transport.abort()
+
     def _refuse_head(self) -> None:
         self.logger.info("closing a connection whose request line and headers passed %d bytes", MAX_HEAD_BYTES)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app may have it already (its head ended in this chunk): no answer
         head = (
             "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
             f"content-length: {len(HEAD_TOO_LARGE)}\r\nconnection: close\r\n\r\n"
@@ -114,13 +146,19 @@ class StallGuardProtocol(HttpToolsProtocol):
 
     def _watch_unread(self) -> None:
         self._disarm_unread()
-        waiting = self.transport.get_write_buffer_size()
-        self._unread = self.loop.call_later(self.read_timeout, self._not_reading, waiting)
+        self._unread = self.loop.call_later(self.read_timeout, self._not_reading, self._untaken())
 
-    def _not_reading(self, waiting: int) -> None:
+    def _untaken(self) -> int:
+        """Bytes of the answer the client has not taken: the transport's buffer and the kernel's send queue
+        (Linux: SIOCOUTQ, sent but unacknowledged included), which holds megabytes before the transport's shrinks:
+        a client reading 16 kB/s empties it for minutes while the transport's buffer stands still."""
+        sock = self.transport.get_extra_info("socket")
+        return self.transport.get_write_buffer_size() + (kernel_unsent(sock.fileno()) if sock is not None else 0)
+
+    def _not_reading(self, untaken: int) -> None:
         """Dropped only if the client took nothing of what was waiting: a slow link keeps going."""
         self._unread = None  # closing or not: close() waits for the client to take the answer (after Connection: close)
-        if self.transport.get_write_buffer_size() < waiting:
+        if self._untaken() < untaken:
             self._watch_unread()
             return
         self.logger.info("dropping a connection that read none of its answer for %.0f s", self.read_timeout)
@@ -130,6 +168,17 @@ class StallGuardProtocol(HttpToolsProtocol):
         if self._awaiting_client and not self.transport.is_closing():
             self.logger.info("closing a connection that sent nothing for %.0f s mid-request", self.read_timeout)
             self.transport.close()
+
+
+def kernel_unsent(fd: int) -> int:
+    """The bytes in a socket's kernel send queue (SIOCOUTQ, Linux's TIOCOUTQ); 0 where it cannot be asked."""
+    try:
+        import fcntl
+        import termios
+
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
 
 
 def guarded_protocol(read_timeout: float) -> type[StallGuardProtocol]:

@@ -273,12 +273,13 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
     """
     if not image_data:
         raise ClientError("is empty; send a base64-encoded PNG tile", field="image_data")
+    sent = image_data
     if any(space in image_data for space in "\n\r \t"):  # MIME's line breaks (`base64` wraps at 76), as RFC 2045 allows
         image_data = image_data.translate(WHITESPACE)
     try:
         data = pybase64.b64decode(image_data, validate=True)
     except (binascii.Error, ValueError):
-        raise ClientError(base64_problem(image_data), field="image_data") from None
+        raise ClientError(base64_problem(sent, len(image_data)), field="image_data") from None
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         if image.size != (tile_size, tile_size):  # checked before any pixel is decoded
@@ -308,16 +309,17 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
     return pixels
 
 
-def base64_problem(text: str) -> str:
-    """What is wrong with a string that standard base64 refuses, and where."""
+def base64_problem(text: str, length: int) -> str:
+    """What is wrong with a string that standard base64 refuses, and where in it as sent; `length`: its
+    characters but whitespace."""
     if text.startswith("data:"):
         return "starts with a data: URI prefix; send the base64 after its comma alone"
-    bad = next((i for i, c in enumerate(text) if c not in BASE64_ALPHABET), None)
+    bad = next((i for i, c in enumerate(text) if c not in BASE64_ALPHABET and c not in "\n\r \t"), None)
     if bad is not None and text[bad] in "-_":
         return f"uses the URL-safe alphabet ({text[bad]!r} at character {bad}); send standard base64 (+ and /)"
     if bad is not None:
         return f"is not base64: {text[bad]!r} at character {bad}"
-    return f"is not base64: {len(text)} characters, not a multiple of 4 (its '=' padding is missing or extra)"
+    return f"is not base64: {length} characters, not a multiple of 4 (its '=' padding is missing or extra)"
 
 
 def png_pixels(data: bytes) -> np.ndarray | None:

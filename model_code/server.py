@@ -217,26 +217,36 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"unsupported content encoding '{encoding}'; send gzip or no encoding", field="content_encoding", status=415
         )
     body = b"".join([chunk async for chunk in limited_body(request, limit, "MAX_BODY_MB", DRAIN_BYTES)])
-    return body if encoding == "identity" else gunzip(body, limit)
+    return body if encoding == "identity" else await asyncio.to_thread(gunzip, body, limit)  # off the event loop
+
+
+GZIP_WINDOW = 1 << 16  # compressed bytes fed at a time: what zlib copies of the rest stays small
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
     """A gzip body decompressed, every member of it (RFC 1952: `cat a.gz b.gz` is one gzip body), refusing
-    more than `limit` bytes out (a small bomb cannot grow large) and bytes after the last member."""
-    out, rest = bytearray(), body
-    while rest:
+    more than `limit` bytes out (a small bomb cannot grow large) and bytes after the last member but zeros
+    (as gzip(1) allows). Fed a window at a time: the rest of the body is never copied once a member (many
+    empty members were quadratic: 310,000 of them in 6 MB took 29 s)."""
+    out, view, at = bytearray(), memoryview(body), 0
+    while at < len(body):
+        if body[at] == 0 and body.count(0, at) == len(body) - at:  # a member starts 1f 8b: this is padding
+            break
         inflater = zlib.decompressobj(wbits=31)
-        try:
-            out += inflater.decompress(rest, limit + 1 - len(out))
-        except zlib.error as exc:
-            where = " after its first member" if out else ""
-            raise ClientError(f"is gzip but cannot be decompressed{where} ({exc})", field="content_encoding") from None
-        if len(out) > limit:
-            too_much = f"decompresses to over the limit of {limit} bytes (MAX_BODY_MB)"
-            raise ClientError(too_much, field="body", status=413)
+        while not inflater.eof and at < len(body):
+            window = view[at : at + GZIP_WINDOW]
+            try:
+                out += inflater.decompress(window, limit + 1 - len(out))
+            except zlib.error as exc:
+                where = " after its first member" if at else ""
+                reason = f"is gzip but cannot be decompressed{where} ({exc})"
+                raise ClientError(reason, field="content_encoding") from None
+            if len(out) > limit:
+                too_much = f"decompresses to over the limit of {limit} bytes (MAX_BODY_MB)"
+                raise ClientError(too_much, field="body", status=413)
+            at += len(window) - len(inflater.unused_data)
         if not inflater.eof:
             raise ClientError("is gzip but the compressed body is truncated", field="content_encoding")
-        rest = inflater.unused_data
     return bytes(out)
 
 

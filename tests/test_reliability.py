@@ -129,6 +129,46 @@ def test_headers_without_end_are_431_not_memory(guarded: Running) -> None:
     assert httpx.post(f"{guarded.url}/invocations", json=tile("s", 0), headers=big).status_code == 200
 
 
+def test_headers_in_pieces_and_chunked_trailers_are_bounded_too(guarded: Running) -> None:
+    """The chunk that ends the head counts (70 kB in 10 kB pieces was served); trailers after a chunked body are
+    kept by the parser as headers are (273 MB of them grew a server by 4 GB): the connection is closed."""
+
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        piece = (b"X-Pad: " + b"a" * 1000 + b"\r\n") * 10  # 10 kB
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(6):
+            sock.sendall(piece)
+            time.sleep(0.05)  # each its own read
+        sock.sendall(piece + b"\r\n")  # 70 kB, the last piece ending the head (was: served)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            for _ in range(64):  # 4 MB of trailer lines
+                sock.sendall(b"X-T: v\r\n" * 8192)
+                time.sleep(0.005)
+    assert httpx.get(f"{guarded.url}/ping").status_code == 200
+
+
+def test_blank_lines_between_requests_do_not_hold_a_connection(guarded: Running) -> None:
+    """The parser skips CRLFs between requests, which stopped uvicorn's keep-alive timer: one CRLF after an
+    answer, or a CRLF every few seconds on a new connection, held a socket for ever."""
+    port = int(guarded.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        assert sock.recv(65536) == b""  # closed by the server within READ_TIMEOUT_S (0.5 s), not held
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        began = time.monotonic()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while time.monotonic() - began < 4:
+                sock.sendall(b"\r\n")
+                time.sleep(0.2)
+        assert time.monotonic() - began < 2 and sock.recv(1) == b""
+
+
 def test_headers_sent_a_byte_at_a_time_do_not_stretch_the_read_timeout(guarded: Running) -> None:
     """A header line every 0.2 s (under READ_TIMEOUT_S 0.5 between bytes) held a socket for as long as it went on."""
     port = int(guarded.url.rsplit(":", 1)[1])
@@ -140,6 +180,26 @@ def test_headers_sent_a_byte_at_a_time_do_not_stretch_the_read_timeout(guarded: 
                 sock.sendall(b"X-Slow: 1\r\n")
                 time.sleep(0.2)
     assert time.monotonic() - began < 2, "dropped within a few read timeouts of the head's first byte"
+
+
+def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(artifact: Path) -> None:
+    """Progress counts the kernel's send queue too: a reader taking 1.3 MB/s empties the kernel's megabytes
+    for longer than READ_TIMEOUT_S (0.5 s here) while the server's own buffer stands still (was: dropped)."""
+    body = orjson.dumps([wire_record("tissue-seg", "prediction")] * 12)
+    with serve_in_thread(Settings(model_dir=artifact, port=free_port(), read_timeout_s=0.5)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(("127.0.0.1", port))
+            head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}"
+            sock.sendall(f"{head}\r\nContent-Type: application/json\r\n\r\n".encode() + body)
+            received = b""
+            sock.settimeout(10)
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+                time.sleep(0.05)
+        declared = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+        assert declared > 10e6 and len(received.split(b"\r\n\r\n", 1)[1]) == declared
 
 
 def test_a_client_that_never_reads_its_answer_is_dropped_with_it(artifact: Path) -> None:
@@ -226,6 +286,8 @@ def test_every_gzip_member_is_read_and_bytes_after_the_last_are_refused(running:
     trailing = httpx.post(f"{running.url}/invocations", content=members + b"garbage", headers=headers)
     assert trailing.status_code == 400 and trailing.json()["field"] == "content_encoding"
     assert "after its first member" in trailing.json()["reason"]
+    padded = httpx.post(f"{running.url}/invocations", content=members + bytes(512), headers=headers)  # as gzip(1)
+    assert padded.status_code == 200 and len(padded.content.splitlines()) == 5
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,9 @@ def test_base64_wrapped_in_lines_decodes_as_rfc_2045_allows() -> None:
     encoded = _b64(sample_png(224))
     wrapped = "\n".join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + "\n"
     assert (decode_tile(wrapped, 224, "h1") == decode_tile(encoded, 224, "h1")).all()
+    with pytest.raises(ClientError) as caught:  # a stray character's place is counted in the text as sent
+        decode_tile(wrapped[:200] + "*" + wrapped[200:], 224, "h1")
+    assert "'*' at character 200" in caught.value.reason
 
 
 def test_pillows_refusals_carry_no_object_address() -> None:

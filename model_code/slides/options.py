@@ -57,8 +57,8 @@ def parse_attributes(text: str | None) -> list[tuple[str, str]]:
     """`model=h1;mpp=0.5` (`,` also separates) -> [("model", "h1"), ("mpp", "0.5")]; a pair without `=` is refused,
     and so is a character SageMaker does not carry there (it allows visible ASCII only; the HTTP header arrives as
     latin-1, so a UTF-8 slide name would be stored garbled)."""
-    if text and not (text.isascii() and text.isprintable()):
-        odd = next(c for c in text if not (c.isascii() and c.isprintable()))
+    if text and not (text.isascii() and text.replace("\t", " ").isprintable()):  # a tab is header whitespace
+        odd = next(c for c in text if not (c.isascii() and (c.isprintable() or c == "\t")))
         raise ClientError(
             f"holds {odd!r}: SageMaker carries visible ASCII only here; give a non-ASCII slide_name in the query "
             "string (percent-encoded UTF-8) or an ASCII one",
