@@ -187,6 +187,23 @@ def _tar(slide: Path, counts: object) -> bytes:
     return buffer.getvalue()
 
 
+def test_m_optimus_zarr_names_its_genes_and_converts(running: Running, slides: dict[str, Path], tmp_path: Path) -> None:
+    """As the vendor SDK's Zarr does: `input_gene_names` and `output_gene_names` (its pseudobulk reads them), the
+    model's metadata's; converted to h5 they travel as UTF-8 bytes."""
+    from kit.slides.convert import convert_file
+
+    answer = post_slide(running, slides["0.5"].read_bytes(), "model=m-optimus;mode=prediction;format=zarr")
+    assert answer.status_code == 200, answer.text
+    (tmp_path / "m.zarr.zip").write_bytes(answer.content)
+    metadata = httpx.get(f"{running.url}/api/metadata/m-optimus").json()
+    group = zarr.open_group(ZipStore(tmp_path / "m.zarr.zip", mode="r"), mode="r")
+    assert group["output_gene_names"][:].tolist() == metadata["output_genes"]
+    assert group["input_gene_names"][:].tolist() == metadata["input_genes"]
+    convert_file(tmp_path / "m.zarr.zip", "trident", tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "r") as out:
+        assert [g.decode() for g in out["output_gene_names"][:]] == metadata["output_genes"]
+
+
 def test_m_optimus_with_bulk_rna_in_a_tar(running: Running, slides: dict[str, Path]) -> None:
     attributes = "model=m-optimus;mode=prediction_with_embedding"
     answer = post_slide(running, _tar(slides["0.5"], synthetic_counts()), attributes, "application/x-tar")

@@ -10,7 +10,8 @@ pin), not by pytest. It starts `python -m model_code.serve` with the kit's inter
   features (cosine >= 0.9999: the SDK's resampling and the kit's differ in rounding), the same coordinates and
   root attributes, and the SDK's own readers (`load_zarr_output`, `slide_embedding`) open the kit's file;
 - M-Optimus over the same slide with a bulk-RNA file that lacks some genes (the SDK sends -1 for them): the SDK's
-  pipeline and the kit's slide path (a tar with bulk_rna.json) give the same predictions.
+  pipeline and the kit's slide path (a tar with bulk_rna.json) give the same predictions, and the SDK's
+  `pseudobulk` reads the kit's file with the same gene names.
 Exits 1 on the first mismatch, naming it.
 
     .venv-vendor/bin/python -m tests.vendor_sdk_check --python .venv/bin/python --model-dir build/sdk-check/art/model
@@ -122,6 +123,7 @@ def embeddings(python: str, url: str, slide: Path, work: Path) -> None:
 
 def m_optimus(url: str, slide: Path, work: Path) -> None:
     import zarr
+    from bioptimus.inference.aggregate import pseudobulk
 
     with urllib.request.urlopen(f"{url}/api/metadata/m-optimus", timeout=60) as answer:
         genes = json.loads(answer.read())["input_genes"]
@@ -151,6 +153,12 @@ def m_optimus(url: str, slide: Path, work: Path) -> None:
     kit, sdk = zarr.open(str(work / "kit-m.zarr"), mode="r"), zarr.open(str(sdk_path), mode="r")
     check(np.asarray(kit["outputs"]).shape[1] == 6002, "kit: M-Optimus predictions are not 6002 genes")
     same_tiles(kit, sdk, f"m-optimus with {MISSING_GENES} genes missing (-1)", counts=True)
+    ours, theirs = pseudobulk(work / "kit-m.zarr"), pseudobulk(sdk_path)
+    check(ours.gene_names is not None and ours.gene_names == theirs.gene_names, "pseudobulk: not the SDK's genes")
+    apart = float(np.abs(ours.expression - theirs.expression).max())
+    one_count = 1 / kit.attrs["num_tiles"]  # a mean over the tiles: one count apart in one tile (rounding)
+    check(apart <= one_count + 1e-6, f"pseudobulk of the kit's file: {apart} from the SDK's")
+    print(f"the SDK's pseudobulk reads the kit's file: its {len(ours.gene_names)} genes, within {apart:.4f}")
 
 
 def main() -> int:

@@ -124,7 +124,8 @@ def convert_file(source: Path, layout: str, h5_out: Path, pt_out: Path | None = 
             if name not in per_tile:
                 if name in file:
                     del file[name]  # what the writer made empty, e.g. skipped_coords
-                file.create_dataset(name, data=array)
+                stored = np.char.encode(array, "utf-8") if array.dtype.kind == "U" else array  # gene names
+                file.create_dataset(name, data=stored)
     if pt_out is not None:
         import torch
 

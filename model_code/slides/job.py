@@ -34,6 +34,7 @@ from model_code.slides.writers import open_writer
 log = logging.getLogger("optimus.slides")
 
 TISSUE_SEG = "tissue-seg"
+GENE_SETS = ("input_genes", "output_genes")  # a model's gene sets, as its metadata names them
 
 
 @dataclass
@@ -109,8 +110,9 @@ def run_slide(
             summary.grid_tiles, summary.tiles = len(grid.coords), len(kept.coords)
             keys = _keys(options.mode)
             widths = {name: runner.entry.outputs[key] for name, key in keys.items()}
+            genes = {role: runner.extra_metadata[role] for role in GENE_SETS if role in runner.extra_metadata}
             writer = open_writer(
-                options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask, options.layout
+                options.format, out, kept.coords, kept_ratios, widths, options.dtype, mask, options.layout, genes
             )
             started = time.perf_counter()
             size = runner.entry.tile_size

@@ -43,13 +43,15 @@ class Writer(Protocol):
 class Plan:
     """What a writer is opened for: len(coords) tiles (level-0 pixels) and their tissue ratios, whose outputs
     are named and sized by `widths` (dataset name -> D), in `dtype`; `mask` is the tissue mask at
-    tissue-seg's resolution, stored as `tissue_mask`."""
+    tissue-seg's resolution, stored as `tissue_mask`; `genes`: a model's gene sets (`input_genes`,
+    `output_genes`), which the vendor SDK's Zarr holds as `input_gene_names` / `output_gene_names`."""
 
     coords: np.ndarray
     ratios: np.ndarray
     widths: dict[str, int]
     dtype: str
     mask: np.ndarray
+    genes: dict[str, list[str]]
 
 
 def open_writer(
@@ -61,10 +63,11 @@ def open_writer(
     dtype: str,
     mask: np.ndarray,
     layout: str = "trident",
+    genes: dict[str, list[str]] | None = None,
 ) -> Writer:
     """A writer of `kind` ("h5" or "zarr") at `path`, for the Plan of the other arguments; `layout` applies to
     HDF5 (Zarr is the vendor SDK's)."""
-    plan = Plan(coords, ratios, widths, dtype, mask)
+    plan = Plan(coords, ratios, widths, dtype, mask, genes or {})
     return H5Writer(path, plan, layout) if kind == "h5" else ZarrWriter(path, plan)
 
 
@@ -111,6 +114,8 @@ class ZarrWriter:
         self.directory = path.with_name(path.name + ".d")
         self.group = zarr.open_group(self.directory, mode="w", zarr_format=2)
         self.group.create_array("tissue_mask", data=plan.mask)
+        for role, names in plan.genes.items():  # input_genes -> input_gene_names (read by its pseudobulk)
+            self.group.create_array(role.removesuffix("s") + "_names", data=np.array(names))
         for name, width in plan.widths.items():
             shape = (len(plan.coords), width)
             self.group.create_array(VENDOR_NAMES.get(name, name), shape=shape, dtype=plan.dtype, chunks=(1024, width))
