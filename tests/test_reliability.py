@@ -182,47 +182,42 @@ def test_headers_sent_a_byte_at_a_time_do_not_stretch_the_read_timeout(guarded: 
     assert time.monotonic() - began < 2, "dropped within a few read timeouts of the head's first byte"
 
 
-def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(artifact: Path) -> None:
-    """Progress counts the kernel's send queue too: a reader taking 1.3 MB/s empties the kernel's megabytes
-    for longer than READ_TIMEOUT_S (0.5 s here) while the server's own buffer stands still (was: dropped)."""
+def read_a_large_answer(artifact: Path, receive_buffer: int, wait_s: float, pause_s: float) -> tuple[int, int]:
+    """12 tissue-seg answers (12 MB: more than the kernel's buffers take, 4 MB sending here, so the server's own
+    buffer holds the rest) from a server with READ_TIMEOUT_S 0.5, read after `wait_s`, `pause_s` between
+    reads: (bytes of body declared, bytes of body received)."""
     body = orjson.dumps([wire_record("tissue-seg", "prediction")] * 12)
     with serve_in_thread(Settings(model_dir=artifact, port=free_port(), read_timeout_s=0.5)) as running:
         port = int(running.url.rsplit(":", 1)[1])
         with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
             sock.connect(("127.0.0.1", port))
             head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}"
             sock.sendall(f"{head}\r\nContent-Type: application/json\r\n\r\n".encode() + body)
+            time.sleep(wait_s)
             received = b""
-            sock.settimeout(10)
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-                time.sleep(0.05)
-        declared = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-        assert declared > 10e6 and len(received.split(b"\r\n\r\n", 1)[1]) == declared
+            with contextlib.suppress(ConnectionResetError):
+                sock.settimeout(10)
+                while chunk := sock.recv(1 << 16):
+                    received += chunk
+                    time.sleep(pause_s)
+        assert httpx.get(f"{running.url}/ping").status_code == 200
+    declared = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    return declared, len(received.split(b"\r\n\r\n", 1)[1])
+
+
+def test_a_client_that_reads_its_answer_slowly_gets_all_of_it(artifact: Path) -> None:
+    """Progress counts the kernel's send queue too: a reader taking 1.3 MB/s empties the kernel's megabytes
+    for longer than READ_TIMEOUT_S while the server's own buffer stands still (was: dropped)."""
+    declared, received = read_a_large_answer(artifact, 65536, 0, 0.05)
+    assert declared > 10e6 and received == declared
 
 
 def test_a_client_that_never_reads_its_answer_is_dropped_with_it(artifact: Path) -> None:
     """Without this a client that sends a small request for a large answer and reads nothing kept the answer in
-    the server's memory for as long as it held the connection (4 such clients: 1.4 GB). 12 MB of answer: more
-    than the kernel's buffers take (4 MB sending here), so the server's own buffer holds the rest."""
-    body = orjson.dumps([wire_record("tissue-seg", "prediction")] * 12)
-    with serve_in_thread(Settings(model_dir=artifact, port=free_port(), read_timeout_s=0.5)) as running:
-        port = int(running.url.rsplit(":", 1)[1])
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", port))
-            head = f"POST /invocations HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}"
-            sock.sendall(f"{head}\r\nContent-Type: application/json\r\n\r\n".encode() + body)
-            time.sleep(5)  # the forward, then READ_TIMEOUT_S (0.5 s) with nothing read
-            received = b""
-            with contextlib.suppress(ConnectionResetError):
-                sock.settimeout(5)
-                while chunk := sock.recv(1 << 16):
-                    received += chunk
-        declared = int(received.split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-        assert declared > 10e6 and len(received.split(b"\r\n\r\n", 1)[1]) < declared, "the server gave up"
-        assert httpx.get(f"{running.url}/ping").status_code == 200
+    the server's memory for as long as it held the connection (4 such clients: 1.4 GB)."""
+    declared, received = read_a_large_answer(artifact, 4096, 5, 0)  # the forward, then 0.5 s with nothing read
+    assert declared > 10e6 and received < declared, "the server gave up"
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
