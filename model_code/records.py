@@ -51,7 +51,8 @@ MODE_OUTPUTS = {EMBEDDING: (EMBEDDING,), PREDICTION: (PREDICTION,), PREDICTION_W
 MIN_VALUE_BYTES = 4  # "0.0,": no number in an answer is written shorter
 GENE_NOT_MEASURED = -1.0  # the vendor SDK's bulk-RNA value for a gene missing from the sample's file
 BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-WHITESPACE = str.maketrans("", "", "\n\r \t")
+BASE64_SPACE = "\n\r \t"  # line breaks and blanks, as MIME wraps base64 (RFC 2045)
+WITHOUT_SPACE = str.maketrans("", "", BASE64_SPACE)
 OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-f]+>")  # an object's address: different in every answer
 
 
@@ -274,8 +275,8 @@ def decode_tile(image_data: str, tile_size: int, model: str) -> np.ndarray:
     if not image_data:
         raise ClientError("is empty; send a base64-encoded PNG tile", field="image_data")
     sent = image_data
-    if any(space in image_data for space in "\n\r \t"):  # MIME's line breaks (`base64` wraps at 76), as RFC 2045 allows
-        image_data = image_data.translate(WHITESPACE)
+    if any(space in image_data for space in BASE64_SPACE):  # `base64` wraps at 76, as RFC 2045 allows
+        image_data = image_data.translate(WITHOUT_SPACE)
     try:
         data = pybase64.b64decode(image_data, validate=True)
     except (binascii.Error, ValueError):
@@ -314,7 +315,7 @@ def base64_problem(text: str, length: int) -> str:
     characters but whitespace."""
     if text.startswith("data:"):
         return "starts with a data: URI prefix; send the base64 after its comma alone"
-    bad = next((i for i, c in enumerate(text) if c not in BASE64_ALPHABET and c not in "\n\r \t"), None)
+    bad = next((i for i, c in enumerate(text) if c not in BASE64_ALPHABET and c not in BASE64_SPACE), None)
     if bad is not None and text[bad] in "-_":
         return f"uses the URL-safe alphabet ({text[bad]!r} at character {bad}); send standard base64 (+ and /)"
     if bad is not None:

@@ -25,10 +25,11 @@ from typing import Any
 from kit import KitError
 from kit.cli import add_aws
 from kit.s3 import folder, join, parse
+from model_code.slides.layouts import LOCAL_SUFFIXES, SUFFIXES
 
 HELP = "turn kit features files into another layout (trident, stamp, clam) without running a model again"
 TARGETS = ("trident", "stamp", "clam")
-SOURCE_SUFFIXES = (".zarr.zip", ".zarr", ".h5")  # a .zarr directory only on a disk (S3 holds the zip)
+SOURCE_SUFFIXES = (SUFFIXES["zarr"], LOCAL_SUFFIXES["zarr"], SUFFIXES["h5"])  # a .zarr directory: a disk only
 PREFIX = "s3://BUCKET/PREFIX"
 
 
@@ -183,7 +184,9 @@ def _refuse_overwriting_sources(source: str, out: Path, conversions: list[Conver
 
 def _is_output(path: Path) -> bool:
     """A kit output: an h5 or Zarr zip file, or a Zarr directory."""
-    return path.is_dir() if path.name.endswith(".zarr") else path.name.endswith(SOURCE_SUFFIXES) and path.is_file()
+    if path.name.endswith(LOCAL_SUFFIXES["zarr"]):
+        return path.is_dir()
+    return path.name.endswith(SOURCE_SUFFIXES) and path.is_file()
 
 
 def _without_suffix(name: str) -> str:

@@ -104,6 +104,14 @@ def vendor_coords(coords: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
     return (index * int(attributes["tile_size"])).astype(np.int32).reshape(-1, 2)
 
 
+def level0_coords(coords: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
+    """vendor_coords undone: the grid index times the tile's extent at level 0, int64 (the kit's attributes)."""
+    import numpy as np
+
+    index = np.round(np.asarray(coords, dtype=np.float64) / attributes["tile_size"]).reshape(-1, 2)
+    return np.round(index * attributes["patch_size_level0"]).astype(np.int64)
+
+
 def vendor_attributes(attributes: dict[str, Any], tiles: int) -> dict[str, Any]:
     """The kit's attributes (None left out) with the vendor SDK's Zarr attributes beside them."""
     root = {key: value for key, value in attributes.items() if value is not None}
@@ -178,8 +186,7 @@ def read_output(path: Path) -> Output:
         if "stride" in attributes:  # in the SDK's terms (a kit Zarr from before has the kit's)
             attributes["tile_size"] = attributes["tile_size"][0]
             for name in ("coords", "skipped_coords"):
-                index = np.round(arrays[name] / attributes["tile_size"]).reshape(-1, 2)
-                arrays[name] = np.round(index * attributes["patch_size_level0"]).astype(np.int64)
+                arrays[name] = level0_coords(arrays[name], attributes)
             for key in VENDOR_ONLY:
                 attributes.pop(key)
     else:
